@@ -1,0 +1,1 @@
+"""RADIUS dictionaries in the FreeRADIUS format that pyrad reads (data only)."""

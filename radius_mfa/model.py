@@ -1,0 +1,85 @@
+"""Plain records shared by the store, the engine and the commands.
+
+Frozen dataclasses: the store returns them, nobody mutates them in place.
+Secrets live only in ``Token.secret`` and ``User.password_hash``; neither is
+ever logged or printed (``token add`` prints a secret once, at enrolment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    display_name: str | None = None
+    email: str | None = None
+    phone: str | None = None          # E.164, "+4915112345678"
+    password_hash: str | None = field(default=None, repr=False)
+    disabled: bool = False
+    failures: int = 0                 # bad answers in a row
+    locked_until: float | None = None  # epoch seconds; None: not locked
+    created: float = 0.0
+
+    def replace(self, **changes) -> "User":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Token:
+    serial: str
+    type: str                         # "totp" | "hotp"
+    secret: str = field(repr=False)   # base32
+    user: str | None = None           # None: unassigned
+    digits: int = 6
+    period: int = 30                  # totp
+    algorithm: str = "sha1"           # sha1 | sha256 | sha512
+    counter: int = 0                  # hotp: next counter expected
+    last_step: int | None = None      # totp: last time step accepted (replay guard)
+    created: float = 0.0
+
+    def public(self) -> dict:
+        """What `token list --json` shows: never the secret."""
+        out = {
+            "serial": self.serial,
+            "type": self.type,
+            "user": self.user,
+            "digits": self.digits,
+            "algorithm": self.algorithm,
+        }
+        if self.type == "totp":
+            out["period"] = self.period
+        else:
+            out["counter"] = self.counter
+        return out
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A pending Access-Challenge, keyed by the digest of its State."""
+    state_digest: str                 # hex sha256 of the State bytes; the State itself is not stored
+    user: str
+    client: str
+    created: float
+    expires: float
+    factors: tuple[str, ...] = ()     # what the user may answer with
+    data: dict = field(default_factory=dict)  # factor-specific, JSON-serialisable
+
+
+@dataclass(frozen=True)
+class ClientSeen:
+    """What the store remembers of a configured client (``report clients``)."""
+    name: str
+    requests: int = 0
+    last_seen: float | None = None
+    last_with_message_authenticator: float | None = None
+    last_without_message_authenticator: float | None = None
+
+
+@dataclass(frozen=True)
+class AuthRecord:
+    """One finished authentication, as the audit log and `report auth` see it."""
+    time: float
+    fields: dict                      # the audit record of SPEC.md, JSON-serialisable

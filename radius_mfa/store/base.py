@@ -1,0 +1,105 @@
+"""The store interface: everything the server and the commands keep.
+
+Implementations are synchronous and thread-safe (one connection per thread);
+the server never calls them on the reactor thread but through
+:class:`radius_mfa.store.asyncstore.AsyncStore`, which runs each call in a
+thread pool. Races between threads, processes and servers sharing a store are
+closed in the database (atomic updates, unique keys), never in process memory.
+
+Every method raises :class:`radius_mfa.errors.StoreError` when the database
+fails, :class:`NotFoundError` / :class:`AlreadyExistsError` as documented.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
+
+
+class Store(Protocol):
+    # --- users -------------------------------------------------------------
+    def add_user(self, user: User) -> None:
+        """Create a user; AlreadyExistsError when the name is taken."""
+
+    def get_user(self, name: str) -> User | None: ...
+
+    def list_users(self) -> list[User]:
+        """Every user, sorted by name."""
+
+    def update_user(self, name: str, **fields) -> User:
+        """Set display_name, email, phone, password_hash or disabled; returns the
+        new record; NotFoundError when absent."""
+
+    def remove_user(self, name: str) -> None:
+        """Delete the user and the tokens assigned to them; NotFoundError."""
+
+    def reset_user(self, name: str) -> int:
+        """Remove every factor of the user (tokens now; devices and app
+        passwords as they come); returns how many were removed; NotFoundError."""
+
+    # --- lockout -----------------------------------------------------------
+    def record_failure(self, name: str, now: float, limit: int, lock_seconds: float) -> User | None:
+        """Atomically count one more bad answer in a row; when the count
+        reaches ``limit`` set ``locked_until = now + lock_seconds`` and start
+        counting again from zero. Returns the new record (None: no such user)."""
+
+    def clear_failures(self, name: str) -> None:
+        """A success: the run of bad answers ends (lock untouched)."""
+
+    def unlock(self, name: str) -> None:
+        """`user unlock`: failures 0, locked_until None; NotFoundError."""
+
+    # --- tokens ------------------------------------------------------------
+    def add_token(self, token: Token) -> None:
+        """AlreadyExistsError when the serial is taken."""
+
+    def add_tokens(self, tokens: Iterable[Token]) -> int:
+        """All or nothing, in one transaction; AlreadyExistsError naming the
+        first serial that exists. Returns the count."""
+
+    def get_token(self, serial: str) -> Token | None: ...
+
+    def list_tokens(self, user: str | None = None) -> list[Token]:
+        """All tokens (user None) or the user's, sorted by serial."""
+
+    def assign_token(self, serial: str, user: str) -> None:
+        """NotFoundError for an unknown serial or user; RefusedError when the
+        token belongs to another user already."""
+
+    def remove_token(self, serial: str) -> None:
+        """NotFoundError."""
+
+    def advance_totp(self, serial: str, step: int) -> bool:
+        """Record that the TOTP code of time step ``step`` was used: True when
+        ``step`` is later than every step used before (atomic compare-and-set);
+        False when it is a replay."""
+
+    def advance_hotp(self, serial: str, expected: int, new_counter: int) -> bool:
+        """Move the HOTP counter from ``expected`` to ``new_counter``: True when
+        it still was ``expected`` (atomic compare-and-set), else False."""
+
+    # --- challenges (pending Access-Challenges) ---------------------------
+    def put_challenge(self, challenge: Challenge) -> None: ...
+
+    def take_challenge(self, state_digest: str) -> Challenge | None:
+        """Delete and return the challenge (single use: of two callers racing
+        for it, exactly one gets it). Expired ones are returned too: the
+        caller decides, so that the audit can say ``expired_state``."""
+
+    def purge_challenges(self, now: float) -> int:
+        """Delete the challenges that expired before ``now``; returns the count."""
+
+    # --- clients -----------------------------------------------------------
+    def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:
+        """Count ``count`` requests from the client, seen last at ``now``."""
+
+    def list_clients_seen(self) -> list[ClientSeen]: ...
+
+    # --- authentication log ------------------------------------------------
+    def add_auth_record(self, record: AuthRecord) -> None: ...
+
+    def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
+        """Oldest first."""
+
+    def close(self) -> None: ...
