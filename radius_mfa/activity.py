@@ -1,0 +1,62 @@
+"""What each client sends, remembered for `report clients` and for `auto`.
+
+Counting every request with a write to the store would put a database round
+trip on every packet; instead the counts gather here and are written every
+few seconds (and at shutdown). Whether a client has ever sent a
+Message-Authenticator is known at once in memory, which is what
+``require_message_authenticator: auto`` needs: required once seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import structlog
+
+from radius_mfa.model import ClientSeen
+
+log = structlog.get_logger("radius_mfa.activity")
+
+
+@dataclass
+class _Pending:
+    count_with: int = 0
+    count_without: int = 0
+    last: float = 0.0
+
+
+class ClientActivity:
+    def __init__(self, store, seen: Iterable[ClientSeen] = ()):
+        self.store = store                    # AsyncStore
+        self._pending: dict[str, _Pending] = {}
+        self._sends_ma: set[str] = {s.name for s in seen
+                                    if s.last_with_message_authenticator is not None}
+
+    def note(self, client: str, now: float, with_message_authenticator: bool) -> None:
+        pending = self._pending.setdefault(client, _Pending())
+        if with_message_authenticator:
+            pending.count_with += 1
+            self._sends_ma.add(client)
+        else:
+            pending.count_without += 1
+        pending.last = now
+
+    def has_sent_message_authenticator(self, client: str) -> bool:
+        return client in self._sends_ma
+
+    async def flush(self) -> None:
+        """Write what gathered since the last flush; a store error keeps it for the next."""
+        pending, self._pending = self._pending, {}
+        for client, p in pending.items():
+            try:
+                if p.count_with:
+                    await self.store.note_client_request(client, p.last, True, p.count_with)
+                if p.count_without:
+                    await self.store.note_client_request(client, p.last, False, p.count_without)
+            except Exception as exc:   # the store is down: keep the counts, try again later
+                log.warning("activity.flush_failed", client=client, error=str(exc))
+                again = self._pending.setdefault(client, _Pending())
+                again.count_with += p.count_with
+                again.count_without += p.count_without
+                again.last = max(again.last, p.last)

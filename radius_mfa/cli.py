@@ -1,0 +1,810 @@
+"""The `radius-mfa` command line: argument parsing and the admin commands.
+
+No business logic lives here: each command reads the configuration, opens the
+store, calls one or two store methods and formats the answer. Exit codes are
+those of SPEC.md: 0 done; 1 refused or not found (one line on stderr);
+2 bad usage (argparse's own) or bad configuration (every problem line on
+stderr). Expected errors never produce a traceback.
+
+Personal data in output: tables and detail views show phone numbers and mail
+addresses masked, as everywhere else in the product. ``--json`` output shows
+them in full: it is what scripts ask for when they need the data back (the
+administrator typed it in), and JSON is never a log. Password hashes and
+token secrets are never shown, except the one secret ``token add`` prints at
+enrolment, which is the point of that command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import csv
+import getpass
+import io
+import json
+import os
+import re
+import secrets
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TextIO
+
+from radius_mfa.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    NotFoundError,
+    RadiusMfaError,
+    RefusedError,
+    StoreError,
+    UsageError,
+)
+from radius_mfa.masking import mask_email, mask_phone
+from radius_mfa.model import ClientSeen, Token, User
+from radius_mfa.otp import MIN_SECRET_BITS, WARN_SECRET_BITS, provisioning_uri
+
+if TYPE_CHECKING:
+    from radius_mfa.config import Config
+    from radius_mfa.store.base import Store
+
+PROG = "radius-mfa"
+DEFAULT_CONFIG = "/etc/radius-mfa/radius-mfa.yaml"
+CONFIG_ENV = "RADIUS_MFA_CONFIG"
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Secret sizes follow RFC 4226/6238: as long as the HMAC's output.
+SECRET_BYTES = {"sha1": 20, "sha256": 32, "sha512": 64}
+SERIAL_ATTEMPTS = 10
+
+# Columns of `report auth --csv`, in SPEC.md's order; other keys follow, sorted.
+AUDIT_COLUMNS = (
+    "time", "server", "server_ip", "client", "client_ip", "user_ip", "user",
+    "display_name", "email", "phone", "device", "primary", "factor", "result",
+    "reason", "duration_ms", "request_id",
+)
+
+_PHONE_RE = re.compile(r"\+[1-9][0-9]{7,14}")
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+_NAME_MAX = 253
+_TEXT_MAX = 256
+
+
+# --------------------------------------------------------------------------
+# The run context: configuration and store, opened on first use
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a command handler gets: its arguments' config path and the
+    streams, with the config and the store loaded lazily so that `--help`
+    and bad usage never touch either."""
+
+    config_path: str
+    stdin: TextIO
+    stdout: TextIO
+    stderr: TextIO
+    now: Callable[[], float] = time.time
+    _config: "Config | None" = field(default=None, repr=False)
+    _store: "Store | None" = field(default=None, repr=False)
+
+    def config(self) -> "Config":
+        """The loaded Config; ConfigError (exit 2) when the file is wrong."""
+        if self._config is None:
+            from radius_mfa.config import load_config
+
+            try:
+                self._config = load_config(self.config_path)
+            except OSError as exc:
+                # A missing or unreadable file is a bad configuration, not a refusal.
+                raise ConfigError([f"{self.config_path}: cannot read: {exc.strerror or exc}"]) from None
+        return self._config
+
+    def store(self) -> "Store":
+        """The store named by the config, opened once and closed by main()."""
+        if self._store is None:
+            from radius_mfa.store import open_store
+
+            self._store = open_store(self.config().store)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.close()
+
+    def out(self, line: str = "") -> None:
+        print(line, file=self.stdout)
+
+    def warn(self, message: str) -> None:
+        print(f"{PROG}: warning: {message}", file=self.stderr)
+
+    def json(self, obj: Any) -> None:
+        json.dump(obj, self.stdout, indent=2, ensure_ascii=False)
+        self.stdout.write("\n")
+
+
+# --------------------------------------------------------------------------
+# Small formatting helpers
+# --------------------------------------------------------------------------
+
+
+def iso_time(ts: float | None) -> str | None:
+    """Epoch seconds → ``2024-05-01T12:00:00Z`` (UTC), None stays None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def printable(value: Any) -> str:
+    """A table cell: None as ``-``; control characters escaped, so that a
+    name imported from elsewhere cannot rewrite the administrator's terminal."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if any(unicodedata.category(ch)[0] == "C" for ch in text):
+        text = text.encode("unicode_escape").decode("ascii")
+    return text
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces, no trailing blanks."""
+    cells = [list(headers)] + [[printable(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def quoted(name: str) -> str:
+    """A name inside a message: quoted, with anything unprintable escaped."""
+    return repr(name)
+
+
+def is_locked(user: User, now: float) -> bool:
+    return user.locked_until is not None and user.locked_until > now
+
+
+def user_status(user: User, now: float) -> str:
+    states = []
+    if user.disabled:
+        states.append("disabled")
+    if is_locked(user, now):
+        states.append(f"locked until {iso_time(user.locked_until)}")
+    return ", ".join(states) or "active"
+
+
+# --------------------------------------------------------------------------
+# Input validation (argparse `type=` functions raise ArgumentTypeError → exit 2;
+# the value checks of SPEC.md's "refused" kind raise RefusedError → exit 1)
+# --------------------------------------------------------------------------
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text)
+
+
+def validate_user_name(name: str) -> str:
+    """1–253 characters (RADIUS User-Name's limit), no control characters,
+    no whitespace at either end (a NAS or a delimiter split would trim it)."""
+    if not 1 <= len(name) <= _NAME_MAX:
+        raise RefusedError(f"user name must be 1 to {_NAME_MAX} characters long")
+    if _has_control(name):
+        raise RefusedError(f"user name {quoted(name)} contains control characters")
+    if name != name.strip():
+        raise RefusedError(f"user name {quoted(name)} begins or ends with whitespace")
+    return name
+
+
+def validate_phone(phone: str) -> str:
+    """E.164: ``+``, then 8 to 15 digits, the first not 0."""
+    if not _PHONE_RE.fullmatch(phone):
+        raise RefusedError(f"phone {quoted(phone)} is not in E.164 form (e.g. +4915112345678)")
+    return phone
+
+
+def validate_email(email: str) -> str:
+    """A plausible address: local@domain.tld, no spaces or control characters."""
+    if len(email) > 254 or _has_control(email) or not _EMAIL_RE.fullmatch(email):
+        raise RefusedError(f"email {quoted(email)} is not a valid mail address")
+    return email
+
+
+def validate_display_name(text: str) -> str:
+    if len(text) > _TEXT_MAX or _has_control(text):
+        raise RefusedError(f"display name must be at most {_TEXT_MAX} printable characters")
+    return text
+
+
+def normalize_base32_secret(text: str) -> bytes:
+    """Decode a base32 secret as people paste it: any case, spaces (and
+    hyphens) between groups, with or without ``=`` padding. RefusedError
+    when it is not base32 or shorter than 80 bits."""
+    compact = re.sub(r"[\s-]+", "", text).upper().rstrip("=")
+    if not compact:
+        raise RefusedError("--secret is empty")
+    padded = compact + "=" * (-len(compact) % 8)
+    try:
+        raw = base64.b32decode(padded, casefold=False)
+    except (binascii.Error, ValueError):
+        raise RefusedError("--secret is not valid base32 (letters A-Z and digits 2-7)") from None
+    if len(raw) * 8 < MIN_SECRET_BITS:
+        raise RefusedError(f"--secret is too short: {len(raw) * 8} bits, at least {MIN_SECRET_BITS} needed")
+    return raw
+
+
+def encode_base32(raw: bytes) -> str:
+    """Base32 without padding: what authenticator apps and otpauth URIs expect."""
+    return base64.b32encode(raw).decode("ascii").rstrip("=")
+
+
+def _positive_period(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid period: {text!r}") from None
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("period must be 1 to 3600 seconds")
+    return value
+
+
+def _iso_since(text: str) -> float:
+    """``--since``: an ISO 8601 date or time; without a zone it means UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+# --------------------------------------------------------------------------
+# Store look-ups that turn "absent" into a clear refusal
+# --------------------------------------------------------------------------
+
+
+def require_user(store: "Store", name: str) -> User:
+    user = store.get_user(name)
+    if user is None:
+        raise NotFoundError(f"user {quoted(name)} not found")
+    return user
+
+
+def require_token(store: "Store", serial: str) -> Token:
+    token = store.get_token(serial)
+    if token is None:
+        raise NotFoundError(f"token {quoted(serial)} not found")
+    return token
+
+
+# --------------------------------------------------------------------------
+# serve, check-config
+# --------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
+    """Imported lazily: only `serve` pulls in Twisted's reactor."""
+    config = ctx.config()
+    from radius_mfa import service
+
+    return int(service.run(config))
+
+
+def cmd_check_config(args: argparse.Namespace, ctx: Context) -> int:
+    ctx.config()
+    ctx.out(f"{ctx.config_path}: OK")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# user …
+# --------------------------------------------------------------------------
+
+
+def read_password(ctx: Context) -> str:
+    """One line from stdin, the trailing newline removed and nothing else.
+
+    On a terminal the line is read without echo. The password is never
+    printed, logged or put into an error message.
+    """
+    if ctx.stdin.isatty():
+        line = getpass.getpass("Password: ", stream=ctx.stderr)
+    else:
+        line = ctx.stdin.readline()
+        if line.endswith("\n"):
+            line = line[:-1]
+            if line.endswith("\r"):
+                line = line[:-1]
+    if not line:
+        raise RefusedError("empty password refused")
+    return line
+
+
+def cmd_user_add(args: argparse.Namespace, ctx: Context) -> int:
+    name = validate_user_name(args.name)
+    display_name = validate_display_name(args.display_name) if args.display_name is not None else None
+    email = validate_email(args.email) if args.email is not None else None
+    phone = validate_phone(args.phone) if args.phone is not None else None
+    password_hash = None
+    if args.password_stdin:
+        from radius_mfa.passwords import hash_password
+
+        password_hash = hash_password(read_password(ctx))
+    store = ctx.store()
+    if store.get_user(name) is not None:
+        raise AlreadyExistsError(f"user {quoted(name)} exists already")
+    store.add_user(
+        User(
+            name=name,
+            display_name=display_name,
+            email=email,
+            phone=phone,
+            password_hash=password_hash,
+            created=ctx.now(),
+        )
+    )
+    ctx.out(f"user {quoted(name)} added")
+    return EXIT_OK
+
+
+def _user_json(user: User, tokens: list[Token], now: float) -> dict:
+    """Everything about a user a script may need; never the password hash."""
+    return {
+        "name": user.name,
+        "display_name": user.display_name,
+        "email": user.email,
+        "phone": user.phone,
+        "has_password": user.password_hash is not None,
+        "disabled": user.disabled,
+        "locked": is_locked(user, now),
+        "locked_until": iso_time(user.locked_until) if is_locked(user, now) else None,
+        "failures": user.failures,
+        "created": iso_time(user.created) if user.created else None,
+        "tokens": [t.public() for t in tokens],
+    }
+
+
+def cmd_user_list(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    users = store.list_users()
+    tokens_by_user: dict[str, list[Token]] = {}
+    for token in store.list_tokens():
+        if token.user is not None:
+            tokens_by_user.setdefault(token.user, []).append(token)
+    now = ctx.now()
+    if args.json:
+        ctx.json([_user_json(u, tokens_by_user.get(u.name, []), now) for u in users])
+        return EXIT_OK
+    rows = [
+        (u.name, u.display_name, len(tokens_by_user.get(u.name, [])), user_status(u, now))
+        for u in users
+    ]
+    ctx.out(format_table(("NAME", "DISPLAY NAME", "TOKENS", "STATUS"), rows))
+    return EXIT_OK
+
+
+def cmd_user_show(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    user = require_user(store, args.name)
+    tokens = store.list_tokens(user.name)
+    now = ctx.now()
+    if args.json:
+        ctx.json(_user_json(user, tokens, now))
+        return EXIT_OK
+    details = [
+        ("name", user.name),
+        ("display name", user.display_name),
+        ("email", mask_email(user.email)),
+        ("phone", mask_phone(user.phone)),
+        ("password", "set" if user.password_hash is not None else "not set"),
+        ("status", user_status(user, now)),
+        ("failures", user.failures),
+        ("created", iso_time(user.created) if user.created else None),
+        ("tokens", len(tokens)),
+    ]
+    width = max(len(k) for k, _ in details)
+    for key, value in details:
+        ctx.out(f"{key + ':':<{width + 1}} {printable(value)}")
+    for token in tokens:
+        ctx.out(f"  {printable(token.serial)}  {token.type}")
+    return EXIT_OK
+
+
+def cmd_user_remove(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    store.remove_user(args.name)
+    ctx.out(f"user {quoted(args.name)} removed")
+    return EXIT_OK
+
+
+def cmd_user_reset(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    removed = store.reset_user(args.name)
+    ctx.out(f"user {quoted(args.name)} reset: {removed} factor(s) removed; they must enrol again")
+    return EXIT_OK
+
+
+def _set_disabled(args: argparse.Namespace, ctx: Context, disabled: bool) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    store.update_user(args.name, disabled=disabled)
+    ctx.out(f"user {quoted(args.name)} {'disabled' if disabled else 'enabled'}")
+    return EXIT_OK
+
+
+def cmd_user_disable(args: argparse.Namespace, ctx: Context) -> int:
+    return _set_disabled(args, ctx, True)
+
+
+def cmd_user_enable(args: argparse.Namespace, ctx: Context) -> int:
+    return _set_disabled(args, ctx, False)
+
+
+def cmd_user_unlock(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    store.unlock(args.name)
+    ctx.out(f"user {quoted(args.name)} unlocked")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# token …
+# --------------------------------------------------------------------------
+
+
+def new_serial(kind: str) -> str:
+    """``TOTP1A2B3C4D``: the type, then 32 random bits in upper-case hex."""
+    return kind.upper() + secrets.token_hex(4).upper()
+
+
+def _store_new_token(store: "Store", kind: str, make: Callable[[str], Token]) -> Token:
+    """Add a token under a fresh random serial, drawing again on the (rare)
+    collision: uniqueness is the store's unique key, not a check-then-act."""
+    for _ in range(SERIAL_ATTEMPTS):
+        token = make(new_serial(kind))
+        try:
+            store.add_token(token)
+        except AlreadyExistsError:
+            continue
+        return token
+    raise StoreError("could not find a free token serial")
+
+
+def cmd_token_add(args: argparse.Namespace, ctx: Context) -> int:
+    if args.secret is not None:
+        raw = normalize_base32_secret(args.secret)
+        if len(raw) * 8 < WARN_SECRET_BITS:
+            ctx.warn(f"the secret has only {len(raw) * 8} bits; {WARN_SECRET_BITS} or more are recommended")
+    else:
+        raw = secrets.token_bytes(SECRET_BYTES[args.algorithm])
+    secret = encode_base32(raw)
+    config = ctx.config()
+    store = ctx.store()
+    user = require_user(store, args.name)
+
+    def make(serial: str) -> Token:
+        return Token(
+            serial=serial,
+            type=args.type,
+            secret=secret,
+            user=user.name,
+            digits=args.digits,
+            period=args.period,
+            algorithm=args.algorithm,
+            counter=0,
+            created=ctx.now(),
+        )
+
+    token = _store_new_token(store, args.type, make)
+    uri = provisioning_uri(token, config.server.name)
+    if args.json:
+        ctx.json({"serial": token.serial, "type": token.type, "secret": secret, "uri": uri})
+        return EXIT_OK
+    timing = f"{token.period} s" if token.type == "totp" else "counter 0"
+    ctx.out(f"token {token.serial} enrolled for {quoted(user.name)} "
+            f"({token.type}, {token.digits} digits, {timing}, {token.algorithm})")
+    ctx.out(f"secret (base32, for manual entry): {secret}")
+    ctx.out(f"URI: {uri}")
+    ctx.out()
+    from radius_mfa.qr import write_terminal_qr
+
+    write_terminal_qr(uri, ctx.stdout)
+    return EXIT_OK
+
+
+def cmd_token_list(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    if args.name is not None:
+        require_user(store, args.name)
+    tokens = store.list_tokens(args.name)
+    if args.json:
+        ctx.json([t.public() for t in tokens])
+        return EXIT_OK
+    rows = [
+        (
+            t.serial,
+            t.type,
+            t.user,
+            t.digits,
+            f"{t.period} s" if t.type == "totp" else f"counter {t.counter}",
+            t.algorithm,
+        )
+        for t in tokens
+    ]
+    ctx.out(format_table(("SERIAL", "TYPE", "USER", "DIGITS", "PERIOD/COUNTER", "ALGORITHM"), rows))
+    return EXIT_OK
+
+
+def cmd_token_assign(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_token(store, args.serial)
+    require_user(store, args.name)
+    store.assign_token(args.serial, args.name)
+    ctx.out(f"token {quoted(args.serial)} assigned to {quoted(args.name)}")
+    return EXIT_OK
+
+
+def cmd_token_remove(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_token(store, args.serial)
+    store.remove_token(args.serial)
+    ctx.out(f"token {quoted(args.serial)} removed")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# report …
+# --------------------------------------------------------------------------
+
+
+def message_authenticator_seen(seen: ClientSeen | None) -> str:
+    """``yes`` / ``no`` / ``mixed`` / ``unknown``: what the client has sent so far."""
+    if seen is None:
+        return "unknown"
+    with_ma = seen.last_with_message_authenticator is not None
+    without_ma = seen.last_without_message_authenticator is not None
+    if with_ma and without_ma:
+        return "mixed"
+    if with_ma:
+        return "yes"
+    if without_ma:
+        return "no"
+    return "unknown"
+
+
+def _client_address(network) -> str:
+    """A single-host network shows as the plain address."""
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
+
+
+def cmd_report_clients(args: argparse.Namespace, ctx: Context) -> int:
+    config = ctx.config()
+    seen_by_name = {s.name: s for s in ctx.store().list_clients_seen()}
+    entries = []
+    for client in config.clients:
+        seen = seen_by_name.get(client.name)
+        entries.append({
+            "name": client.name,
+            "address": _client_address(client.network),
+            "requests": seen.requests if seen else 0,
+            "last_seen": iso_time(seen.last_seen) if seen else None,
+            "sends_message_authenticator": message_authenticator_seen(seen),
+            "last_with_message_authenticator": iso_time(seen.last_with_message_authenticator) if seen else None,
+            "last_without_message_authenticator": iso_time(seen.last_without_message_authenticator) if seen else None,
+            "require_message_authenticator": client.require_message_authenticator.value,
+        })
+    if args.json:
+        ctx.json(entries)
+        return EXIT_OK
+    rows = [
+        (e["name"], e["address"], e["requests"], e["last_seen"],
+         e["sends_message_authenticator"], e["require_message_authenticator"])
+        for e in entries
+    ]
+    ctx.out(format_table(("NAME", "ADDRESS", "REQUESTS", "LAST SEEN", "SENDS MSG-AUTH", "REQUIRES MSG-AUTH"), rows))
+    return EXIT_OK
+
+
+def cmd_report_auth(args: argparse.Namespace, ctx: Context) -> int:
+    records = ctx.store().auth_records(since=args.since, user=args.user)
+    if args.json:
+        ctx.json([r.fields for r in records])
+        return EXIT_OK
+    if args.csv:
+        extra = sorted({k for r in records for k in r.fields} - set(AUDIT_COLUMNS))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[*AUDIT_COLUMNS, *extra], extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: _csv_value(v) for k, v in record.fields.items()})
+        ctx.stdout.write(buffer.getvalue())
+        return EXIT_OK
+    rows = [
+        (iso_time(r.time), r.fields.get("user"), r.fields.get("client"), r.fields.get("factor"),
+         r.fields.get("result"), r.fields.get("reason"))
+        for r in records
+    ]
+    ctx.out(format_table(("TIME", "USER", "CLIENT", "FACTOR", "RESULT", "REASON"), rows))
+    return EXIT_OK
+
+
+def _csv_value(value: Any) -> Any:
+    """Nested values (lists, dicts) as JSON inside the cell; None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+# --------------------------------------------------------------------------
+# The parser
+# --------------------------------------------------------------------------
+
+
+def _config_option() -> argparse.ArgumentParser:
+    """`-c/--config`, shared by every parser level. SUPPRESS as the default
+    keeps a value given before the command words from being overwritten by a
+    subparser that did not see one; main() resolves the fallbacks."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help=f"configuration file (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _config_option()
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[common],
+        description="A RADIUS server that adds multi-factor authentication, and its admin commands.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(group, name: str, handler, help: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def add_group(name: str, help: str):
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        return sub.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+    add(commands, "serve", cmd_serve, "run the server in the foreground")
+    add(commands, "check-config", cmd_check_config, "validate the configuration file")
+
+    users = add_group("user", "manage users")
+    p = add(users, "add", cmd_user_add, "create a user")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--display-name", metavar="X")
+    p.add_argument("--email", metavar="X")
+    p.add_argument("--phone", metavar="+E164")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the local password from one line of standard input")
+    p = add(users, "list", cmd_user_list, "list users")
+    p.add_argument("--json", action="store_true")
+    p = add(users, "show", cmd_user_show, "show one user")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    for name, handler, help in (
+        ("remove", cmd_user_remove, "delete a user and their tokens"),
+        ("reset", cmd_user_reset, "remove every factor of a user: they must enrol again"),
+        ("disable", cmd_user_disable, "refuse every sign-in of a user"),
+        ("enable", cmd_user_enable, "allow a disabled user again"),
+        ("unlock", cmd_user_unlock, "lift a lockout after too many bad answers"),
+    ):
+        add(users, name, handler, help).add_argument("name", metavar="NAME")
+
+    tokens = add_group("token", "manage OTP tokens")
+    p = add(tokens, "add", cmd_token_add, "enrol a software token for a user")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--type", required=True, choices=("totp", "hotp"))
+    p.add_argument("--secret", metavar="BASE32", help="the shared secret; generated when absent")
+    p.add_argument("--digits", type=int, choices=(6, 8), default=6)
+    p.add_argument("--period", type=_positive_period, default=30, help="TOTP time step in seconds")
+    p.add_argument("--algorithm", choices=tuple(SECRET_BYTES), default="sha1")
+    p.add_argument("--json", action="store_true", help='print {"serial", "type", "secret", "uri"} only')
+    p = add(tokens, "list", cmd_token_list, "list tokens, all or one user's")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p = add(tokens, "assign", cmd_token_assign, "assign a token to a user")
+    p.add_argument("serial", metavar="SERIAL")
+    p.add_argument("name", metavar="NAME")
+    p = add(tokens, "remove", cmd_token_remove, "delete a token")
+    p.add_argument("serial", metavar="SERIAL")
+
+    reports = add_group("report", "reports from the store")
+    p = add(reports, "clients", cmd_report_clients, "configured clients and what they sent")
+    p.add_argument("--json", action="store_true")
+    p = add(reports, "auth", cmd_report_auth, "the authentication log")
+    p.add_argument("--since", metavar="ISO8601", type=_iso_since,
+                   help="only records from this time on (UTC when no zone is given)")
+    p.add_argument("--user", metavar="NAME")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    return parser
+
+
+def resolve_config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """`-c` wherever it was given, else the environment, else the packaged default."""
+    return getattr(args, "config", None) or environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+
+def _fail(stream: TextIO, message: str) -> None:
+    print(f"{PROG}: {message}", file=stream)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run one command, map expected errors to exit codes."""
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:          # --help (0) or bad usage (2), already printed
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    ctx = Context(config_path=resolve_config_path(args, os.environ),
+                  stdin=sys.stdin, stdout=stdout, stderr=stderr)
+    try:
+        return args.handler(args, ctx)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        _fail(stderr, str(exc))
+        return EXIT_USAGE
+    except (RefusedError, StoreError) as exc:
+        _fail(stderr, str(exc) or type(exc).__name__)
+        return EXIT_REFUSED
+    except RadiusMfaError as exc:
+        _fail(stderr, str(exc) or type(exc).__name__)
+        return EXIT_REFUSED
+    except BrokenPipeError:
+        # `radius-mfa user list | head`: the reader left; say nothing more.
+        _silence_stdout()
+        return EXIT_REFUSED
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(stderr, f"{where}{exc.strerror or exc}")
+        return EXIT_REFUSED
+    finally:
+        try:
+            ctx.close()
+        except (RadiusMfaError, OSError) as exc:
+            _fail(stderr, f"closing the store: {exc}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of a
+    broken pipe does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

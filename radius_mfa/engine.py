@@ -1,0 +1,268 @@
+"""The authentication pipeline: authorize → primary → second factor → decision.
+
+Pure: no sockets, no reactor, no RADIUS. It takes an :class:`AuthRequest`
+(what the protocol layer decoded), talks to the store, the primary backend and
+the verifiers through their seams, reads time from the clock it was given, and
+returns a :class:`Decision`. The protocol layer turns that into bytes and the
+service writes the audit record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import structlog
+
+from radius_mfa.config import ClientConfig, Mode, PolicyConfig
+from radius_mfa.model import Token, User
+from radius_mfa.primary.base import PrimaryBackend
+from radius_mfa.sessions import Sessions
+from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
+from radius_mfa.verifiers.base import CodeVerifier
+
+log = structlog.get_logger("radius_mfa.engine")
+
+CODE = re.compile(r"\d{6,8}")
+# Words a user may answer with at a prompt or after the delimiter.
+FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """An Access-Request as the engine sees it."""
+    client: ClientConfig
+    user_name: str | None
+    password: bytes | None           # User-Password, decrypted; None when absent
+    state: bytes | None = None
+    calling_station_id: str | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    user_name: str | None
+    primary: str
+    reason: Reason | None = None
+    factor: str | None = None        # "totp", "none" (exempt or unenrolled-allowed), …
+    device: str | None = None
+    user: User | None = None
+    reply_message: str | None = None
+    state: bytes | None = None       # Access-Challenge only
+    attributes: tuple[tuple[str, object], ...] = ()   # extra reply attributes on Accept
+    user_info: dict = field(default_factory=dict)
+
+
+def classify(answer: str) -> str | None:
+    """'code' for 6–8 digits, the word itself for a factor word, else None."""
+    word = answer.strip().lower()
+    if CODE.fullmatch(word):
+        return "code"
+    if word in FACTOR_WORDS:
+        return word
+    return None
+
+
+def split_inline(password: str, delimiter: str, mode: Mode) -> tuple[str, str | None]:
+    """Split ``password<delimiter>answer`` at the last delimiter.
+
+    ``inline`` clients always carry the answer, so any text after the last
+    delimiter is the answer. ``challenge`` clients accept the inline form
+    too, but only when what follows the delimiter looks like an answer (a
+    6–8 digit code or a factor word); otherwise the whole text is the
+    password and a challenge follows.
+    """
+    head, sep, tail = password.rpartition(delimiter)
+    if not sep:
+        return password, None
+    if mode is Mode.INLINE or classify(tail) is not None:
+        return head, tail
+    return password, None
+
+
+class Engine:
+    def __init__(self, *, store, primary: PrimaryBackend, verifiers: Sequence[CodeVerifier],
+                 policy: PolicyConfig, sessions: Sessions, clock: Callable[[], float]):
+        self.store = store                      # AsyncStore
+        self.primary = primary
+        self.verifiers = tuple(verifiers)
+        self.policy = policy
+        self.sessions = sessions
+        self.clock = clock
+        self.exempt_users = frozenset(policy.exempt_users)
+
+    # --- entry point ----------------------------------------------------------
+    async def handle(self, req: AuthRequest) -> Decision:
+        if not req.user_name:
+            return self._reject(req, Reason.BAD_REQUEST)
+        if req.state is not None and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
+            return await self._answer_challenge(req)
+        user = await self.store.get_user(req.user_name)
+        if req.client.mode is Mode.SECOND_FACTOR_ONLY:
+            return await self._second_factor_only(req, user)
+        if req.password is None:
+            return self._reject(req, Reason.BAD_REQUEST, user=user)
+        return await self._first_round(req, user)
+
+    # --- stages ---------------------------------------------------------------
+    async def _first_round(self, req: AuthRequest, user: User | None) -> Decision:
+        text = decode_password(req.password)
+        password, answer = split_inline(text, self.policy.delimiter, req.client.mode)
+        secret = password.encode("utf-8", "surrogateescape")
+
+        refusal = self._refusal(user)
+        if refusal is not None:
+            await self.primary.equalize(secret)
+            return self._reject(req, refusal, user=user)
+
+        result = await self.primary.authenticate(req.user_name, user, secret)
+        if not result.ok:
+            await self._count_failure(user, result.reason)
+            return self._reject(req, result.reason, user=user)
+        if user is None:
+            # a backend that knows users the store does not (LDAP, upstream
+            # RADIUS): nothing enrolled here yet
+            return await self._unenrolled(req, None, result.attributes)
+
+        if self._exempt(req, user):
+            await self.store.clear_failures(user.name)
+            return self._accept(req, user, factor="none", attributes=result.attributes)
+
+        tokens = await self._usable_tokens(user)
+        if not tokens:
+            return await self._unenrolled(req, user, result.attributes)
+        if answer is not None:
+            return await self._check_answer(req, user, tokens, answer, result.attributes)
+        if req.client.mode is Mode.INLINE:
+            return self._reject(req, Reason.NO_ANSWER, user=user)
+        return await self._challenge(req, user, tokens)
+
+    async def _answer_challenge(self, req: AuthRequest) -> Decision:
+        challenge, why_not = await self.sessions.take(req.state, req.user_name, req.client.name)
+        user = await self.store.get_user(req.user_name)
+        if challenge is None:
+            return self._reject(req, why_not, user=user)
+        refusal = Reason.UNKNOWN_USER if user is None else self._refusal(user)
+        if refusal is not None:
+            return self._reject(req, refusal, user=user)
+        tokens = await self._usable_tokens(user)
+        answer = decode_password(req.password) if req.password is not None else ""
+        return await self._check_answer(req, user, tokens, answer, ())
+
+    async def _second_factor_only(self, req: AuthRequest, user: User | None) -> Decision:
+        """NPS has checked the password; only the second factor runs here."""
+        if user is None:
+            return self._reject(req, Reason.UNKNOWN_USER)
+        refusal = self._refusal(user)
+        if refusal is not None:
+            return self._reject(req, refusal, user=user)
+        if self._exempt(req, user):
+            return self._accept(req, user, factor="none")
+        tokens = await self._usable_tokens(user)
+        answer = decode_password(req.password) if req.password else None
+        if tokens and answer is not None and classify(answer) == "code":
+            return await self._check_answer(req, user, tokens, answer, ())
+        if not tokens:
+            return await self._unenrolled(req, user, ())
+        # the out-of-band factors (push, voice) that this mode waits for are
+        # not configured: nothing can complete the sign-in
+        return self._reject(req, Reason.NO_FACTOR, user=user)
+
+    async def _check_answer(self, req: AuthRequest, user: User, tokens: Sequence[Token],
+                            answer: str, attributes) -> Decision:
+        kind = classify(answer)
+        if kind == "code":
+            code = answer.strip()
+            for verifier in self.verifiers:
+                mine = [t for t in tokens if verifier.handles(t)]
+                if not mine:
+                    continue
+                result = await verifier.verify(user, mine, code, self.clock())
+                if result is None:
+                    continue
+                if result.ok:
+                    await self.store.clear_failures(user.name)
+                    return self._accept(req, user, factor=result.factor, device=result.device,
+                                        attributes=attributes)
+                await self._count_failure(user, result.reason)
+                return self._reject(req, result.reason, user=user, factor=result.factor,
+                                    device=result.device)
+            await self._count_failure(user, Reason.BAD_CODE)
+            return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens))
+        if kind in FACTOR_WORDS:
+            # out-of-band factors are not available in this build
+            return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind)
+        await self._count_failure(user, Reason.BAD_CODE)
+        return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens))
+
+    async def _challenge(self, req: AuthRequest, user: User, tokens: Sequence[Token]) -> Decision:
+        factors = tuple(sorted({t.type for t in tokens}))
+        state = await self.sessions.open(user.name, req.client.name, factors)
+        return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
+                        factor=self._code_factor(tokens), state=state,
+                        reply_message=prompt_for(tokens))
+
+    async def _unenrolled(self, req: AuthRequest, user: User | None, attributes) -> Decision:
+        if self.policy.unenrolled == "allow":
+            if user is not None:
+                await self.store.clear_failures(user.name)
+            return self._accept(req, user, factor="none", attributes=attributes)
+        return self._reject(req, Reason.NO_FACTOR, user=user)
+
+    # --- helpers --------------------------------------------------------------
+    def _refusal(self, user: User | None) -> Reason | None:
+        """Why this user is refused whatever they send, if they are."""
+        if user is None:
+            return None
+        if user.locked_until is not None and user.locked_until > self.clock():
+            return Reason.LOCKED
+        if user.disabled:
+            return Reason.DISABLED
+        return None
+
+    def _exempt(self, req: AuthRequest, user: User) -> bool:
+        return req.client.exempt or user.name in self.exempt_users
+
+    async def _usable_tokens(self, user: User) -> list[Token]:
+        tokens = await self.store.list_tokens(user.name)
+        return [t for t in tokens if any(v.handles(t) for v in self.verifiers)]
+
+    async def _count_failure(self, user: User | None, reason: Reason | None) -> None:
+        if user is None or reason not in COUNTS_AS_FAILURE:
+            return
+        lockout = self.policy.lockout
+        updated = await self.store.record_failure(user.name, self.clock(), lockout.failures,
+                                                  lockout.minutes * 60.0)
+        if updated is not None and updated.locked_until is not None \
+                and updated.locked_until > self.clock() and updated.failures == 0:
+            log.warning("auth.locked", user=user.name, minutes=lockout.minutes)
+
+    @staticmethod
+    def _code_factor(tokens: Sequence[Token]) -> str | None:
+        types = sorted({t.type for t in tokens})
+        return types[0] if len(types) == 1 else None
+
+    def _accept(self, req: AuthRequest, user: User | None, *, factor: str,
+                device: str | None = None, attributes=()) -> Decision:
+        return Decision(Verdict.ACCEPT, req.user_name, self.primary.name, factor=factor,
+                        device=device, user=user, attributes=tuple(attributes))
+
+    def _reject(self, req: AuthRequest, reason: Reason, *, user: User | None = None,
+                factor: str | None = None, device: str | None = None) -> Decision:
+        return Decision(Verdict.REJECT, req.user_name, self.primary.name, reason=reason,
+                        factor=factor, device=device, user=user)
+
+
+def decode_password(raw: bytes) -> str:
+    """User-Password bytes → text; bytes that are not UTF-8 survive unchanged
+    (surrogateescape), so a hash check sees exactly what was sent."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def prompt_for(tokens: Sequence[Token]) -> str:
+    """The Reply-Message of an Access-Challenge: what to enter."""
+    digits = sorted({t.digits for t in tokens})
+    size = "-".join(str(d) for d in digits) if len(digits) > 1 else str(digits[0])
+    return f"Enter the {size}-digit code from your authenticator app"

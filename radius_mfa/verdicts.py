@@ -1,0 +1,45 @@
+"""The closed set of outcomes: what the engine decides and why.
+
+Like FreeRADIUS's return codes, every stage answers with one of a few
+verdicts; every reject carries a ``Reason`` that lands in the audit record as
+a stable string and never reaches the client.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    CHALLENGE = "challenge"
+    FAIL = "fail"            # no answer at all: the NAS retries or fails over
+
+
+class Reason(str, enum.Enum):
+    BAD_PASSWORD = "bad_password"
+    BAD_CODE = "bad_code"
+    REPLAY = "replay"
+    NO_FACTOR = "no_factor"          # not enrolled, or the factor asked for is not available
+    NO_ANSWER = "no_answer"          # inline mode: the password came without a second factor
+    LOCKED = "locked"
+    DISABLED = "disabled"
+    UNKNOWN_USER = "unknown_user"
+    TIMEOUT = "timeout"
+    UPSTREAM_DOWN = "upstream_down"
+    DENIED = "denied"
+    FRAUD = "fraud"
+    RATE_LIMITED = "rate_limited"
+    EXPIRED = "expired"
+    EXPIRED_STATE = "expired_state"  # the State was ours but its time ran out
+    BAD_STATE = "bad_state"          # unknown or already used State, or bound to another user/client
+    BAD_REQUEST = "bad_request"      # no User-Name, CHAP where PAP is needed, …
+    ERROR = "error"                  # our fault: a store or code failure (fails closed)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Answers that count towards the lockout: the user (or someone) got a secret wrong.
+COUNTS_AS_FAILURE = frozenset({Reason.BAD_PASSWORD, Reason.BAD_CODE, Reason.REPLAY})

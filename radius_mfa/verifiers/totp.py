@@ -1,0 +1,48 @@
+"""TOTP (RFC 6238): a window of time steps either side of now, each code once.
+
+The replay guard lives in the store (``advance_totp``): a code is accepted
+only when its time step is later than every step used before on that token,
+so it holds across restarts and across servers sharing the store.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Sequence
+
+from radius_mfa.model import Token, User
+from radius_mfa.otp import otp_at
+from radius_mfa.verdicts import Reason
+from radius_mfa.verifiers.base import FactorResult
+
+
+def steps_to_try(now: float, period: int, window: int) -> list[int]:
+    """Time steps nearest first: now, then -1, +1, -2, +2 … up to ``window``."""
+    current = int(now // period)
+    steps = [current]
+    for distance in range(1, window + 1):
+        steps += [current - distance, current + distance]
+    return [s for s in steps if s >= 0]
+
+
+class TotpVerifier:
+    name = "totp"
+
+    def __init__(self, store, window: int = 1):
+        self.store = store          # AsyncStore
+        self.window = window
+
+    def handles(self, token: Token) -> bool:
+        return token.type == "totp"
+
+    async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float) -> FactorResult | None:
+        for token in tokens:
+            if len(code) != token.digits:
+                continue
+            for step in steps_to_try(now, token.period, self.window):
+                if hmac.compare_digest(otp_at(token, step).encode(), code.encode()):
+                    fresh = await self.store.advance_totp(token.serial, step)
+                    if fresh:
+                        return FactorResult(True, self.name, token.serial)
+                    return FactorResult(False, self.name, token.serial, Reason.REPLAY)
+        return None

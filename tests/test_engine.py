@@ -1,0 +1,231 @@
+"""The engine's decisions, with a fake clock and a real SQLite store run in place."""
+
+import ipaddress
+
+import pytest
+
+from helpers import FakeClock, run
+from radius_mfa.config import ClientConfig, LockoutConfig, Mode, PolicyConfig
+from radius_mfa.engine import AuthRequest, Engine, classify, split_inline
+from radius_mfa.model import Token, User
+from radius_mfa.passwords import hash_password
+from radius_mfa.primary.local import LocalBackend
+from radius_mfa.sessions import Sessions
+from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
+from radius_mfa.store.sqlite import SqliteStore
+from radius_mfa.verdicts import Reason, Verdict
+from radius_mfa.verifiers.totp import TotpVerifier, otp_at
+
+SECRET = "JBSWY3DPEHPK3PXP"
+PASSWORD = "correct horse"
+
+
+def client(mode=Mode.CHALLENGE, name="vpn", exempt=False):
+    return ClientConfig(name=name, network=ipaddress.ip_network("127.0.0.1/32"),
+                        secret=b"s3cret", mode=mode, exempt=exempt)
+
+
+class Harness:
+    def __init__(self, tmp_path, **policy):
+        self.clock = FakeClock()
+        self.sync = SqliteStore(str(tmp_path / "engine.db"))
+        self.store = AsyncStore(self.sync, immediate_runner)
+        self.hash_calls = []
+
+        def counting_runner(fn, *args):
+            self.hash_calls.append(fn.__name__)
+            return immediate_runner(fn, *args)
+
+        self.policy = PolicyConfig(**policy)
+        self.engine = Engine(store=self.store, primary=LocalBackend(counting_runner),
+                             verifiers=[TotpVerifier(self.store, window=1)], policy=self.policy,
+                             sessions=Sessions(self.store, self.clock, ttl=300.0),
+                             clock=self.clock)
+
+    def add_user(self, name="alice", token=True, **fields):
+        self.sync.add_user(User(name=name, password_hash=hash_password(PASSWORD), **fields))
+        if token:
+            self.sync.add_token(Token(serial=f"TOTP-{name}", type="totp", secret=SECRET, user=name))
+
+    def code(self, offset_steps=0):
+        token = Token(serial="x", type="totp", secret=SECRET)
+        return otp_at(token, int(self.clock() // 30) + offset_steps)
+
+    def handle(self, user="alice", password=None, state=None, mode=Mode.CHALLENGE, cl=None):
+        raw = password.encode() if isinstance(password, str) else password
+        return run(self.engine.handle(AuthRequest(client=cl or client(mode), user_name=user,
+                                                  password=raw, state=state)))
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = Harness(tmp_path)
+    harness.add_user()
+    yield harness
+    harness.sync.close()
+
+
+def test_inline_password_and_code_is_accepted(h):
+    d = h.handle(password=f"{PASSWORD},{h.code()}")
+    assert d.verdict is Verdict.ACCEPT
+    assert (d.factor, d.device, d.primary) == ("totp", "TOTP-alice", "local")
+
+
+def test_password_alone_is_challenged_and_the_code_with_state_accepted(h):
+    first = h.handle(password=PASSWORD)
+    assert first.verdict is Verdict.CHALLENGE
+    assert len(first.state) == 16 and "code" in first.reply_message
+    second = h.handle(password=h.code(), state=first.state)
+    assert second.verdict is Verdict.ACCEPT and second.factor == "totp"
+
+
+def test_a_state_is_single_use(h):
+    first = h.handle(password=PASSWORD)
+    assert h.handle(password=h.code(), state=first.state).verdict is Verdict.ACCEPT
+    again = h.handle(password=h.code(1), state=first.state)
+    assert (again.verdict, again.reason) == (Verdict.REJECT, Reason.BAD_STATE)
+
+
+def test_a_state_expires(h):
+    first = h.handle(password=PASSWORD)
+    h.clock.advance(301)
+    late = h.handle(password=h.code(), state=first.state)
+    assert (late.verdict, late.reason) == (Verdict.REJECT, Reason.EXPIRED_STATE)
+
+
+def test_a_state_is_bound_to_user_and_client(h):
+    h.add_user("bob")
+    first = h.handle(password=PASSWORD)
+    other_user = h.handle(user="bob", password=h.code(), state=first.state)
+    assert other_user.reason is Reason.BAD_STATE
+    second = h.handle(password=PASSWORD)
+    other_client = h.handle(password=h.code(), state=second.state, cl=client(name="wifi"))
+    assert other_client.reason is Reason.BAD_STATE
+
+
+def test_a_replayed_code_is_rejected(h):
+    code = h.code()
+    assert h.handle(password=f"{PASSWORD},{code}").verdict is Verdict.ACCEPT
+    again = h.handle(password=f"{PASSWORD},{code}")
+    assert (again.verdict, again.reason) == (Verdict.REJECT, Reason.REPLAY)
+
+
+def test_wrong_password_and_unknown_user_cost_one_hash_each(h):
+    wrong = h.handle(password=f"nope,{h.code()}")
+    assert wrong.reason is Reason.BAD_PASSWORD
+    assert h.hash_calls == ["verify_password"]
+    unknown = h.handle(user="mallory", password=f"{PASSWORD},{h.code()}")
+    assert unknown.reason is Reason.UNKNOWN_USER
+    assert h.hash_calls == ["verify_password", "verify_dummy"]
+
+
+def test_a_wrong_code_is_rejected(h):
+    d = h.handle(password=f"{PASSWORD},000000" if h.code() != "000000" else f"{PASSWORD},111111")
+    assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.BAD_CODE)
+
+
+def test_lockout_after_repeated_bad_answers_and_unlock(h):
+    for _ in range(5):
+        assert h.handle(password=f"{PASSWORD},{h.code(5)}").reason is Reason.BAD_CODE
+    locked = h.handle(password=f"{PASSWORD},{h.code()}")
+    assert locked.reason is Reason.LOCKED
+    assert h.hash_calls[-1] == "verify_dummy"          # a locked user costs what a check costs
+    h.clock.advance(14 * 60)
+    assert h.handle(password=f"{PASSWORD},{h.code()}").reason is Reason.LOCKED
+    h.sync.unlock("alice")
+    assert h.handle(password=f"{PASSWORD},{h.code()}").verdict is Verdict.ACCEPT
+
+
+def test_lock_lifts_by_itself_after_the_minutes(h):
+    for _ in range(5):
+        h.handle(password=f"nope,{h.code()}")
+    assert h.handle(password=f"{PASSWORD},{h.code()}").reason is Reason.LOCKED
+    h.clock.advance(15 * 60 + 1)
+    assert h.handle(password=f"{PASSWORD},{h.code()}").verdict is Verdict.ACCEPT
+
+
+def test_a_success_ends_the_run_of_failures(h):
+    for _ in range(4):
+        h.handle(password=f"nope,{h.code()}")
+    assert h.handle(password=f"{PASSWORD},{h.code()}").verdict is Verdict.ACCEPT
+    for _ in range(4):
+        h.handle(password=f"nope,{h.code()}")
+    h.clock.advance(30)
+    assert h.handle(password=f"{PASSWORD},{h.code()}").verdict is Verdict.ACCEPT
+
+
+def test_a_disabled_user_is_rejected(h):
+    h.sync.update_user("alice", disabled=True)
+    assert h.handle(password=f"{PASSWORD},{h.code()}").reason is Reason.DISABLED
+
+
+def test_exempt_users_and_clients_need_no_second_factor(tmp_path):
+    h = Harness(tmp_path, exempt_users=("svc",))
+    h.add_user("svc", token=False)
+    h.add_user("alice")
+    assert h.handle(user="svc", password=PASSWORD).factor == "none"
+    assert h.handle(user="svc", password=PASSWORD).verdict is Verdict.ACCEPT
+    lab = h.handle(password=PASSWORD, cl=client(exempt=True))
+    assert (lab.verdict, lab.factor) == (Verdict.ACCEPT, "none")
+    assert h.handle(user="svc", password="wrong").reason is Reason.BAD_PASSWORD
+
+
+def test_unenrolled_users_follow_the_policy(tmp_path):
+    strict = Harness(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path)
+    strict.add_user("new", token=False)
+    assert strict.handle(user="new", password=PASSWORD).reason is Reason.NO_FACTOR
+    lenient = Harness(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
+                      unenrolled="allow")
+    lenient.add_user("new", token=False)
+    d = lenient.handle(user="new", password=PASSWORD)
+    assert (d.verdict, d.factor) == (Verdict.ACCEPT, "none")
+
+
+def test_inline_mode_without_answer_is_rejected(h):
+    d = h.handle(password=PASSWORD, mode=Mode.INLINE)
+    assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.NO_ANSWER)
+
+
+def test_inline_mode_splits_at_the_last_delimiter(h):
+    h.sync.update_user("alice", password_hash=hash_password("a,b"))
+    assert h.handle(password=f"a,b,{h.code()}", mode=Mode.INLINE).verdict is Verdict.ACCEPT
+
+
+def test_challenge_mode_keeps_a_password_whose_tail_is_no_answer(h):
+    h.sync.update_user("alice", password_hash=hash_password("pass,word"))
+    assert h.handle(password="pass,word").verdict is Verdict.CHALLENGE
+
+
+def test_factor_words_for_missing_factors_are_rejected(h):
+    assert h.handle(password=f"{PASSWORD},sms").reason is Reason.NO_FACTOR
+
+
+def test_missing_user_name_or_password(h):
+    assert h.handle(user=None, password=PASSWORD).reason is Reason.BAD_REQUEST
+    assert h.handle(password=None).reason is Reason.BAD_REQUEST
+
+
+def test_second_factor_only_accepts_a_code_without_primary(h):
+    d = h.handle(password=h.code(), mode=Mode.SECOND_FACTOR_ONLY)
+    assert d.verdict is Verdict.ACCEPT
+    assert h.hash_calls == []
+    assert h.handle(password=None, mode=Mode.SECOND_FACTOR_ONLY).reason is Reason.NO_FACTOR
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("123456", "code"), ("12345678", "code"), ("12345", None), ("push", "push"),
+    (" SMS ", "sms"), ("abc", None),
+])
+def test_classify(text, expected):
+    assert classify(text) == expected
+
+
+@pytest.mark.parametrize("text,mode,expected", [
+    ("pw,123456", Mode.CHALLENGE, ("pw", "123456")),
+    ("pw,word", Mode.CHALLENGE, ("pw,word", None)),
+    ("pw,word", Mode.INLINE, ("pw", "word")),
+    ("pw", Mode.INLINE, ("pw", None)),
+    ("a,b,push", Mode.CHALLENGE, ("a,b", "push")),
+])
+def test_split_inline(text, mode, expected):
+    assert split_inline(text, ",", mode) == expected
