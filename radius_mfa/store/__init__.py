@@ -1,0 +1,47 @@
+"""Where the server and the commands keep their state: pick a store by URL.
+
+``sqlite:////abs/path.db`` (four slashes: an absolute path) or
+``sqlite:///rel/path.db`` (three: relative to the working directory) open
+:class:`~radius_mfa.store.sqlite.SqliteStore`. A store URL may carry a database
+password, so no error message here ever repeats the URL.
+"""
+
+from __future__ import annotations
+
+import os
+
+from radius_mfa.errors import StoreError
+from radius_mfa.store.base import Store
+from radius_mfa.store.sqlite import SqliteStore
+
+__all__ = ["SqliteStore", "Store", "open_store"]
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def open_store(url: str) -> Store:
+    """The store named by ``url``; StoreError when it names none we have or
+    cannot be opened."""
+    scheme, separator, _rest = url.partition("://")
+    if not separator:
+        raise StoreError("the store must be a URL such as sqlite:////var/lib/radius-mfa/radius-mfa.db")
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        return _open_sqlite(url)
+    if scheme.split("+", 1)[0] in _POSTGRES_SCHEMES:
+        raise StoreError("the PostgreSQL store is not available in this version")
+    if not scheme.replace("+", "").isalnum():
+        raise StoreError("the store URL has no recognisable scheme: use sqlite:////path/to/file.db")
+    raise StoreError(f"unsupported store URL scheme {scheme}: use sqlite:////path/to/file.db")
+
+
+def _open_sqlite(url: str) -> Store:
+    if not url.lower().startswith(_SQLITE_PREFIX):
+        raise StoreError(
+            "a SQLite store URL has no host: sqlite:////absolute/path.db or sqlite:///relative/path.db"
+        )
+    path = url[len(_SQLITE_PREFIX):]
+    if not path or path.endswith("/") or path == ":memory:":
+        raise StoreError("a SQLite store URL must name a file: sqlite:////absolute/path.db")
+    return SqliteStore(os.path.abspath(path))

@@ -1,0 +1,202 @@
+"""Slow salted password hashes, with the standard library only.
+
+New hashes are scrypt (memory-hard), written with their parameters so that the
+cost can be raised later without breaking the hashes already stored::
+
+    $scrypt$ln=14,r=8,p=1$<salt>$<key>
+
+PBKDF2-SHA256 hashes (``$pbkdf2-sha256$<iterations>$<salt>$<key>``, the form
+passlib writes) are verified too, so users can be imported from elsewhere;
+:func:`needs_rehash` says when a stored hash should be replaced by a new one at
+the next successful sign-in.
+
+Salts and keys are base64 without padding; the "adapted" alphabet of passlib
+(``.`` for ``+``) is accepted when reading. Verification never raises on a
+malformed hash: it returns False, so a damaged record cannot crash a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+SCRYPT_LOG2_N = 14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+KEY_BYTES = 32
+
+# Upper bounds on what a stored hash may ask for: a damaged or hostile hash
+# string must not make one verification take minutes or gigabytes.
+_MAX_SCRYPT_MEMORY = 1 << 30           # bytes
+_MAX_PBKDF2_ITERATIONS = 10_000_000
+_MIN_KEY_BYTES, _MAX_KEY_BYTES = 16, 64
+
+# A hash of a random password nobody knows, made once with the current
+# parameters; verify_dummy runs against it so an unknown user costs as much
+# time as a known one.
+_DUMMY_HASH = (
+    "$scrypt$ln=14,r=8,p=1$a1PfAEZaRotTsro+6xf4gA"
+    "$85OZUNZacXdrQQk3s6XflYOnI0gGBK9FKGvtokaBQQA"
+)
+
+
+@dataclass(frozen=True)
+class _Scrypt:
+    log2_n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+
+@dataclass(frozen=True)
+class _Pbkdf2:
+    iterations: int
+    salt: bytes
+    key: bytes
+
+
+def hash_password(password: str | bytes) -> str:
+    """A new scrypt hash of ``password`` (UTF-8 when a str), with a fresh salt."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    key = _scrypt(_as_bytes(password), salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, KEY_BYTES)
+    return (
+        f"$scrypt$ln={SCRYPT_LOG2_N},r={SCRYPT_R},p={SCRYPT_P}"
+        f"${_b64encode(salt)}${_b64encode(key)}"
+    )
+
+
+def verify_password(password: str | bytes, encoded: str) -> bool:
+    """True when ``password`` matches ``encoded``; False for a wrong password,
+    a malformed or unsupported hash, or a password that is not text."""
+    if not isinstance(password, (str, bytes)):
+        return False
+    parsed = _parse(encoded)
+    if parsed is None:
+        return False
+    try:
+        candidate = _derive(_as_bytes(password), parsed)
+    except (ValueError, MemoryError, OverflowError):
+        return False
+    return hmac.compare_digest(candidate, parsed.key)
+
+
+def needs_rehash(encoded: str) -> bool:
+    """True when ``encoded`` is not a scrypt hash at least as strong as what
+    :func:`hash_password` makes now (weaker parameters, PBKDF2, malformed)."""
+    parsed = _parse(encoded)
+    if not isinstance(parsed, _Scrypt):
+        return True
+    return (
+        parsed.log2_n < SCRYPT_LOG2_N
+        or parsed.r < SCRYPT_R
+        or parsed.p < SCRYPT_P
+        or len(parsed.salt) < SALT_BYTES
+        or len(parsed.key) < KEY_BYTES
+    )
+
+
+def verify_dummy(password: str | bytes) -> bool:
+    """Spend the time of one real verification, then return False.
+
+    Called when there is no hash to check (unknown user, no local password),
+    so that the answer takes as long as for a known user: no enumeration of
+    user names by timing.
+    """
+    if not isinstance(password, (str, bytes)):
+        password = b""
+    verify_password(password, _DUMMY_HASH)
+    return False
+
+
+# --- parsing ------------------------------------------------------------------
+
+
+def _parse(encoded: object) -> _Scrypt | _Pbkdf2 | None:
+    """The parts of a hash string, or None when it is not one we can verify."""
+    if not isinstance(encoded, str):
+        return None
+    parts = encoded.split("$")
+    if len(parts) != 5 or parts[0] != "":
+        return None
+    scheme, params, salt_text, key_text = parts[1:]
+    salt, key = _b64decode(salt_text), _b64decode(key_text)
+    if salt is None or key is None or not salt:
+        return None
+    if not _MIN_KEY_BYTES <= len(key) <= _MAX_KEY_BYTES:
+        return None
+    if scheme == "scrypt":
+        return _parse_scrypt(params, salt, key)
+    if scheme == "pbkdf2-sha256":
+        return _parse_pbkdf2(params, salt, key)
+    return None
+
+
+def _parse_scrypt(params: str, salt: bytes, key: bytes) -> _Scrypt | None:
+    values: dict[str, int] = {}
+    for item in params.split(","):
+        name, sep, number = item.partition("=")
+        if not sep or name in values or not number.isdigit() or len(number) > 3:
+            return None
+        values[name] = int(number)
+    if set(values) != {"ln", "r", "p"}:
+        return None
+    log2_n, r, p = values["ln"], values["r"], values["p"]
+    if not (1 <= log2_n <= 30 and r >= 1 and p >= 1):
+        return None
+    if _scrypt_memory(log2_n, r, p) > _MAX_SCRYPT_MEMORY:
+        return None
+    return _Scrypt(log2_n, r, p, salt, key)
+
+
+def _parse_pbkdf2(params: str, salt: bytes, key: bytes) -> _Pbkdf2 | None:
+    if not params.isdigit() or len(params) > 9:
+        return None
+    iterations = int(params)
+    if not 1 <= iterations <= _MAX_PBKDF2_ITERATIONS:
+        return None
+    return _Pbkdf2(iterations, salt, key)
+
+
+# --- derivation ---------------------------------------------------------------
+
+
+def _derive(password: bytes, parsed: _Scrypt | _Pbkdf2) -> bytes:
+    if isinstance(parsed, _Scrypt):
+        return _scrypt(password, parsed.salt, parsed.log2_n, parsed.r, parsed.p, len(parsed.key))
+    return hashlib.pbkdf2_hmac("sha256", password, parsed.salt, parsed.iterations, len(parsed.key))
+
+
+def _scrypt(password: bytes, salt: bytes, log2_n: int, r: int, p: int, length: int) -> bytes:
+    # maxmem must cover what the parameters need, or OpenSSL refuses.
+    maxmem = _scrypt_memory(log2_n, r, p) + (1 << 20)
+    return hashlib.scrypt(password, salt=salt, n=1 << log2_n, r=r, p=p, maxmem=maxmem, dklen=length)
+
+
+def _scrypt_memory(log2_n: int, r: int, p: int) -> int:
+    """Bytes scrypt needs for these parameters (V array plus B blocks)."""
+    return 128 * r * ((1 << log2_n) + p + 2)
+
+
+def _as_bytes(password: str | bytes) -> bytes:
+    return password.encode("utf-8") if isinstance(password, str) else password
+
+
+def _b64encode(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _b64decode(text: str) -> bytes | None:
+    """Standard or passlib-adapted base64, padded or not; None when invalid."""
+    text = text.replace(".", "+")
+    if not text.isascii():
+        return None
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None

@@ -1,0 +1,665 @@
+"""The SQLite store: one file shared by the server, its workers and the commands.
+
+Concurrency is SQLite's job, not ours: the file is in WAL mode (readers never
+block the writer), every connection waits up to ``BUSY_TIMEOUT_MS`` for a lock
+instead of failing, and every read-modify-write is either one statement
+(compare-and-set ``UPDATE ... WHERE``, ``DELETE ... RETURNING``) or runs in a
+``BEGIN IMMEDIATE`` transaction, which takes the write lock before it reads.
+Nothing is locked in process memory, so two processes behave like two threads.
+
+Each thread gets its own connection, opened lazily (sqlite3 connections must
+stay in the thread that made them). A process forked after the store was
+opened opens fresh connections too: a SQLite connection must not cross fork.
+
+The schema carries a version. :data:`MIGRATIONS` lists the steps from an empty
+file to the current version; on open, the missing steps run in order inside one
+transaction, so a later release adds tables without losing data, and a file
+written by a newer release is refused rather than misread.
+
+Token secrets are stored as given (base32): protect the file (mode 0600, in a
+0700 directory, both made so here) and its backups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from typing import Any, Iterable, Iterator, Sequence
+
+from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
+
+BUSY_TIMEOUT_MS = 5000
+
+# Each migration is the list of statements that takes the schema from version
+# i to version i + 1 (MIGRATIONS[0]: empty file → version 1). Append, never
+# edit a released step.
+#
+# tokens.user references users(name) without ON DELETE CASCADE, on purpose:
+# what happens to a user's tokens is decided in code (remove_user deletes
+# software tokens now; hardware tokens may go back to the pool later), and the
+# foreign key only guarantees that no token points at a user who is gone.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE users (
+            name          TEXT PRIMARY KEY NOT NULL,
+            display_name  TEXT,
+            email         TEXT,
+            phone         TEXT,
+            password_hash TEXT,
+            disabled      INTEGER NOT NULL DEFAULT 0,
+            failures      INTEGER NOT NULL DEFAULT 0,
+            locked_until  REAL,
+            created       REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE tokens (
+            serial    TEXT PRIMARY KEY NOT NULL,
+            type      TEXT NOT NULL CHECK (type IN ('totp', 'hotp')),
+            secret    TEXT NOT NULL,
+            user      TEXT REFERENCES users (name),
+            digits    INTEGER NOT NULL,
+            period    INTEGER NOT NULL,
+            algorithm TEXT NOT NULL CHECK (algorithm IN ('sha1', 'sha256', 'sha512')),
+            counter   INTEGER NOT NULL DEFAULT 0,
+            last_step INTEGER,
+            created   REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX tokens_user ON tokens (user)",
+        """
+        CREATE TABLE challenges (
+            state_digest TEXT PRIMARY KEY NOT NULL,
+            user         TEXT NOT NULL,
+            client       TEXT NOT NULL,
+            created      REAL NOT NULL,
+            expires      REAL NOT NULL,
+            factors      TEXT NOT NULL,
+            data         TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX challenges_expires ON challenges (expires)",
+        """
+        CREATE TABLE clients_seen (
+            name            TEXT PRIMARY KEY NOT NULL,
+            requests        INTEGER NOT NULL DEFAULT 0,
+            last_seen       REAL,
+            last_with_ma    REAL,
+            last_without_ma REAL
+        )
+        """,
+        """
+        CREATE TABLE auth_log (
+            id     INTEGER PRIMARY KEY,
+            time   REAL NOT NULL,
+            user   TEXT,
+            fields TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX auth_log_time ON auth_log (time)",
+        "CREATE INDEX auth_log_user ON auth_log (user, time)",
+    ),
+)
+
+_USER_FIELDS = frozenset({"display_name", "email", "phone", "password_hash", "disabled"})
+_TOKEN_TYPES = frozenset({"totp", "hotp"})
+_ALGORITHMS = frozenset({"sha1", "sha256", "sha512"})
+
+
+def schema_version() -> int:
+    """The schema version this code writes (the number of migrations)."""
+    return len(MIGRATIONS)
+
+
+class _Connection:
+    """A thread's connection, with the process that opened it.
+
+    A holder rather than the bare connection because sqlite3 connections
+    cannot be weakly referenced, and the store tracks its connections weakly
+    (a thread's connection goes away with the thread).
+    """
+
+    __slots__ = ("conn", "pid", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.pid = os.getpid()
+
+
+# Connections inherited across fork: never used nor closed in the child (closing
+# could disturb the parent's locks); kept referenced so they are not finalised.
+_ABANDONED_AFTER_FORK: list[_Connection] = []
+
+
+class SqliteStore:
+    """:class:`radius_mfa.store.base.Store` on one SQLite file.
+
+    Opening creates the file (and its directory) when missing and brings the
+    schema up to date; it raises StoreError when the file cannot be used.
+    """
+
+    def __init__(self, path: str):
+        if not path or path == ":memory:" or path.startswith("file:"):
+            raise StoreError("the SQLite store needs a file path (an in-memory database cannot be shared)")
+        self.path = os.path.abspath(path)
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._all_lock = threading.Lock()   # guards the WeakSet only, never the database
+        self._closed = False
+        _create_file(self.path)
+        with self._errors("open"):
+            conn = self._conn()
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            self._migrate(conn)
+
+    # --- connections and transactions ------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise StoreError(f"the store {self.path} is closed")
+        holder: _Connection | None = getattr(self._local, "holder", None)
+        if holder is not None and holder.pid != os.getpid():
+            _ABANDONED_AFTER_FORK.append(holder)
+            holder = None
+        if holder is None:
+            holder = _Connection(self._connect())
+            self._local.holder = holder
+            with self._all_lock:
+                self._all.add(holder)
+        return holder.conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        """Turn a database failure into StoreError. SQLite's messages name
+        tables and columns, never values, so no secret can leak through."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: {operation} failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """A short write transaction that holds the write lock from the start
+        (``BEGIN IMMEDIATE``), so what it reads cannot change before it writes."""
+        with self._errors(operation):
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    def _read(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._errors(operation):
+            return self._conn().execute(sql, params).fetchall()
+
+    def _change(self, operation: str, sql: str, params: Sequence[Any] = ()) -> int:
+        """One writing statement, atomic on its own (autocommit); the number
+        of rows it changed."""
+        with self._errors(operation):
+            return self._conn().execute(sql, params).rowcount
+
+    def _returning(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """One writing statement with ``RETURNING``, atomic on its own. Fetching
+        every row runs it to completion, which ends its transaction."""
+        with self._errors(operation):
+            return self._conn().execute(sql, params).fetchall()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = _current_version(conn, self.path)
+            latest = schema_version()
+            if found > latest:
+                raise StoreError(
+                    f"the store {self.path} has schema version {found}, newer than the "
+                    f"version {latest} this radius-mfa knows: upgrade radius-mfa"
+                )
+            for statements in MIGRATIONS[found:]:
+                for statement in statements:
+                    conn.execute(statement)
+            if found < latest:
+                conn.execute("UPDATE schema_version SET version = ?", (latest,))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def close(self) -> None:
+        """Close this thread's connection and, where SQLite lets us, the
+        others; the store cannot be used afterwards. Connections of other
+        threads that refuse (sqlite3 ties them to their thread) close when
+        their thread ends."""
+        self._closed = True
+        holder: _Connection | None = getattr(self._local, "holder", None)
+        self._local.holder = None
+        with self._all_lock:
+            others = [h for h in self._all if h is not holder]
+            self._all.clear()
+        if holder is not None and holder.pid == os.getpid():
+            holder.conn.close()
+        for other in others:
+            if other.pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    other.conn.close()
+
+    # --- users -------------------------------------------------------------
+
+    def add_user(self, user: User) -> None:
+        """Create a user; AlreadyExistsError when the name is taken.
+        A ``created`` of 0 is read as "now"."""
+        if not user.name:
+            raise RefusedError("a user name must not be empty")
+        try:
+            self._change(
+                "add user",
+                "INSERT INTO users (name, display_name, email, phone, password_hash,"
+                " disabled, failures, locked_until, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    user.name, user.display_name, user.email, user.phone, user.password_hash,
+                    int(user.disabled), user.failures, user.locked_until, user.created or time.time(),
+                ),
+            )
+        except StoreError as exc:
+            if _is_constraint(exc, "SQLITE_CONSTRAINT_PRIMARYKEY"):
+                raise AlreadyExistsError(f"user {user.name} exists already") from None
+            raise
+
+    def get_user(self, name: str) -> User | None:
+        rows = self._read("read user", "SELECT * FROM users WHERE name = ?", (name,))
+        return _user(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        """Every user, sorted by name."""
+        return [_user(row) for row in self._read("list users", "SELECT * FROM users ORDER BY name")]
+
+    def update_user(self, name: str, **fields: Any) -> User:
+        """Set display_name, email, phone, password_hash or disabled; returns the
+        new record; NotFoundError when absent, TypeError for any other field."""
+        unknown = sorted(set(fields) - _USER_FIELDS)
+        if unknown:
+            raise TypeError(f"update_user: fields that cannot be set: {', '.join(unknown)}")
+        if not fields:
+            user = self.get_user(name)
+            if user is None:
+                raise NotFoundError(f"no such user: {name}")
+            return user
+        values = {key: int(value) if key == "disabled" else value for key, value in fields.items()}
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        rows = self._returning(
+            "update user",
+            f"UPDATE users SET {assignments} WHERE name = ? RETURNING *",
+            (*values.values(), name),
+        )
+        if not rows:
+            raise NotFoundError(f"no such user: {name}")
+        return _user(rows[0])
+
+    def remove_user(self, name: str) -> None:
+        """Delete the user and the tokens assigned to them; NotFoundError."""
+        with self._write("remove user") as conn:
+            conn.execute("DELETE FROM tokens WHERE user = ?", (name,))
+            if conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFoundError(f"no such user: {name}")
+
+    def reset_user(self, name: str) -> int:
+        """Remove every factor of the user (tokens now; devices and app
+        passwords as they come); returns how many were removed; NotFoundError."""
+        with self._write("reset user") as conn:
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFoundError(f"no such user: {name}")
+            return conn.execute("DELETE FROM tokens WHERE user = ?", (name,)).rowcount
+
+    # --- lockout -----------------------------------------------------------
+
+    def record_failure(self, name: str, now: float, limit: int, lock_seconds: float) -> User | None:
+        """Atomically count one more bad answer in a row; at ``limit`` lock the
+        user until ``now + lock_seconds`` and count from zero again. Returns the
+        new record (None: no such user)."""
+        if limit < 1:
+            raise ValueError("record_failure: limit must be at least 1")
+        with self._write("record failure") as conn:
+            row = conn.execute("SELECT failures FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            failures = row["failures"] + 1
+            if failures >= limit:
+                conn.execute(
+                    "UPDATE users SET failures = 0, locked_until = ? WHERE name = ?",
+                    (now + lock_seconds, name),
+                )
+            else:
+                conn.execute("UPDATE users SET failures = ? WHERE name = ?", (failures, name))
+            return _user(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
+
+    def clear_failures(self, name: str) -> None:
+        """A success: the run of bad answers ends (lock untouched)."""
+        self._change("clear failures", "UPDATE users SET failures = 0 WHERE name = ? AND failures != 0", (name,))
+
+    def unlock(self, name: str) -> None:
+        """`user unlock`: failures 0, locked_until None; NotFoundError."""
+        changed = self._change(
+            "unlock user", "UPDATE users SET failures = 0, locked_until = NULL WHERE name = ?", (name,)
+        )
+        if changed == 0:
+            raise NotFoundError(f"no such user: {name}")
+
+    # --- tokens ------------------------------------------------------------
+
+    def add_token(self, token: Token) -> None:
+        """AlreadyExistsError when the serial is taken; NotFoundError when the
+        token is assigned to a user who does not exist."""
+        self.add_tokens([token])
+
+    def add_tokens(self, tokens: Iterable[Token]) -> int:
+        """All or nothing, in one transaction; AlreadyExistsError naming the
+        first serial that exists (or repeats). Returns the count."""
+        batch = list(tokens)
+        for token in batch:
+            _check_token(token)
+        now = time.time()
+        with self._write("add tokens") as conn:
+            for token in batch:
+                _insert_token(conn, token, now)
+        return len(batch)
+
+    def get_token(self, serial: str) -> Token | None:
+        rows = self._read("read token", "SELECT * FROM tokens WHERE serial = ?", (serial,))
+        return _token(rows[0]) if rows else None
+
+    def list_tokens(self, user: str | None = None) -> list[Token]:
+        """All tokens (user None) or the user's, sorted by serial."""
+        if user is None:
+            rows = self._read("list tokens", "SELECT * FROM tokens ORDER BY serial")
+        else:
+            rows = self._read("list tokens", "SELECT * FROM tokens WHERE user = ? ORDER BY serial", (user,))
+        return [_token(row) for row in rows]
+
+    def assign_token(self, serial: str, user: str) -> None:
+        """NotFoundError for an unknown serial or user; RefusedError when the
+        token belongs to another user already (assigning it to its own user
+        again changes nothing)."""
+        with self._write("assign token") as conn:
+            row = conn.execute("SELECT user FROM tokens WHERE serial = ?", (serial,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no such token: {serial}")
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
+                raise NotFoundError(f"no such user: {user}")
+            owner = row["user"]
+            if owner == user:
+                return
+            if owner is not None:
+                raise RefusedError(f"token {serial} is assigned to {owner} already")
+            conn.execute("UPDATE tokens SET user = ? WHERE serial = ?", (user, serial))
+
+    def remove_token(self, serial: str) -> None:
+        """NotFoundError."""
+        if self._change("remove token", "DELETE FROM tokens WHERE serial = ?", (serial,)) == 0:
+            raise NotFoundError(f"no such token: {serial}")
+
+    def advance_totp(self, serial: str, step: int) -> bool:
+        """True when ``step`` is later than every step used before (atomic
+        compare-and-set); False for a replay or an unknown serial."""
+        changed = self._change(
+            "advance totp",
+            "UPDATE tokens SET last_step = ? WHERE serial = ? AND type = 'totp'"
+            " AND (last_step IS NULL OR last_step < ?)",
+            (step, serial, step),
+        )
+        return changed == 1
+
+    def advance_hotp(self, serial: str, expected: int, new_counter: int) -> bool:
+        """Move the HOTP counter from ``expected`` to ``new_counter``: True when
+        it still was ``expected`` (atomic compare-and-set), else False."""
+        changed = self._change(
+            "advance hotp",
+            "UPDATE tokens SET counter = ? WHERE serial = ? AND type = 'hotp' AND counter = ?",
+            (new_counter, serial, expected),
+        )
+        return changed == 1
+
+    # --- challenges --------------------------------------------------------
+
+    def put_challenge(self, challenge: Challenge) -> None:
+        """Store a pending challenge; AlreadyExistsError when its digest is
+        stored already (States are random: that would be a bug)."""
+        factors = _to_json(list(challenge.factors), "challenge factors")
+        data = _to_json(challenge.data, "challenge data")
+        try:
+            self._change(
+                "put challenge",
+                "INSERT INTO challenges (state_digest, user, client, created, expires, factors, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (challenge.state_digest, challenge.user, challenge.client,
+                 challenge.created, challenge.expires, factors, data),
+            )
+        except StoreError as exc:
+            if _is_constraint(exc, "SQLITE_CONSTRAINT_PRIMARYKEY"):
+                raise AlreadyExistsError("a challenge with this State exists already") from None
+            raise
+
+    def take_challenge(self, state_digest: str) -> Challenge | None:
+        """Delete and return the challenge, expired or not; of two callers
+        racing for it exactly one gets it (one ``DELETE ... RETURNING``)."""
+        rows = self._returning(
+            "take challenge", "DELETE FROM challenges WHERE state_digest = ? RETURNING *", (state_digest,)
+        )
+        return _challenge(rows[0]) if rows else None
+
+    def purge_challenges(self, now: float) -> int:
+        """Delete the challenges that expired before ``now``; returns the count."""
+        return self._change("purge challenges", "DELETE FROM challenges WHERE expires < ?", (now,))
+
+    # --- clients -----------------------------------------------------------
+
+    def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:
+        """Count ``count`` requests from the client, seen last at ``now``.
+        Times only move forward, so workers reporting late cannot set them back."""
+        column = "last_with_ma" if with_message_authenticator else "last_without_ma"
+        self._change(
+            "note client request",
+            f"INSERT INTO clients_seen (name, requests, last_seen, {column}) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET"
+            " requests = requests + excluded.requests,"
+            " last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen),"
+            f" {column} = max(coalesce({column}, excluded.{column}), excluded.{column})",
+            (name, count, now, now),
+        )
+
+    def list_clients_seen(self) -> list[ClientSeen]:
+        """Every client that sent something, sorted by name."""
+        rows = self._read("list clients", "SELECT * FROM clients_seen ORDER BY name")
+        return [
+            ClientSeen(
+                name=row["name"],
+                requests=row["requests"],
+                last_seen=row["last_seen"],
+                last_with_message_authenticator=row["last_with_ma"],
+                last_without_message_authenticator=row["last_without_ma"],
+            )
+            for row in rows
+        ]
+
+    # --- authentication log ------------------------------------------------
+
+    def add_auth_record(self, record: AuthRecord) -> None:
+        """Append one record; ``fields["user"]`` is indexed for `report auth --user`."""
+        user = record.fields.get("user")
+        self._change(
+            "add auth record",
+            "INSERT INTO auth_log (time, user, fields) VALUES (?, ?, ?)",
+            (record.time, user if isinstance(user, str) else None, _to_json(record.fields, "auth record")),
+        )
+
+    def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
+        """Oldest first; ``since`` inclusive."""
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("time >= ?")
+            params.append(since)
+        if user is not None:
+            clauses.append("user = ?")
+            params.append(user)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read("read auth log", f"SELECT time, fields FROM auth_log{where} ORDER BY time, id", params)
+        return [AuthRecord(time=row["time"], fields=json.loads(row["fields"])) for row in rows]
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _create_file(path: str) -> None:
+    """Make the directory (0700) and the file (0600) before SQLite does, so
+    SQLite never creates them with the process umask; its -wal and -shm
+    files take the database file's mode."""
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the directory of the store {path}: {exc.strerror}") from exc
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create the store {path}: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction; a failure here must not hide the first one."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _current_version(conn: sqlite3.Connection, path: str) -> int:
+    """The schema version of the open file; 0 for an empty file. Refuses a
+    SQLite file that holds tables of something else."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "schema_version" not in tables:
+        if tables:
+            raise StoreError(f"{path} is a SQLite database, but not a radius-mfa store")
+        conn.execute(
+            "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO schema_version (id, version) VALUES (1, 0)")
+        return 0
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    if row is None:
+        raise StoreError(f"the store {path} has no schema version")
+    return int(row[0])
+
+
+def _is_constraint(exc: StoreError, name: str) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, sqlite3.IntegrityError) and getattr(cause, "sqlite_errorname", "") == name
+
+
+def _check_token(token: Token) -> None:
+    """Refuse a token whose fields the verifiers could not use."""
+    problem = None
+    if not token.serial:
+        problem = "the serial must not be empty"
+    elif token.type not in _TOKEN_TYPES:
+        problem = "type must be totp or hotp"
+    elif token.algorithm not in _ALGORITHMS:
+        problem = "algorithm must be sha1, sha256 or sha512"
+    elif not 6 <= token.digits <= 10:
+        problem = "digits must be between 6 and 10"
+    elif token.period < 1:
+        problem = "period must be at least 1 second"
+    elif token.counter < 0:
+        problem = "counter must not be negative"
+    elif not token.secret:
+        problem = "the secret must not be empty"
+    if problem:
+        raise RefusedError(f"token {token.serial or '(no serial)'}: {problem}")
+
+
+def _insert_token(conn: sqlite3.Connection, token: Token, now: float) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO tokens (serial, type, secret, user, digits, period, algorithm, counter,"
+            " last_step, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                token.serial, token.type, token.secret, token.user, token.digits, token.period,
+                token.algorithm, token.counter, token.last_step, token.created or now,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name == "SQLITE_CONSTRAINT_PRIMARYKEY":
+            raise AlreadyExistsError(f"token {token.serial} exists already") from None
+        if name == "SQLITE_CONSTRAINT_FOREIGNKEY":
+            raise NotFoundError(f"token {token.serial}: no such user: {token.user}") from None
+        raise
+
+
+def _to_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"the {what} cannot be stored: {exc}") from None
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(
+        name=row["name"],
+        display_name=row["display_name"],
+        email=row["email"],
+        phone=row["phone"],
+        password_hash=row["password_hash"],
+        disabled=bool(row["disabled"]),
+        failures=row["failures"],
+        locked_until=row["locked_until"],
+        created=row["created"],
+    )
+
+
+def _token(row: sqlite3.Row) -> Token:
+    return Token(
+        serial=row["serial"],
+        type=row["type"],
+        secret=row["secret"],
+        user=row["user"],
+        digits=row["digits"],
+        period=row["period"],
+        algorithm=row["algorithm"],
+        counter=row["counter"],
+        last_step=row["last_step"],
+        created=row["created"],
+    )
+
+
+def _challenge(row: sqlite3.Row) -> Challenge:
+    return Challenge(
+        state_digest=row["state_digest"],
+        user=row["user"],
+        client=row["client"],
+        created=row["created"],
+        expires=row["expires"],
+        factors=tuple(json.loads(row["factors"])),
+        data=json.loads(row["data"]),
+    )

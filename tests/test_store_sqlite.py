@@ -1,0 +1,658 @@
+"""The SQLite store: every Store method, its races, its schema and its file."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import pytest
+
+from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
+from radius_mfa.store import open_store
+from radius_mfa.store import sqlite as sqlite_module
+from radius_mfa.store.sqlite import SqliteStore, schema_version
+
+T = TypeVar("T")
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "radius-mfa.db")
+
+
+@pytest.fixture
+def store(db_path: str):
+    opened = SqliteStore(db_path)
+    yield opened
+    opened.close()
+
+
+def totp(serial: str, user: str | None = None, **changes) -> Token:
+    return Token(serial=serial, type="totp", secret="JBSWY3DPEHPK3PXP", user=user, created=NOW, **changes)
+
+
+def hotp(serial: str, user: str | None = None, **changes) -> Token:
+    return Token(serial=serial, type="hotp", secret="GEZDGNBVGY3TQOJQ", user=user, created=NOW, **changes)
+
+
+def race(workers: list[Callable[[], T]]) -> list[T]:
+    """Run the callables in threads released at the same instant."""
+    barrier = threading.Barrier(len(workers))
+    results: list = [None] * len(workers)
+    errors: list[BaseException] = []
+
+    def run(index: int, work: Callable[[], T]) -> None:
+        try:
+            barrier.wait()
+            results[index] = work()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, w)) for i, w in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results
+
+
+# --- users -------------------------------------------------------------------
+
+
+def test_added_user_reads_back(store: SqliteStore) -> None:
+    user = User("alice", display_name="Alice A", email="alice@example.org", phone="+4915112345678",
+                password_hash="$scrypt$x", created=NOW)
+    store.add_user(user)
+    assert store.get_user("alice") == user
+
+
+def test_user_without_created_time_gets_one(store: SqliteStore) -> None:
+    store.add_user(User("bob"))
+    assert store.get_user("bob").created > 0
+
+
+def test_unknown_user_is_none(store: SqliteStore) -> None:
+    assert store.get_user("nobody") is None
+
+
+def test_duplicate_user_is_refused(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    with pytest.raises(AlreadyExistsError, match="alice"):
+        store.add_user(User("alice", email="other@example.org", created=NOW))
+    assert store.get_user("alice").email is None
+
+
+def test_empty_user_name_is_refused(store: SqliteStore) -> None:
+    with pytest.raises(RefusedError):
+        store.add_user(User(""))
+
+
+def test_users_are_listed_by_name(store: SqliteStore) -> None:
+    for name in ("carol", "alice", "bob"):
+        store.add_user(User(name, created=NOW))
+    assert [u.name for u in store.list_users()] == ["alice", "bob", "carol"]
+
+
+def test_update_user_sets_fields_and_returns_the_record(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    updated = store.update_user("alice", email="a@example.org", disabled=True, password_hash="h")
+    assert updated == User("alice", email="a@example.org", disabled=True, password_hash="h", created=NOW)
+    assert store.get_user("alice") == updated
+    assert store.update_user("alice", phone=None, disabled=False).disabled is False
+
+
+def test_update_user_without_fields_returns_the_record(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    assert store.update_user("alice") == User("alice", created=NOW)
+
+
+def test_update_unknown_user_is_not_found(store: SqliteStore) -> None:
+    with pytest.raises(NotFoundError, match="nobody"):
+        store.update_user("nobody", email="x@example.org")
+    with pytest.raises(NotFoundError):
+        store.update_user("nobody")
+
+
+def test_update_user_refuses_other_fields(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    with pytest.raises(TypeError, match="failures"):
+        store.update_user("alice", failures=3)
+    with pytest.raises(TypeError, match="name"):
+        store.update_user("alice", name="mallory")
+
+
+def test_remove_user_removes_their_tokens_only(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_user(User("bob", created=NOW))
+    store.add_tokens([totp("A1", "alice"), hotp("A2", "alice"), totp("B1", "bob"), totp("FREE")])
+    store.remove_user("alice")
+    assert store.get_user("alice") is None
+    assert [t.serial for t in store.list_tokens()] == ["B1", "FREE"]
+
+
+def test_remove_unknown_user_is_not_found(store: SqliteStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.remove_user("nobody")
+
+
+def test_reset_user_removes_factors_and_keeps_the_user(store: SqliteStore) -> None:
+    store.add_user(User("alice", email="a@example.org", created=NOW))
+    store.add_tokens([totp("A1", "alice"), hotp("A2", "alice"), totp("FREE")])
+    assert store.reset_user("alice") == 2
+    assert store.list_tokens("alice") == []
+    assert store.get_user("alice").email == "a@example.org"
+    assert store.get_token("FREE") is not None
+    assert store.reset_user("alice") == 0
+
+
+def test_reset_unknown_user_is_not_found(store: SqliteStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.reset_user("nobody")
+
+
+# --- lockout -----------------------------------------------------------------
+
+
+def test_failures_count_up_then_lock_and_start_again(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    assert store.record_failure("alice", NOW, limit=3, lock_seconds=900).failures == 1
+    assert store.record_failure("alice", NOW, limit=3, lock_seconds=900).failures == 2
+    locked = store.record_failure("alice", NOW + 5, limit=3, lock_seconds=900)
+    assert locked.failures == 0
+    assert locked.locked_until == NOW + 5 + 900
+    assert store.get_user("alice") == locked
+
+
+def test_limit_of_one_locks_at_the_first_failure(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    assert store.record_failure("alice", NOW, limit=1, lock_seconds=60).locked_until == NOW + 60
+
+
+def test_failure_of_unknown_user_is_none(store: SqliteStore) -> None:
+    assert store.record_failure("nobody", NOW, limit=3, lock_seconds=60) is None
+
+
+def test_concurrent_failures_are_all_counted(db_path: str) -> None:
+    stores = [SqliteStore(db_path) for _ in range(4)]
+    stores[0].add_user(User("alice", created=NOW))
+    race([lambda s=s: s.record_failure("alice", NOW, limit=100, lock_seconds=60) for s in stores for _ in range(3)])
+    assert stores[0].get_user("alice").failures == 12
+    for s in stores:
+        s.close()
+
+
+def test_clear_failures_keeps_the_lock(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.record_failure("alice", NOW, limit=2, lock_seconds=60)
+    store.record_failure("alice", NOW, limit=2, lock_seconds=60)
+    store.record_failure("alice", NOW, limit=2, lock_seconds=60)
+    store.clear_failures("alice")
+    user = store.get_user("alice")
+    assert (user.failures, user.locked_until) == (0, NOW + 60)
+    store.clear_failures("nobody")   # no error: nothing to clear
+
+
+def test_unlock_lifts_the_lock(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.record_failure("alice", NOW, limit=1, lock_seconds=60)
+    store.record_failure("alice", NOW, limit=5, lock_seconds=60)
+    store.unlock("alice")
+    user = store.get_user("alice")
+    assert (user.failures, user.locked_until) == (0, None)
+    with pytest.raises(NotFoundError):
+        store.unlock("nobody")
+
+
+# --- tokens ------------------------------------------------------------------
+
+
+def test_added_token_reads_back(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    token = Token("T1", "totp", "JBSWY3DPEHPK3PXP", user="alice", digits=8, period=60,
+                  algorithm="sha256", last_step=5, created=NOW)
+    store.add_token(token)
+    assert store.get_token("T1") == token
+    assert store.get_token("nope") is None
+
+
+def test_duplicate_serial_is_refused(store: SqliteStore) -> None:
+    store.add_token(totp("T1"))
+    with pytest.raises(AlreadyExistsError, match="T1"):
+        store.add_token(hotp("T1"))
+    assert store.get_token("T1").type == "totp"
+
+
+def test_token_for_unknown_user_is_refused(store: SqliteStore) -> None:
+    with pytest.raises(NotFoundError, match="ghost"):
+        store.add_token(totp("T1", "ghost"))
+    assert store.list_tokens() == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        Token("", "totp", "JBSWY3DPEHPK3PXP"),
+        Token("T1", "sms", "JBSWY3DPEHPK3PXP"),
+        Token("T1", "totp", "JBSWY3DPEHPK3PXP", algorithm="md5"),
+        Token("T1", "totp", "JBSWY3DPEHPK3PXP", digits=4),
+        Token("T1", "totp", "JBSWY3DPEHPK3PXP", period=0),
+        Token("T1", "hotp", "JBSWY3DPEHPK3PXP", counter=-1),
+        Token("T1", "totp", ""),
+    ],
+)
+def test_unusable_token_is_refused(store: SqliteStore, token: Token) -> None:
+    with pytest.raises(RefusedError):
+        store.add_token(token)
+    assert store.list_tokens() == []
+
+
+def test_add_tokens_adds_all(store: SqliteStore) -> None:
+    assert store.add_tokens(hotp(f"H{i:05d}") for i in range(500)) == 500
+    assert len(store.list_tokens()) == 500
+
+
+def test_add_tokens_with_one_existing_serial_adds_nothing(store: SqliteStore) -> None:
+    store.add_token(hotp("H00002"))
+    batch = [hotp("H00001"), hotp("H00002"), hotp("H00003")]
+    with pytest.raises(AlreadyExistsError, match="H00002"):
+        store.add_tokens(batch)
+    assert [t.serial for t in store.list_tokens()] == ["H00002"]
+
+
+def test_add_tokens_with_a_serial_twice_adds_nothing(store: SqliteStore) -> None:
+    with pytest.raises(AlreadyExistsError, match="H2"):
+        store.add_tokens([hotp("H1"), hotp("H2"), hotp("H2")])
+    assert store.list_tokens() == []
+
+
+def test_add_tokens_with_one_bad_token_adds_nothing(store: SqliteStore) -> None:
+    with pytest.raises(RefusedError, match="H2"):
+        store.add_tokens([hotp("H1"), hotp("H2", algorithm="md5")])
+    assert store.list_tokens() == []
+
+
+def test_tokens_are_listed_by_serial_and_by_user(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_tokens([totp("C", "alice"), totp("A"), totp("B", "alice")])
+    assert [t.serial for t in store.list_tokens()] == ["A", "B", "C"]
+    assert [t.serial for t in store.list_tokens("alice")] == ["B", "C"]
+    assert store.list_tokens("nobody") == []
+
+
+def test_assign_token(store: SqliteStore) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_user(User("bob", created=NOW))
+    store.add_token(hotp("H1"))
+    store.assign_token("H1", "alice")
+    assert store.get_token("H1").user == "alice"
+    store.assign_token("H1", "alice")   # again: nothing changes
+    with pytest.raises(RefusedError, match="alice"):
+        store.assign_token("H1", "bob")
+    with pytest.raises(NotFoundError, match="H9"):
+        store.assign_token("H9", "alice")
+    store.add_token(hotp("H2"))
+    with pytest.raises(NotFoundError, match="carol"):
+        store.assign_token("H2", "carol")
+    assert store.get_token("H2").user is None
+
+
+def test_remove_token(store: SqliteStore) -> None:
+    store.add_token(totp("T1"))
+    store.remove_token("T1")
+    assert store.get_token("T1") is None
+    with pytest.raises(NotFoundError, match="T1"):
+        store.remove_token("T1")
+
+
+def test_totp_step_is_accepted_once_and_only_forward(store: SqliteStore) -> None:
+    store.add_token(totp("T1"))
+    assert store.advance_totp("T1", 100)
+    assert not store.advance_totp("T1", 100)     # replay
+    assert not store.advance_totp("T1", 99)      # older code
+    assert store.advance_totp("T1", 101)
+    assert store.get_token("T1").last_step == 101
+    assert not store.advance_totp("nope", 1)
+
+
+def test_totp_replay_is_refused_across_reopen(db_path: str) -> None:
+    first = SqliteStore(db_path)
+    first.add_token(totp("T1"))
+    assert first.advance_totp("T1", 7)
+    first.close()
+    second = SqliteStore(db_path)
+    assert not second.advance_totp("T1", 7)
+    second.close()
+
+
+def test_hotp_counter_moves_only_from_the_expected_value(store: SqliteStore) -> None:
+    store.add_token(hotp("H1", counter=5))
+    assert not store.advance_hotp("H1", expected=4, new_counter=6)
+    assert store.advance_hotp("H1", expected=5, new_counter=8)
+    assert not store.advance_hotp("H1", expected=5, new_counter=8)
+    assert store.get_token("H1").counter == 8
+    assert not store.advance_hotp("nope", 0, 1)
+
+
+def test_compare_and_set_respects_the_token_type(store: SqliteStore) -> None:
+    store.add_tokens([totp("T1"), hotp("H1")])
+    assert not store.advance_totp("H1", 1)
+    assert not store.advance_hotp("T1", 0, 1)
+
+
+def test_racing_totp_use_from_two_instances_has_one_winner(db_path: str) -> None:
+    one, two = SqliteStore(db_path), SqliteStore(db_path)
+    one.add_token(totp("T1"))
+    for step in range(1, 51):
+        results = race([lambda: one.advance_totp("T1", step), lambda: two.advance_totp("T1", step)])
+        assert sorted(results) == [False, True]
+    one.close()
+    two.close()
+
+
+def test_racing_hotp_use_from_threads_has_one_winner(store: SqliteStore) -> None:
+    store.add_token(hotp("H1"))
+    for counter in range(30):
+        results = race([lambda: store.advance_hotp("H1", counter, counter + 1)] * 4)
+        assert sorted(results) == [False, False, False, True]
+
+
+def _advance_in_child(path: str, step: int, barrier, results) -> None:
+    store = SqliteStore(path)
+    barrier.wait()
+    results.put(store.advance_totp("T1", step))
+    store.close()
+
+
+def test_racing_totp_use_from_processes_has_one_winner(db_path: str) -> None:
+    SqliteStore(db_path).add_token(totp("T1"))
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(4), context.Queue()
+    children = [context.Process(target=_advance_in_child, args=(db_path, 42, barrier, results)) for _ in range(4)]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=30) for _ in children]
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    assert sorted(outcomes) == [False, False, False, True]
+
+
+# --- challenges --------------------------------------------------------------
+
+
+def challenge(digest: str = "ab" * 32, expires: float = NOW + 300) -> Challenge:
+    return Challenge(state_digest=digest, user="alice", client="vpn", created=NOW, expires=expires,
+                     factors=("totp", "sms"), data={"sent": {"sms": NOW}, "attempts": 1})
+
+
+def test_challenge_is_taken_once(store: SqliteStore) -> None:
+    store.put_challenge(challenge())
+    assert store.take_challenge("ab" * 32) == challenge()
+    assert store.take_challenge("ab" * 32) is None
+
+
+def test_unknown_challenge_is_none(store: SqliteStore) -> None:
+    assert store.take_challenge("cd" * 32) is None
+
+
+def test_expired_challenge_is_still_returned(store: SqliteStore) -> None:
+    store.put_challenge(challenge(expires=NOW - 1))
+    assert store.take_challenge("ab" * 32).expires == NOW - 1
+
+
+def test_duplicate_challenge_is_refused(store: SqliteStore) -> None:
+    store.put_challenge(challenge())
+    with pytest.raises(AlreadyExistsError):
+        store.put_challenge(challenge())
+
+
+def test_challenge_data_must_be_json(store: SqliteStore) -> None:
+    bad = Challenge("ef" * 32, "alice", "vpn", NOW, NOW + 300, data={"x": object()})
+    with pytest.raises(StoreError):
+        store.put_challenge(bad)
+
+
+def test_purge_removes_only_expired_challenges(store: SqliteStore) -> None:
+    store.put_challenge(challenge("01" * 32, expires=NOW - 10))
+    store.put_challenge(challenge("02" * 32, expires=NOW - 1))
+    store.put_challenge(challenge("03" * 32, expires=NOW + 1))
+    assert store.purge_challenges(NOW) == 2
+    assert store.take_challenge("03" * 32) is not None
+
+
+def test_racing_threads_take_a_challenge_once(store: SqliteStore) -> None:
+    for i in range(50):
+        digest = f"{i:064x}"
+        store.put_challenge(challenge(digest))
+        results = race([lambda: store.take_challenge(digest)] * 4)
+        assert sum(r is not None for r in results) == 1
+
+
+def test_racing_instances_take_a_challenge_once(db_path: str) -> None:
+    stores = [SqliteStore(db_path) for _ in range(3)]
+    for i in range(50):
+        digest = f"{i:064x}"
+        stores[0].put_challenge(challenge(digest))
+        results = race([lambda s=s: s.take_challenge(digest) for s in stores])
+        assert sum(r is not None for r in results) == 1
+    for s in stores:
+        s.close()
+
+
+# --- clients -----------------------------------------------------------------
+
+
+def test_client_requests_are_counted(store: SqliteStore) -> None:
+    store.note_client_request("vpn", NOW, with_message_authenticator=True)
+    store.note_client_request("vpn", NOW + 10, with_message_authenticator=False, count=3)
+    store.note_client_request("wifi", NOW + 20, with_message_authenticator=False)
+    assert store.list_clients_seen() == [
+        ClientSeen("vpn", requests=4, last_seen=NOW + 10, last_with_message_authenticator=NOW,
+                   last_without_message_authenticator=NOW + 10),
+        ClientSeen("wifi", requests=1, last_seen=NOW + 20, last_with_message_authenticator=None,
+                   last_without_message_authenticator=NOW + 20),
+    ]
+
+
+def test_late_client_report_does_not_move_times_back(store: SqliteStore) -> None:
+    store.note_client_request("vpn", NOW + 10, with_message_authenticator=True)
+    store.note_client_request("vpn", NOW, with_message_authenticator=True)
+    seen = store.list_clients_seen()[0]
+    assert (seen.requests, seen.last_seen, seen.last_with_message_authenticator) == (2, NOW + 10, NOW + 10)
+
+
+def test_concurrent_client_counts_add_up(db_path: str) -> None:
+    stores = [SqliteStore(db_path) for _ in range(3)]
+    race([lambda s=s: [s.note_client_request("vpn", NOW, True) for _ in range(20)] for s in stores])
+    assert stores[0].list_clients_seen()[0].requests == 60
+    for s in stores:
+        s.close()
+
+
+# --- authentication log ------------------------------------------------------
+
+
+def test_auth_records_filter_and_order(store: SqliteStore) -> None:
+    records = [
+        AuthRecord(NOW + 2, {"user": "bob", "result": "reject", "reason": "bad_code"}),
+        AuthRecord(NOW, {"user": "alice", "result": "accept", "factor": "totp"}),
+        AuthRecord(NOW + 1, {"user": "alice", "result": "challenge"}),
+        AuthRecord(NOW + 3, {"result": "reject", "reason": "unknown_user", "user": None}),
+    ]
+    for record in records:
+        store.add_auth_record(record)
+    assert [r.time for r in store.auth_records()] == [NOW, NOW + 1, NOW + 2, NOW + 3]
+    assert store.auth_records(user="alice") == [records[1], records[2]]
+    assert store.auth_records(since=NOW + 1, user="alice") == [records[2]]
+    assert [r.time for r in store.auth_records(since=NOW + 2)] == [NOW + 2, NOW + 3]
+
+
+# --- schema, file, open ------------------------------------------------------
+
+
+def test_schema_version_is_recorded(store: SqliteStore, db_path: str) -> None:
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(schema_version(),)]
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert schema_version() >= 1
+
+
+def test_connection_settings(store: SqliteStore) -> None:
+    conn = store._conn()
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1   # NORMAL
+
+
+def test_newer_schema_is_refused(db_path: str) -> None:
+    SqliteStore(db_path).close()
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE schema_version SET version = 99")
+    raw.close()
+    with pytest.raises(StoreError, match="99.*upgrade radius-mfa"):
+        SqliteStore(db_path)
+
+
+def test_migration_adds_a_table_and_keeps_data(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = SqliteStore(db_path)
+    first.add_user(User("alice", created=NOW))
+    first.close()
+    step = ("CREATE TABLE devices (id TEXT PRIMARY KEY, user TEXT REFERENCES users (name))",)
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (step,))
+    second = SqliteStore(db_path)
+    assert second.get_user("alice") == User("alice", created=NOW)
+    conn = second._conn()
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == schema_version()
+    assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
+    second.close()
+
+
+def test_failed_migration_changes_nothing(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    SqliteStore(db_path).close()
+    before = len(sqlite_module.MIGRATIONS)
+    step = ("CREATE TABLE devices (id TEXT PRIMARY KEY)", "THIS IS NOT SQL")
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (step,))
+    with pytest.raises(StoreError):
+        SqliteStore(db_path)
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == before
+        assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'devices'").fetchone()[0] == 0
+    raw.close()
+
+
+def test_file_and_directory_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "store.db"
+    SqliteStore(str(path)).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_foreign_sqlite_file_is_refused(db_path: str) -> None:
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("CREATE TABLE something_else (x)")
+    raw.close()
+    with pytest.raises(StoreError, match="not a radius-mfa store"):
+        SqliteStore(db_path)
+
+
+def test_file_that_is_not_a_database_is_refused(db_path: str) -> None:
+    Path(db_path).write_bytes(b"this is not a database, just some text" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        SqliteStore(db_path)
+
+
+def test_directory_that_cannot_be_made_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot create"):
+        SqliteStore(str(blocker / "store.db"))
+
+
+def test_closed_store_refuses_calls(db_path: str) -> None:
+    store = SqliteStore(db_path)
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get_user("alice")
+    store.close()   # twice is fine
+
+
+def test_close_from_another_thread_is_safe(db_path: str) -> None:
+    store = SqliteStore(db_path)
+    race([lambda: store.get_user("x")] * 3)   # connections in other threads
+    store.close()
+    with pytest.raises(StoreError):
+        store.list_users()
+
+
+def test_each_thread_has_its_own_connection(store: SqliteStore) -> None:
+    mine = store._conn()
+    theirs = race([store._conn])[0]
+    assert mine is not theirs
+    assert store._conn() is mine
+
+
+def test_forked_child_opens_its_own_connection(db_path: str) -> None:
+    store = SqliteStore(db_path)
+    store.add_user(User("alice", created=NOW))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def child() -> None:
+        store.record_failure("alice", NOW, limit=10, lock_seconds=60)
+        results.put(store.get_user("alice").failures)
+
+    process = context.Process(target=child)
+    process.start()
+    assert results.get(timeout=30) == 1
+    process.join(timeout=30)
+    assert process.exitcode == 0
+    assert store.get_user("alice").failures == 1
+    store.close()
+
+
+# --- open_store --------------------------------------------------------------
+
+
+def test_open_store_absolute_sqlite_url(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/abs.db")
+    assert isinstance(store, SqliteStore)
+    assert store.path == str(tmp_path / "abs.db")
+    store.close()
+
+
+def test_open_store_relative_sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///sub/rel.db")
+    assert store.path == str(tmp_path / "sub" / "rel.db")
+    store.close()
+
+
+def test_postgresql_is_not_available_and_the_password_stays_secret() -> None:
+    with pytest.raises(StoreError, match="PostgreSQL") as caught:
+        open_store("postgresql://mfa:hunter2@db.example.org/mfa")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://root:hunter2@localhost/mfa",
+        "/var/lib/radius-mfa/hunter2.db",
+        "sqlite://user:hunter2@host/x.db",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "hun ter2://x",
+    ],
+)
+def test_bad_store_url_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        open_store(url)
+    assert "hunter2" not in str(caught.value)
