@@ -1,0 +1,87 @@
+"""Which configured client (NAS) a datagram comes from, by source address.
+
+Runs for every packet before anything else (the secret depends on it), so
+the lookup is a handful of dict probes: networks are grouped by prefix
+length and keyed by their network bits; the longest matching prefix wins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Sequence
+
+from radius_mfa.config import ClientConfig
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _PrefixTable:
+    """Longest-prefix match for one address family."""
+
+    def __init__(self, max_prefix: int):
+        self._max_prefix = max_prefix
+        self._by_length: dict[int, dict[int, ClientConfig]] = {}
+        self._lengths: tuple[int, ...] = ()
+
+    def add(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            client: ClientConfig) -> None:
+        shift = self._max_prefix - network.prefixlen
+        bucket = self._by_length.setdefault(network.prefixlen, {})
+        # the first client listed for a network wins, as in the config file
+        bucket.setdefault(int(network.network_address) >> shift, client)
+        self._lengths = tuple(sorted(self._by_length, reverse=True))
+
+    def lookup(self, address: int) -> ClientConfig | None:
+        for length in self._lengths:
+            client = self._by_length[length].get(address >> (self._max_prefix - length))
+            if client is not None:
+                return client
+        return None
+
+
+class ClientTable:
+    """The configured clients, searchable by source IP (v4 and v6).
+
+    An IPv4-mapped IPv6 source (``::ffff:192.0.2.1``, what a dual-stack
+    socket reports for IPv4 peers) matches the IPv4 networks.
+    """
+
+    def __init__(self, clients: Sequence[ClientConfig]):
+        self._clients = tuple(clients)
+        self._v4 = _PrefixTable(32)
+        self._v6 = _PrefixTable(128)
+        for client in self._clients:
+            table = self._v4 if client.network.version == 4 else self._v6
+            table.add(client.network, client)
+
+    def lookup(self, ip: str) -> ClientConfig | None:
+        """The client whose network holds ``ip`` most specifically, or None
+        (also for a string that is not an IP address)."""
+        address = _parse(ip)
+        if address is None:
+            return None
+        if address.version == 6:
+            mapped = address.ipv4_mapped
+            if mapped is not None:
+                return self._v4.lookup(int(mapped)) or self._v6.lookup(int(address))
+            return self._v6.lookup(int(address))
+        return self._v4.lookup(int(address))
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Iterator[ClientConfig]:
+        return iter(self._clients)
+
+
+def _parse(ip: str) -> _IPAddress | None:
+    if not isinstance(ip, str):   # ip_address() would take an int too
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        # fe80::1%eth0: the zone names the interface, not part of the address
+        address = ipaddress.IPv6Address(ip.partition("%")[0])
+    return address

@@ -1,0 +1,710 @@
+"""RADIUS packets in and out: bytes plus a shared secret in, typed values out.
+
+Pure: no sockets, no clock, no reactor. pyrad supplies the dictionary and
+the decoded attribute view (``Request.packet``); the wire format that the
+security of the protocol rests on is done here, explicitly:
+
+* The attribute walk is strict. pyrad silently truncates an attribute whose
+  length overruns the packet; we refuse the packet instead, so that every
+  malformed packet surfaces as one :class:`RemoteProtocolError`.
+* Replies are encoded here rather than with pyrad's ``ReplyPacket``:
+  pyrad groups repeated attributes by type and "hex-decodes" octets values
+  that start with ``0x`` (a Class or State could), and we need the
+  Message-Authenticator first in every reply (BlastRADIUS, CVE-2024-3596)
+  and Proxy-State copied byte for byte, in order, right after it.
+
+RFC 2865 section 3 (packet, authenticators), 5.2 (User-Password hiding),
+RFC 2868 section 3.5 (salt encryption, also MS-MPPE keys: RFC 2548),
+RFC 3579 section 3.2 (Message-Authenticator), RFC 5997 (Status-Server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from pyrad import packet as pyrad_packet
+from pyrad import tools as pyrad_tools
+from pyrad.dictionary import Attribute, Dictionary
+
+from radius_mfa.errors import LocalProtocolError, RemoteProtocolError
+from radius_mfa.radius.dictionary import load_dictionary
+
+# Packet codes (RFC 2865 section 3, RFC 2866, RFC 5997).
+ACCESS_REQUEST = 1
+ACCESS_ACCEPT = 2
+ACCESS_REJECT = 3
+ACCOUNTING_REQUEST = 4
+ACCOUNTING_RESPONSE = 5
+ACCESS_CHALLENGE = 11
+STATUS_SERVER = 12
+
+#: Requests this server decodes; anything else is dropped as unsupported.
+REQUEST_CODES = frozenset({ACCESS_REQUEST, STATUS_SERVER})
+#: Codes a reply to a request in REQUEST_CODES may carry.
+RESPONSE_CODES = frozenset({ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE})
+
+HEADER_LENGTH = 20
+AUTHENTICATOR_LENGTH = 16
+MAX_PACKET_LENGTH = 4096
+MAX_ATTRIBUTE_VALUE = 253
+MAX_PASSWORD_LENGTH = 128
+
+# Attribute types the codec itself reads or writes.
+USER_NAME = 1
+USER_PASSWORD = 2
+CHAP_PASSWORD = 3
+NAS_IP_ADDRESS = 4
+STATE = 24
+VENDOR_SPECIFIC = 26
+CALLED_STATION_ID = 30
+CALLING_STATION_ID = 31
+NAS_IDENTIFIER = 32
+PROXY_STATE = 33
+MESSAGE_AUTHENTICATOR = 80
+NAS_IPV6_ADDRESS = 95
+
+_ZERO_MA = b"\x00" * AUTHENTICATOR_LENGTH
+_MA_PLACEHOLDER = bytes((MESSAGE_AUTHENTICATOR, 18)) + _ZERO_MA
+# RFC 2865 section 5.44 table: at most one of these in an Access-Request.
+_AT_MOST_ONCE = {
+    USER_NAME: "User-Name",
+    USER_PASSWORD: "User-Password",
+    CHAP_PASSWORD: "CHAP-Password",
+    STATE: "State",
+    MESSAGE_AUTHENTICATOR: "Message-Authenticator",
+}
+# Attributes whose values the receiver concatenates (RFC 2865 5.18,
+# RFC 3579 3.1): a long value is split over several attributes.
+_CONCATENATED = frozenset({"Reply-Message", "EAP-Message"})
+# What pyrad's value decoders raise on a value of the wrong shape.
+_PYRAD_DECODE_ERRORS = (
+    pyrad_packet.PacketError, ValueError, TypeError, IndexError, KeyError,
+    struct.error, UnicodeError,
+)
+
+#: An attribute to encode: a dictionary name (``"Tunnel-Type:1"`` with a
+#: tag), a raw type code, or ``(vendor_id, vendor_type)``; raw keys take
+#: bytes values and are copied as they are (pass-through of attributes the
+#: dictionary does not know).
+AttributeKey = Union[str, int, tuple[int, int]]
+
+
+class UnsupportedCode(RemoteProtocolError):
+    """A well-formed packet with a code this server does not serve."""
+
+    def __init__(self, code: int):
+        self.code = code
+        super().__init__(f"unsupported packet code {code}")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed 20-octet header, read before the client's secret is known."""
+    code: int
+    id: int
+    length: int
+    authenticator: bytes
+
+
+def peek(data: bytes) -> Header:
+    """Read and sanity-check the header without touching the attributes.
+
+    Cheap enough to run on every datagram before the client lookup and the
+    duplicate cache. Octets beyond the Length field are padding and are
+    ignored (RFC 2865 section 3); a Length beyond the datagram is not.
+    """
+    if len(data) < HEADER_LENGTH:
+        raise RemoteProtocolError(f"packet shorter than {HEADER_LENGTH} octets")
+    code, ident, length = struct.unpack_from("!BBH", data)
+    if length < HEADER_LENGTH:
+        raise RemoteProtocolError(f"length field {length} below {HEADER_LENGTH}")
+    if length > MAX_PACKET_LENGTH:
+        raise RemoteProtocolError(f"length field {length} above {MAX_PACKET_LENGTH}")
+    if length > len(data):
+        raise RemoteProtocolError(f"length field {length} exceeds the datagram ({len(data)})")
+    return Header(code, ident, length, bytes(data[4:HEADER_LENGTH]))
+
+
+class _AttributeAccess:
+    """Named, dictionary-decoded access to the attributes of a decoded packet."""
+
+    packet: pyrad_packet.Packet
+
+    def get_all(self, name: str) -> list[Any]:
+        """Every value of the attribute ``name``, decoded per the dictionary.
+
+        Named integer values come back as their names (``"Framed-User"``).
+        Not for User-Password: use ``Request.password``.
+        """
+        if name.partition(":")[0] not in self.packet.dict:
+            raise LocalProtocolError(f"attribute {name!r} is not in the dictionary")
+        try:
+            return list(self.packet.get(name, []))
+        except _PYRAD_DECODE_ERRORS as exc:
+            raise RemoteProtocolError(f"{name} has an invalid value") from exc
+
+    def get(self, name: str) -> Any | None:
+        """The first value of the attribute ``name``, or None when absent."""
+        values = self.get_all(name)
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, eq=False)
+class Request(_AttributeAccess):
+    """A decoded Access-Request or Status-Server.
+
+    Integrity: an Access-Request without a Message-Authenticator carries no
+    proof of the secret at all (a wrong secret only turns ``password`` into
+    garbage). When ``has_message_authenticator`` is true and
+    ``message_authenticator_ok`` is false the packet MUST be dropped whatever
+    the client's configuration (RFC 3579 section 3.2). Status-Server
+    requires one (RFC 5997 section 3).
+    """
+    code: int
+    id: int
+    authenticator: bytes
+    raw: bytes = field(repr=False)                 # trimmed to the Length field
+    packet: pyrad_packet.AuthPacket = field(repr=False)
+    attributes: tuple[tuple[int, bytes], ...] = field(repr=False)   # wire order
+    has_message_authenticator: bool
+    message_authenticator_ok: bool | None          # None: absent
+    user_name: str | None
+    password: bytes | None = field(repr=False)     # User-Password, unhidden, NULs stripped
+    chap: bool
+    state: bytes | None = field(repr=False)
+    calling_station_id: str | None
+    called_station_id: str | None
+    nas_identifier: str | None
+    nas_ip: str | None
+    proxy_states: tuple[bytes, ...] = field(repr=False)
+    secret: bytes = field(repr=False)              # the secret it was decoded with
+
+
+@dataclass(frozen=True, eq=False)
+class Response(_AttributeAccess):
+    """A verified reply, as a client (tests, benchmarks, upstream) sees it.
+
+    ``packet`` has ``request_authenticator`` set, so salt-encrypted values
+    (MS-MPPE keys, Tunnel-Password) read by name come back decrypted.
+    """
+    code: int
+    id: int
+    authenticator: bytes
+    raw: bytes = field(repr=False)
+    packet: pyrad_packet.AuthPacket = field(repr=False)
+    attributes: tuple[tuple[int, bytes], ...] = field(repr=False)
+    has_message_authenticator: bool
+    message_authenticator_first: bool
+    proxy_states: tuple[bytes, ...] = field(repr=False)
+
+
+# --------------------------------------------------------------------------
+# Decoding
+
+
+def decode_request(data: bytes, secret: bytes,
+                   dictionary: Dictionary | None = None) -> Request:
+    """Decode and check an Access-Request or Status-Server.
+
+    Raises :class:`RemoteProtocolError` (:class:`UnsupportedCode` for other
+    codes) for anything malformed, and nothing else.
+    """
+    dictionary = load_dictionary() if dictionary is None else dictionary
+    header = peek(data)
+    if header.code not in REQUEST_CODES:
+        raise UnsupportedCode(header.code)
+    raw = bytes(data[:header.length])
+    split = _split_attributes(raw)
+    _check_multiplicity(split)
+    by_type = _first_values(split)
+
+    ma_ok = _check_request_message_authenticator(raw, split, secret)
+    password = _request_password(by_type.get(USER_PASSWORD), secret, header.authenticator)
+    chap = CHAP_PASSWORD in by_type
+    if chap and len(by_type[CHAP_PASSWORD]) != 17:
+        raise RemoteProtocolError("CHAP-Password is not 17 octets")
+    if chap and password is not None:
+        raise RemoteProtocolError("both User-Password and CHAP-Password")
+
+    return Request(
+        code=header.code,
+        id=header.id,
+        authenticator=header.authenticator,
+        raw=raw,
+        packet=_pyrad_view(raw, secret, dictionary),
+        attributes=tuple((kind, value) for kind, value, _ in split),
+        has_message_authenticator=ma_ok is not None,
+        message_authenticator_ok=ma_ok,
+        user_name=_user_name(by_type.get(USER_NAME)),
+        password=password,
+        chap=chap,
+        state=by_type.get(STATE),
+        calling_station_id=_text(by_type.get(CALLING_STATION_ID)),
+        called_station_id=_text(by_type.get(CALLED_STATION_ID)),
+        nas_identifier=_text(by_type.get(NAS_IDENTIFIER)),
+        nas_ip=_nas_ip(by_type),
+        proxy_states=tuple(value for kind, value, _ in split if kind == PROXY_STATE),
+        secret=secret,
+    )
+
+
+def decode_response(data: bytes, secret: bytes, request_authenticator: bytes, *,
+                    require_message_authenticator: bool = True,
+                    dictionary: Dictionary | None = None) -> Response:
+    """Decode a reply to a request we sent and verify it.
+
+    Checks the Response Authenticator (RFC 2865 section 3) and the
+    Message-Authenticator (RFC 3579 section 3.2, keyed on the Request
+    Authenticator); a reply without one is refused unless
+    ``require_message_authenticator`` is false. Raises
+    :class:`RemoteProtocolError` on any failure.
+    """
+    dictionary = load_dictionary() if dictionary is None else dictionary
+    header = peek(data)
+    if header.code not in RESPONSE_CODES:
+        raise UnsupportedCode(header.code)
+    raw = bytes(data[:header.length])
+    split = _split_attributes(raw)
+    expected = hashlib.md5(raw[:4] + request_authenticator + raw[HEADER_LENGTH:] + secret).digest()
+    if not hmac.compare_digest(expected, header.authenticator):
+        raise RemoteProtocolError("bad Response Authenticator")
+    offsets = _message_authenticator_offsets(split)
+    if offsets:
+        if not _message_authenticator_valid(raw, offsets[0], secret, request_authenticator):
+            raise RemoteProtocolError("bad Message-Authenticator")
+    elif require_message_authenticator:
+        raise RemoteProtocolError("reply without Message-Authenticator")
+
+    view = _pyrad_view(raw, secret, dictionary)
+    view.request_authenticator = request_authenticator
+    return Response(
+        code=header.code,
+        id=header.id,
+        authenticator=header.authenticator,
+        raw=raw,
+        packet=view,
+        attributes=tuple((kind, value) for kind, value, _ in split),
+        has_message_authenticator=bool(offsets),
+        message_authenticator_first=bool(split) and split[0][0] == MESSAGE_AUTHENTICATOR,
+        proxy_states=tuple(value for kind, value, _ in split if kind == PROXY_STATE),
+    )
+
+
+def _split_attributes(raw: bytes) -> list[tuple[int, bytes, int]]:
+    """Walk the attributes strictly: ``(type, value, offset)`` in wire order."""
+    out: list[tuple[int, bytes, int]] = []
+    offset, end = HEADER_LENGTH, len(raw)
+    while offset < end:
+        if end - offset < 2:
+            raise RemoteProtocolError("truncated attribute header")
+        kind, length = raw[offset], raw[offset + 1]
+        if length < 2:
+            raise RemoteProtocolError(f"attribute {kind} has length {length}")
+        if offset + length > end:
+            raise RemoteProtocolError(f"attribute {kind} overruns the packet")
+        out.append((kind, raw[offset + 2:offset + length], offset))
+        offset += length
+    return out
+
+
+def _check_multiplicity(split: list[tuple[int, bytes, int]]) -> None:
+    seen: set[int] = set()
+    for kind, _, _ in split:
+        if kind in _AT_MOST_ONCE:
+            if kind in seen:
+                raise RemoteProtocolError(f"more than one {_AT_MOST_ONCE[kind]}")
+            seen.add(kind)
+
+
+def _first_values(split: list[tuple[int, bytes, int]]) -> dict[int, bytes]:
+    values: dict[int, bytes] = {}
+    for kind, value, _ in split:
+        values.setdefault(kind, value)
+    return values
+
+
+def _message_authenticator_offsets(split: list[tuple[int, bytes, int]]) -> list[int]:
+    offsets = [offset for kind, _, offset in split if kind == MESSAGE_AUTHENTICATOR]
+    if len(offsets) > 1:
+        raise RemoteProtocolError("more than one Message-Authenticator")
+    for kind, value, _ in split:
+        if kind == MESSAGE_AUTHENTICATOR and len(value) != AUTHENTICATOR_LENGTH:
+            raise RemoteProtocolError("Message-Authenticator is not 18 octets")
+    return offsets
+
+
+def _check_request_message_authenticator(raw: bytes, split: list[tuple[int, bytes, int]],
+                                         secret: bytes) -> bool | None:
+    offsets = _message_authenticator_offsets(split)
+    if not offsets:
+        return None
+    return _message_authenticator_valid(raw, offsets[0], secret, raw[4:HEADER_LENGTH])
+
+
+def _message_authenticator_valid(raw: bytes, offset: int, secret: bytes,
+                                 vector: bytes) -> bool:
+    """RFC 3579 section 3.2: HMAC-MD5 over the packet with the value zeroed.
+
+    ``vector`` is the Request Authenticator: the packet's own for a request,
+    the one of the request being answered for a reply.
+    """
+    received = raw[offset + 2:offset + 18]
+    expected = message_authenticator(raw[:offset + 2] + _ZERO_MA + raw[offset + 18:],
+                                     secret, vector)
+    return hmac.compare_digest(received, expected)
+
+
+def message_authenticator(packet: bytes, secret: bytes, vector: bytes) -> bytes:
+    """The Message-Authenticator value of ``packet`` (its own value zeroed).
+
+    The Authenticator field of ``packet`` is replaced by ``vector`` before
+    hashing, as RFC 3579 section 3.2 prescribes for replies; for a request
+    pass its own authenticator.
+    """
+    mac = hmac.new(secret, digestmod=hashlib.md5)
+    mac.update(packet[:4])
+    mac.update(vector)
+    mac.update(packet[HEADER_LENGTH:])
+    return mac.digest()
+
+
+def _request_password(hidden: bytes | None, secret: bytes,
+                      authenticator: bytes) -> bytes | None:
+    if hidden is None:
+        return None
+    if not hidden or len(hidden) % 16 or len(hidden) > MAX_PASSWORD_LENGTH:
+        raise RemoteProtocolError(
+            f"User-Password of {len(hidden)} octets (16 to 128, a multiple of 16)")
+    return unhide_password(hidden, secret, authenticator)
+
+
+def _user_name(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("User-Name is not UTF-8") from None
+
+
+def _text(value: bytes | None) -> str | None:
+    """Informational text (station ids, NAS-Identifier): never fatal."""
+    return None if value is None else value.decode("utf-8", errors="replace")
+
+
+def _nas_ip(by_type: dict[int, bytes]) -> str | None:
+    if NAS_IP_ADDRESS in by_type:
+        value = by_type[NAS_IP_ADDRESS]
+        if len(value) != 4:
+            raise RemoteProtocolError("NAS-IP-Address is not 4 octets")
+        return str(ipaddress.IPv4Address(value))
+    if NAS_IPV6_ADDRESS in by_type:
+        value = by_type[NAS_IPV6_ADDRESS]
+        if len(value) != 16:
+            raise RemoteProtocolError("NAS-IPv6-Address is not 16 octets")
+        return str(ipaddress.IPv6Address(value))
+    return None
+
+
+def _pyrad_view(raw: bytes, secret: bytes, dictionary: Dictionary) -> pyrad_packet.AuthPacket:
+    """pyrad's decoded packet, for attribute access by name.
+
+    ``raw`` has passed the strict walk already, so pyrad can only object to
+    vendor TLVs; still, none of its exception types may escape.
+    """
+    try:
+        return pyrad_packet.AuthPacket(secret=secret, dict=dictionary, packet=raw)
+    except _PYRAD_DECODE_ERRORS as exc:
+        raise RemoteProtocolError("attributes cannot be decoded") from exc
+
+
+# --------------------------------------------------------------------------
+# Password hiding (RFC 2865 section 5.2) and salt encryption (RFC 2868 3.5)
+
+
+def _xor16(left: bytes, right: bytes) -> bytes:
+    return (int.from_bytes(left, "big") ^ int.from_bytes(right, "big")).to_bytes(16, "big")
+
+
+def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
+    """Hide a User-Password: NUL-pad to 16n octets, chain MD5 over the blocks."""
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise LocalProtocolError(f"password longer than {MAX_PASSWORD_LENGTH} octets")
+    padded = password.ljust(max(16, -(-len(password) // 16) * 16), b"\x00")
+    out = bytearray()
+    previous = authenticator
+    for start in range(0, len(padded), 16):
+        previous = _xor16(hashlib.md5(secret + previous).digest(), padded[start:start + 16])
+        out += previous
+    return bytes(out)
+
+
+def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes:
+    """Reverse :func:`hide_password`; trailing NUL padding removed.
+
+    Raw bytes, not text: with a wrong secret the result is garbage, and
+    deciding how to decode it is the caller's business.
+    """
+    out = bytearray()
+    previous = authenticator
+    for start in range(0, len(hidden), 16):
+        block = hidden[start:start + 16]
+        out += _xor16(hashlib.md5(secret + previous).digest(), block)
+        previous = block
+    return bytes(out).rstrip(b"\x00")
+
+
+def salt_encrypt(value: bytes, secret: bytes, request_authenticator: bytes,
+                 salt: bytes) -> bytes:
+    """RFC 2868 section 3.5 / RFC 2548 section 2.4.2: salt + encrypted
+    (length octet + value + NUL padding), chained MD5 keyed on the secret."""
+    if len(salt) != 2 or not salt[0] & 0x80:
+        raise LocalProtocolError("salt must be 2 octets with the top bit set")
+    plain = bytes((len(value),)) + value
+    plain = plain.ljust(-(-len(plain) // 16) * 16, b"\x00")
+    out = bytearray()
+    previous = request_authenticator + salt
+    for start in range(0, len(plain), 16):
+        previous = _xor16(hashlib.md5(secret + previous).digest(), plain[start:start + 16])
+        out += previous
+    return salt + bytes(out)
+
+
+# --------------------------------------------------------------------------
+# Encoding
+
+
+def encode_response(request: Request, code: int,
+                    attributes: Sequence[tuple[AttributeKey, object]] = (),
+                    secret: bytes | None = None) -> bytes:
+    """Encode the reply to ``request``.
+
+    Layout: Message-Authenticator first (always: BlastRADIUS), then the
+    request's Proxy-State attributes unmodified and in order (RFC 2865
+    5.33), then ``attributes`` in the order given (repeats allowed; a long
+    Reply-Message or EAP-Message is split over several attributes). The
+    Response Authenticator covers everything. ``secret`` defaults to the
+    one the request was decoded with.
+
+    Raises :class:`LocalProtocolError` for a code that is not a reply, an
+    unknown attribute, a value that does not fit, or a packet over 4096
+    octets.
+    """
+    if code not in RESPONSE_CODES:
+        raise LocalProtocolError(f"code {code} is not an Access-Request reply")
+    secret = request.secret if secret is None else secret
+    encoder = _AttributeEncoder(request.packet.dict, secret, request.authenticator)
+    body = bytearray(_MA_PLACEHOLDER)
+    for state in request.proxy_states:
+        body += _tlv(PROXY_STATE, state)
+    for key, value in attributes:
+        if key in ("Message-Authenticator", "Proxy-State", MESSAGE_AUTHENTICATOR, PROXY_STATE):
+            raise LocalProtocolError(f"{key} is added by the codec, not by the caller")
+        body += encoder.encode(key, value)
+    packet = _sign(code, request.id, request.authenticator, bytes(body), secret,
+                   ma_offset=HEADER_LENGTH)
+    return _with_response_authenticator(packet, request.authenticator, secret)
+
+
+def build_access_request(secret: bytes, user_name: str | None,
+                         password: bytes | str | None = None, *,
+                         id: int = 0,  # noqa: A002 - the RADIUS field name
+                         authenticator: bytes | None = None,
+                         message_authenticator: bool = True,
+                         state: bytes | None = None,
+                         attributes: Sequence[tuple[AttributeKey, object]] = (),
+                         code: int = ACCESS_REQUEST,
+                         dictionary: Dictionary | None = None) -> bytes:
+    """Build an Access-Request (or, with ``code=STATUS_SERVER``, a
+    Status-Server): the client side, for tests, benchmarks and tools.
+
+    Attribute order: Message-Authenticator (when asked for), User-Name,
+    User-Password (hidden), State, then ``attributes`` as given. A random
+    Request Authenticator is made unless one is passed.
+    """
+    if not 0 <= id <= 255:
+        raise LocalProtocolError(f"packet id {id} out of range 0..255")
+    authenticator = os.urandom(AUTHENTICATOR_LENGTH) if authenticator is None else authenticator
+    if len(authenticator) != AUTHENTICATOR_LENGTH:
+        raise LocalProtocolError("authenticator must be 16 octets")
+    dictionary = load_dictionary() if dictionary is None else dictionary
+    encoder = _AttributeEncoder(dictionary, secret, authenticator)
+    body = bytearray(_MA_PLACEHOLDER if message_authenticator else b"")
+    if user_name is not None:
+        body += encoder.encode("User-Name", user_name)
+    if password is not None:
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        body += _tlv(USER_PASSWORD, hide_password(password, secret, authenticator))
+    if state is not None:
+        body += encoder.encode("State", state)
+    for key, value in attributes:
+        body += encoder.encode(key, value)
+    return _sign(code, id, authenticator, bytes(body), secret,
+                 ma_offset=HEADER_LENGTH if message_authenticator else None)
+
+
+def _sign(code: int, ident: int, authenticator: bytes, body: bytes, secret: bytes, *,
+          ma_offset: int | None) -> bytes:
+    """Assemble header and body and fill in the Message-Authenticator placeholder.
+
+    ``authenticator`` is the Request Authenticator in both directions: for
+    a reply the Authenticator field is overwritten afterwards.
+    """
+    length = HEADER_LENGTH + len(body)
+    if length > MAX_PACKET_LENGTH:
+        raise LocalProtocolError(f"packet of {length} octets exceeds {MAX_PACKET_LENGTH}")
+    packet = struct.pack("!BBH", code, ident, length) + authenticator + body
+    if ma_offset is None:
+        return packet
+    mac = message_authenticator(packet, secret, authenticator)
+    return packet[:ma_offset + 2] + mac + packet[ma_offset + 18:]
+
+
+def _with_response_authenticator(packet: bytes, request_authenticator: bytes,
+                                 secret: bytes) -> bytes:
+    """RFC 2865 section 3: MD5(Code+ID+Length+RequestAuth+Attributes+Secret)."""
+    digest = hashlib.md5(packet[:4] + request_authenticator + packet[HEADER_LENGTH:]
+                         + secret).digest()
+    return packet[:4] + digest + packet[HEADER_LENGTH:]
+
+
+def _tlv(kind: int, value: bytes) -> bytes:
+    if len(value) > MAX_ATTRIBUTE_VALUE:
+        raise LocalProtocolError(f"attribute {kind}: value of {len(value)} octets exceeds 253")
+    return bytes((kind, len(value) + 2)) + value
+
+
+def _vsa(vendor_id: int, vendor_type: int, value: bytes) -> bytes:
+    """RFC 2865 section 5.26, the common one-octet type and length format."""
+    if not 0 <= vendor_type <= 255 or not 0 <= vendor_id < 2**32:
+        raise LocalProtocolError(f"vendor attribute {vendor_id}/{vendor_type} out of range")
+    inner = bytes((vendor_type, len(value) + 2)) + value
+    if len(inner) + 4 > MAX_ATTRIBUTE_VALUE:
+        raise LocalProtocolError(
+            f"vendor attribute {vendor_id}/{vendor_type}: value of {len(value)} octets too long")
+    return _tlv(VENDOR_SPECIFIC, struct.pack("!L", vendor_id) + inner)
+
+
+class _AttributeEncoder:
+    """Turns ``(key, value)`` pairs into wire attributes for one packet.
+
+    Holds what encryption needs (secret, Request Authenticator) and the
+    salts used so far: RFC 2548 wants them unique within a packet.
+    """
+
+    def __init__(self, dictionary: Dictionary, secret: bytes, authenticator: bytes):
+        self.dictionary = dictionary
+        self.secret = secret
+        self.authenticator = authenticator
+        self._salts: set[bytes] = set()
+
+    def encode(self, key: AttributeKey, value: object) -> bytes:
+        if isinstance(value, (list, tuple)):
+            return b"".join(self.encode(key, one) for one in value)
+        if isinstance(key, str):
+            return self._encode_named(key, value)
+        if not isinstance(value, (bytes, bytearray)):
+            raise LocalProtocolError(f"raw attribute {key!r} needs a bytes value")
+        if isinstance(key, int) and not isinstance(key, bool) and 1 <= key <= 255:
+            return _tlv(key, bytes(value))
+        if (isinstance(key, tuple) and len(key) == 2
+                and all(isinstance(part, int) for part in key)):
+            return _vsa(key[0], key[1], bytes(value))
+        raise LocalProtocolError(f"attribute key {key!r} is neither a name nor a code")
+
+    def _encode_named(self, key: str, value: object) -> bytes:
+        name, _, tag_text = key.partition(":")
+        attr = self.dictionary.attributes.get(name)
+        if attr is None:
+            raise LocalProtocolError(f"attribute {name!r} is not in the dictionary")
+        if attr.type == "tlv" or attr.is_sub_attribute:
+            raise LocalProtocolError(f"attribute {name!r}: TLVs are not supported")
+        tag = _parse_tag(attr, tag_text)
+        payload = _encode_value(attr, value)
+        if name in _CONCATENATED and len(payload) > MAX_ATTRIBUTE_VALUE:
+            return b"".join(_tlv(attr.code, chunk) for chunk in _chunks(payload, name))
+        payload = self._protect(attr, payload, tag)
+        if attr.vendor:
+            return _vsa(self.dictionary.vendors.GetForward(attr.vendor), attr.code, payload)
+        return _tlv(attr.code, payload)
+
+    def _protect(self, attr: Attribute, payload: bytes, tag: int | None) -> bytes:
+        """Apply the tag (RFC 2868 section 3) and the encryption flag."""
+        if attr.encrypt == 1:
+            payload = hide_password(payload, self.secret, self.authenticator)
+        elif attr.encrypt == 2:
+            payload = salt_encrypt(payload, self.secret, self.authenticator, self._new_salt())
+        if not attr.has_tag:
+            return payload
+        if attr.type == "integer":
+            if payload[0]:
+                raise LocalProtocolError(f"{attr.name}: tagged integers hold 24 bits")
+            return bytes((tag or 0,)) + payload[1:]
+        if attr.encrypt == 2 or tag is not None or (payload and payload[0] <= 0x1F):
+            return bytes((tag or 0,)) + payload
+        return payload
+
+    def _new_salt(self) -> bytes:
+        while True:
+            salt = struct.pack("!H", 0x8000 | secrets.randbits(15))
+            if salt not in self._salts:
+                self._salts.add(salt)
+                return salt
+
+
+def _parse_tag(attr: Attribute, tag_text: str) -> int | None:
+    if not tag_text:
+        return None
+    if not attr.has_tag:
+        raise LocalProtocolError(f"attribute {attr.name!r} takes no tag")
+    if not tag_text.isdigit() or not 0 <= int(tag_text) <= 0x1F:
+        raise LocalProtocolError(f"attribute {attr.name!r}: tag {tag_text!r} not in 0..31")
+    return int(tag_text)
+
+
+def _encode_value(attr: Attribute, value: object) -> bytes:
+    """The value octets for the attribute's data type, before tag/encryption.
+
+    Strings and octets are handled here (pyrad treats ``"0x..."`` and
+    decimal strings as hex or numbers); the rest goes through pyrad.
+    """
+    if isinstance(value, str) and attr.values.HasForward(value):
+        return attr.values.GetForward(value)
+    if attr.type in ("string", "octets"):
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        raise LocalProtocolError(f"{attr.name}: needs str or bytes, not {type(value).__name__}")
+    if isinstance(value, bool):
+        raise LocalProtocolError(f"{attr.name}: a bool is not a {attr.type}")
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address,
+                          ipaddress.IPv6Network)):
+        value = str(value)
+    try:
+        return pyrad_tools.EncodeAttr(attr.type, value)
+    except (ValueError, TypeError, struct.error, OverflowError) as exc:
+        raise LocalProtocolError(f"{attr.name}: cannot encode {type(value).__name__} "
+                                 f"as {attr.type}: {exc}") from exc
+
+
+def _chunks(payload: bytes, name: str) -> Iterable[bytes]:
+    """Split a concatenated attribute at 253 octets; Reply-Message (text)
+    only at UTF-8 character boundaries, so each piece stays valid text."""
+    start = 0
+    while start < len(payload):
+        end = min(start + MAX_ATTRIBUTE_VALUE, len(payload))
+        if name == "Reply-Message" and end < len(payload):
+            while end > start and (payload[end] & 0xC0) == 0x80:
+                end -= 1
+        yield payload[start:end]
+        start = end
