@@ -1,0 +1,219 @@
+"""The Twisted UDP protocol: bytes ↔ engine, nothing else.
+
+One Access-Request: client lookup by source address (before decoding: the
+secret depends on it) → duplicate cache → decode → Message-Authenticator
+policy → ``engine.handle`` (async) → encode (Message-Authenticator first) →
+write → cache the reply → one audit record.
+
+Nothing a client sends can raise out of ``datagramReceived``: every bad
+packet is dropped with a rate-limited log line, and an unexpected error while
+deciding becomes an Access-Reject (fail closed) with one logged traceback.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import structlog
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+
+from radius_mfa.config import ClientConfig, RequireMA
+from radius_mfa.engine import AuthRequest, Decision
+from radius_mfa.errors import RemoteProtocolError
+from radius_mfa.radius import codec
+from radius_mfa.radius.clients import ClientTable
+from radius_mfa.radius.dupcache import DuplicateCache, Lookup
+from radius_mfa.radius.droplog import DropLogger
+from radius_mfa.verdicts import Reason, Verdict
+
+log = structlog.get_logger("radius_mfa.server")
+
+RESPONSE_CODES = {
+    Verdict.ACCEPT: codec.ACCESS_ACCEPT,
+    Verdict.REJECT: codec.ACCESS_REJECT,
+    Verdict.CHALLENGE: codec.ACCESS_CHALLENGE,
+}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What SIGHUP replaces as one piece: the client table and the engine."""
+    clients: ClientTable
+    engine: object                   # radius_mfa.engine.Engine
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Everything the audit record needs about one answered request."""
+    decision: Decision
+    client: ClientConfig
+    client_ip: str
+    server_ip: str
+    calling_station_id: str | None
+    request_id: str
+    duration_ms: float
+
+
+def response_for(decision: Decision) -> tuple[int, list[tuple[str, object]]] | None:
+    """The reply code and attributes for a decision; None: send nothing.
+
+    Every Access-Reject is the same whatever its reason (no user enumeration
+    by reply): no attributes besides Message-Authenticator and Proxy-State.
+    """
+    if decision.verdict is Verdict.FAIL:
+        return None
+    code = RESPONSE_CODES[decision.verdict]
+    if decision.verdict is Verdict.CHALLENGE:
+        attributes: list[tuple[str, object]] = [("Reply-Message", decision.reply_message or ""),
+                                                ("State", decision.state)]
+    elif decision.verdict is Verdict.ACCEPT:
+        attributes = list(decision.attributes)
+        if decision.reply_message:
+            attributes.insert(0, ("Reply-Message", decision.reply_message))
+    else:
+        attributes = []
+        if decision.reply_message:          # the one allowed exception: an instruction after a correct password
+            attributes.append(("Reply-Message", decision.reply_message))
+    return code, attributes
+
+
+class RadiusServer(DatagramProtocol):
+    def __init__(self, runtime: Runtime, *, dictionary, reactor, activity,
+                 on_finished: Callable[[Finished], None], droplog: DropLogger,
+                 duplicates: DuplicateCache, wall_clock: Callable[[], float] = time.time):
+        self.runtime = runtime
+        self.dictionary = dictionary
+        self.reactor = reactor
+        self.activity = activity
+        self.on_finished = on_finished
+        self.droplog = droplog
+        self.duplicates = duplicates
+        self.wall_clock = wall_clock
+        self.in_flight: set[defer.Deferred] = set()
+
+    # --- the datagram path ----------------------------------------------------
+    def datagramReceived(self, data: bytes, addr) -> None:
+        try:
+            self._receive(data, addr)
+        except Exception:                       # a bug of ours: never kill the listener
+            log.exception("radius.receive_failed", source=addr[0])
+
+    def _receive(self, data: bytes, addr) -> None:
+        host, port = addr[0], addr[1]
+        client = self.runtime.clients.lookup(host)
+        if client is None:
+            self.droplog.drop("unknown_client", host)
+            return
+        try:
+            header = codec.peek(data)
+        except RemoteProtocolError as exc:
+            self.droplog.drop("malformed", host, client=client.name, detail=str(exc))
+            return
+        if header.code not in (codec.ACCESS_REQUEST, codec.STATUS_SERVER):
+            self.droplog.drop("unsupported_code", host, client=client.name, detail=str(header.code))
+            return
+
+        key = (host, port, header.id, header.authenticator)
+        seen = self.duplicates.check(key)
+        if seen.kind is Lookup.CACHED:
+            self.transport.write(seen.response, addr)
+            return
+        if seen.kind is Lookup.IN_PROGRESS:
+            return
+
+        try:
+            request = codec.decode_request(data, client.secret, self.dictionary)
+        except RemoteProtocolError as exc:
+            self.duplicates.abandon(key)
+            self.droplog.drop("malformed", host, client=client.name, detail=str(exc))
+            return
+        if not self._authentic(request, client, host):
+            self.duplicates.abandon(key)
+            return
+        self.activity.note(client.name, self.wall_clock(), request.has_message_authenticator)
+
+        if request.code == codec.STATUS_SERVER:
+            self._send(key, addr, codec.encode_response(request, codec.ACCESS_ACCEPT,
+                                                        attributes=(), secret=client.secret))
+            return
+        self._start(request, client, key, addr)
+
+    def _authentic(self, request, client: ClientConfig, host: str) -> bool:
+        """The Message-Authenticator policy (BlastRADIUS): a wrong one always
+        drops; a missing one drops when the client must send one."""
+        if request.has_message_authenticator:
+            if not request.message_authenticator_ok:
+                self.droplog.drop("bad_message_authenticator", host, client=client.name)
+                return False
+            return True
+        required = (
+            request.code == codec.STATUS_SERVER                       # RFC 5997
+            or client.require_message_authenticator is RequireMA.TRUE
+            or (client.require_message_authenticator is RequireMA.AUTO
+                and self.activity.has_sent_message_authenticator(client.name))
+        )
+        if required:
+            self.droplog.drop("missing_message_authenticator", host, client=client.name)
+            return False
+        return True
+
+    # --- deciding -------------------------------------------------------------
+    def _start(self, request, client: ClientConfig, key, addr) -> None:
+        started = self.reactor.seconds()
+        request_id = uuid.uuid4().hex
+        auth = AuthRequest(client=client, user_name=request.user_name, password=request.password,
+                           state=request.state, calling_station_id=request.calling_station_id,
+                           request_id=request_id)
+        d = defer.Deferred.fromCoroutine(self.runtime.engine.handle(auth))
+        d.addErrback(self._fail_closed, auth)
+        d.addCallback(self._answer, request, client, key, addr, started, request_id)
+        d.addErrback(self._lost, key)
+        self.in_flight.add(d)
+        d.addBoth(self._done, d)
+
+    def _fail_closed(self, failure, auth: AuthRequest) -> Decision:
+        log.error("auth.error", client=auth.client.name, user=auth.user_name,
+                  request_id=auth.request_id, exception=failure.getTraceback())
+        return Decision(Verdict.REJECT, auth.user_name, primary="", reason=Reason.ERROR)
+
+    def _answer(self, decision: Decision, request, client: ClientConfig, key, addr,
+                started: float, request_id: str) -> None:
+        response = response_for(decision)
+        if response is None:
+            self.duplicates.abandon(key)     # no reply: a retransmission is worked on afresh
+        else:
+            code, attributes = response
+            self._send(key, addr, codec.encode_response(request, code, attributes=attributes,
+                                                        secret=client.secret))
+        host = self.transport.getHost() if self.transport is not None else None
+        self.on_finished(Finished(
+            decision=decision, client=client, client_ip=addr[0],
+            server_ip=getattr(host, "host", ""), calling_station_id=request.calling_station_id,
+            request_id=request_id,
+            duration_ms=round((self.reactor.seconds() - started) * 1000.0, 3)))
+
+    def _lost(self, failure, key) -> None:
+        self.duplicates.abandon(key)
+        log.error("radius.answer_failed", exception=failure.getTraceback())
+
+    def _done(self, result, d: defer.Deferred):
+        self.in_flight.discard(d)
+        return None
+
+    def _send(self, key, addr, data: bytes) -> None:
+        self.duplicates.finish(key, data)
+        if self.transport is not None:
+            self.transport.write(data, addr)
+
+    # --- shutdown -------------------------------------------------------------
+    def drain(self, timeout: float) -> defer.Deferred:
+        """Fires when every request in flight has been answered, or after ``timeout``."""
+        pending = list(self.in_flight)
+        if not pending:
+            return defer.succeed(None)
+        everything = defer.DeferredList(pending, consumeErrors=True)
+        return everything.addTimeout(timeout, self.reactor).addErrback(lambda _: None)

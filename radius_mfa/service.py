@@ -1,0 +1,230 @@
+"""`radius-mfa serve`: assembles everything; the one place that imports the reactor.
+
+Start-up order: config (already validated) → store → thread pools → engine →
+UDP listeners → ``READY=1`` to systemd. SIGHUP reloads clients, secrets and
+policies (pending challenges live in the store, so none is dropped); SIGTERM
+stops listening, lets requests in flight finish for up to 5 s, and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import Callable
+
+import structlog
+from twisted.internet import task
+from twisted.internet.error import CannotListenError
+from twisted.python.threadpool import ThreadPool
+
+from radius_mfa.activity import ClientActivity
+from radius_mfa.audit import AuditLog, audit_record, bridge_twisted_logging, configure_logging
+from radius_mfa.config import Config, load_config
+from radius_mfa.engine import Engine
+from radius_mfa.errors import ConfigError, StoreError
+from radius_mfa.model import AuthRecord
+from radius_mfa.primary.local import LocalBackend, NoPrimary
+from radius_mfa.radius.clients import ClientTable
+from radius_mfa.radius.dictionary import load_dictionary
+from radius_mfa.radius.droplog import DropLogger
+from radius_mfa.radius.dupcache import DuplicateCache
+from radius_mfa.server import Finished, RadiusServer, Runtime
+from radius_mfa.sessions import Sessions
+from radius_mfa.store import open_store
+from radius_mfa.store.asyncstore import AsyncStore, thread_runner
+from radius_mfa.verifiers.totp import TotpVerifier
+
+log = structlog.get_logger("radius_mfa.service")
+
+DRAIN_SECONDS = 5.0
+ACTIVITY_FLUSH_SECONDS = 5.0
+PURGE_SECONDS = 60.0
+AVAILABLE_PRIMARY = ("local", "none")
+
+
+def build_engine(config: Config, store: AsyncStore, hash_runner, clock: Callable[[], float]) -> Engine:
+    """The engine for one configuration; ConfigError when it asks for what this build lacks."""
+    backend = config.primary.backend
+    if backend == "local":
+        primary = LocalBackend(hash_runner)
+    elif backend == "none":
+        primary = NoPrimary()
+    else:
+        raise ConfigError([f"{config.path}: primary.backend: {backend!r} is not available in "
+                           f"this version (available: {', '.join(AVAILABLE_PRIMARY)})"])
+    return Engine(
+        store=store, primary=primary,
+        verifiers=[TotpVerifier(store, config.factors.totp.window)],
+        policy=config.policy,
+        sessions=Sessions(store, clock, ttl=config.policy.state_ttl),
+        clock=clock,
+    )
+
+
+def notify_systemd(message: bytes) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message)
+    except OSError as exc:
+        log.warning("systemd.notify_failed", error=str(exc))
+
+
+class Service:
+    def __init__(self, config: Config, reactor):
+        self.config = config
+        self.reactor = reactor
+        self.exit_code = 0
+        self.protocols: list[RadiusServer] = []
+        self.ports = []
+        self._stopping = False
+
+    def start(self) -> None:
+        """Open the store and the listeners; raises ConfigError, StoreError or
+        CannotListenError before anything is half-started."""
+        config, reactor = self.config, self.reactor
+        self.sync_store = open_store(config.store)
+        self.store_pool = ThreadPool(minthreads=1, maxthreads=4, name="store")
+        self.hash_pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2), name="hash")
+        for pool in (self.store_pool, self.hash_pool):
+            pool.start()
+            reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        self.store = AsyncStore(self.sync_store, thread_runner(reactor, self.store_pool))
+        self.hash_runner = thread_runner(reactor, self.hash_pool)
+
+        runtime = self._runtime(config)
+        self.activity = ClientActivity(self.store, self.sync_store.list_clients_seen())
+        self.audit = AuditLog(config.audit.file, keep=self._keep_record)
+        dictionary = load_dictionary()
+        duplicates = DuplicateCache(reactor)
+        droplog = DropLogger(structlog.get_logger("radius_mfa.drop"), reactor)
+
+        for address in config.server.listen:
+            protocol = RadiusServer(runtime, dictionary=dictionary, reactor=reactor,
+                                    activity=self.activity, on_finished=self._finished,
+                                    droplog=droplog, duplicates=duplicates)
+            self.ports.append(reactor.listenUDP(address.port, protocol, interface=address.host,
+                                                maxPacketSize=4096))
+            self.protocols.append(protocol)
+        if config.server.workers > 1:
+            log.warning("server.workers_not_supported", workers=config.server.workers,
+                        detail="this version serves with one process")
+
+        self._loops = [task.LoopingCall(self.activity.flush), task.LoopingCall(self._purge)]
+        self._loops[0].clock = self._loops[1].clock = reactor
+        self._loops[0].start(ACTIVITY_FLUSH_SECONDS, now=False).addErrback(self._loop_failed)
+        self._loops[1].start(PURGE_SECONDS, now=False).addErrback(self._loop_failed)
+
+        log.info("server.listening", server=config.server.name,
+                 listen=[f"{p.getHost().host}:{p.getHost().port}" for p in self.ports],
+                 clients=len(config.clients), primary=config.primary.backend)
+        notify_systemd(b"READY=1\nSTATUS=listening")
+
+    def _runtime(self, config: Config) -> Runtime:
+        engine = build_engine(config, self.store, self.hash_runner, self.reactor.seconds)
+        return Runtime(clients=ClientTable(config.clients), engine=engine)
+
+    # --- per request -------------------------------------------------------------
+    def _finished(self, finished: Finished) -> None:
+        record = audit_record(finished, self.config.server.name, self.reactor.seconds())
+        self.audit.write(record)
+        log.info("auth.decision", client=record["client"], user=record["user"],
+                 result=record["result"], reason=record["reason"], factor=record["factor"],
+                 duration_ms=record["duration_ms"], request_id=record["request_id"])
+
+    def _keep_record(self, record: dict) -> None:
+        d = self.store.add_auth_record(AuthRecord(time=self.reactor.seconds(), fields=record))
+        d.addErrback(lambda f: log.error("audit.store_failed", error=f.getErrorMessage()))
+
+    async def _purge(self) -> None:
+        removed = await self.store.purge_challenges(self.reactor.seconds())
+        if removed:
+            log.debug("challenges.purged", count=removed)
+
+    def _loop_failed(self, failure) -> None:
+        log.error("service.loop_failed", exception=failure.getTraceback())
+
+    # --- signals -------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: a new client table and engine from the file; on error keep the old."""
+        try:
+            config = load_config(self.config.path)
+            runtime = self._runtime(config)
+        except ConfigError as exc:
+            log.error("config.reload_failed", problems=exc.problems)
+            return
+        if config.store != self.config.store or config.server.listen != self.config.server.listen:
+            log.warning("config.reload_partial",
+                        detail="store and listen addresses change only with a restart")
+        for protocol in self.protocols:
+            protocol.runtime = runtime
+        self.config = config
+        self.audit.reopen()
+        log.info("config.reloaded", clients=len(config.clients))
+
+    def stop(self) -> None:
+        """SIGTERM/SIGINT: stop listening, finish what is in flight (≤ 5 s), exit 0."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("server.stopping")
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        from twisted.internet import defer
+
+        listening = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        draining = [protocol.drain(DRAIN_SECONDS) for protocol in self.protocols]
+        d = defer.DeferredList(listening + draining, consumeErrors=True)
+        d.addCallback(lambda _: defer.Deferred.fromCoroutine(self.activity.flush()))
+        d.addBoth(lambda _: self._close())
+
+    def abort(self) -> None:
+        """Undo a start that failed half-way: close ports, stop thread pools."""
+        for port in self.ports:
+            port.stopListening()
+        for pool in (getattr(self, "store_pool", None), getattr(self, "hash_pool", None)):
+            if pool is not None and pool.started:
+                pool.stop()
+
+    def _close(self) -> None:
+        self.audit.close()
+        self.reactor.stop()
+        log.info("server.stopped")
+
+
+def run(config: Config) -> int:
+    """Serve in the foreground until SIGTERM; returns the exit code."""
+    from twisted.internet import reactor
+
+    configure_logging(config.log.level, config.log.format)
+    bridge_twisted_logging()
+    service = Service(config, reactor)
+    try:
+        service.start()
+    except ConfigError as exc:
+        service.abort()
+        for problem in exc.problems:
+            log.error("config.invalid", problem=problem)
+        return 2
+    except (StoreError, CannotListenError, OSError) as exc:
+        service.abort()
+        log.error("server.start_failed", error=str(exc))
+        return 1
+
+    def on_signal(handler):
+        return lambda signum, frame: reactor.callFromThread(handler)
+
+    signal.signal(signal.SIGHUP, on_signal(service.reload))
+    signal.signal(signal.SIGTERM, on_signal(service.stop))
+    signal.signal(signal.SIGINT, on_signal(service.stop))
+    reactor.run(installSignalHandlers=False)
+    service.sync_store.close()
+    return service.exit_code
