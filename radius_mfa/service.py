@@ -180,9 +180,13 @@ class Service:
                 loop.stop()
         from twisted.internet import defer
 
-        listening = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        # stop reading new datagrams but keep the sockets: answers still go out
+        for port in self.ports:
+            port.stopReading()
         draining = [protocol.drain(DRAIN_SECONDS) for protocol in self.protocols]
-        d = defer.DeferredList(listening + draining, consumeErrors=True)
+        d = defer.DeferredList(draining, consumeErrors=True)
+        d.addCallback(lambda _: defer.DeferredList(
+            [defer.maybeDeferred(port.stopListening) for port in self.ports], consumeErrors=True))
         d.addCallback(lambda _: defer.Deferred.fromCoroutine(self.activity.flush()))
         d.addBoth(lambda _: self._close())
 

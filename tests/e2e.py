@@ -139,11 +139,12 @@ class Server:
             raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr}")
         return proc
 
-    def start(self) -> "Server":
+    def start(self, env: dict | None = None) -> "Server":
         self._log = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(command() + ["-c", str(self.config), "serve"],
                                      stdout=subprocess.DEVNULL, stderr=self._log,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if "server.listening" in self.log():
