@@ -190,11 +190,17 @@ class RadiusServer(DatagramProtocol):
             self._send(key, addr, codec.encode_response(request, code, attributes=attributes,
                                                         secret=client.secret))
         host = self.transport.getHost() if self.transport is not None else None
-        self.on_finished(Finished(
+        finished = Finished(
             decision=decision, client=client, client_ip=addr[0],
             server_ip=getattr(host, "host", ""), calling_station_id=request.calling_station_id,
             request_id=request_id,
-            duration_ms=round((self.reactor.seconds() - started) * 1000.0, 3)))
+            duration_ms=round((self.reactor.seconds() - started) * 1000.0, 3))
+        try:
+            self.on_finished(finished)
+        except Exception:
+            # the reply is sent and cached: a failing audit hook must not reach
+            # _lost, whose abandon() would let a retransmission decide again
+            log.exception("radius.finished_failed", request_id=request_id)
 
     def _lost(self, failure, key) -> None:
         self.duplicates.abandon(key)
@@ -211,9 +217,26 @@ class RadiusServer(DatagramProtocol):
 
     # --- shutdown -------------------------------------------------------------
     def drain(self, timeout: float) -> defer.Deferred:
-        """Fires when every request in flight has been answered, or after ``timeout``."""
+        """Fires (with None) when every request in flight has been answered, or after ``timeout``.
+
+        A request still open at the timeout is left unanswered, not cancelled:
+        cancelling would fail it closed into an Access-Reject (reason
+        ``error``), where silence lets the NAS retry another server.
+        """
         pending = list(self.in_flight)
         if not pending:
             return defer.succeed(None)
-        everything = defer.DeferredList(pending, consumeErrors=True)
-        return everything.addTimeout(timeout, self.reactor).addErrback(lambda _: None)
+        drained: defer.Deferred = defer.Deferred()
+
+        def fire(_=None) -> None:
+            if not drained.called:
+                drained.callback(None)
+
+        def stop_timer(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        timer = self.reactor.callLater(timeout, fire)
+        defer.DeferredList(pending, consumeErrors=True).addBoth(fire)
+        return drained.addBoth(stop_timer)

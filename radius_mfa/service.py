@@ -40,6 +40,7 @@ log = structlog.get_logger("radius_mfa.service")
 DRAIN_SECONDS = 5.0
 ACTIVITY_FLUSH_SECONDS = 5.0
 PURGE_SECONDS = 60.0
+DROPLOG_FLUSH_SECONDS = 10.0     # the tail of a burst of drops is reported even if none follows
 AVAILABLE_PRIMARY = ("local", "none")
 
 
@@ -117,10 +118,14 @@ class Service:
             log.warning("server.workers_not_supported", workers=config.server.workers,
                         detail="this version serves with one process")
 
-        self._loops = [task.LoopingCall(self.activity.flush), task.LoopingCall(self._purge)]
-        self._loops[0].clock = self._loops[1].clock = reactor
-        self._loops[0].start(ACTIVITY_FLUSH_SECONDS, now=False).addErrback(self._loop_failed)
-        self._loops[1].start(PURGE_SECONDS, now=False).addErrback(self._loop_failed)
+        self._loops = []
+        for work, interval in ((self.activity.flush, ACTIVITY_FLUSH_SECONDS),
+                               (self._purge, PURGE_SECONDS),
+                               (droplog.flush, DROPLOG_FLUSH_SECONDS)):
+            loop = task.LoopingCall(work)
+            loop.clock = reactor
+            loop.start(interval, now=False).addErrback(self._loop_failed)
+            self._loops.append(loop)
 
         log.info("server.listening", server=config.server.name,
                  listen=[f"{p.getHost().host}:{p.getHost().port}" for p in self.ports],
