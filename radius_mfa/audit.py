@@ -86,10 +86,13 @@ def bridge_twisted_logging() -> None:
                                      discardBuffer=True)
 
 
-def iso_time(epoch: float) -> str:
-    """Epoch seconds → ISO 8601 UTC with milliseconds (``2026-11-25T10:00:00.123Z``)."""
+def iso_time(epoch: float | None, timespec: str = "milliseconds") -> str | None:
+    """Epoch seconds → ISO 8601 UTC with a ``Z`` (``2026-11-25T10:00:00.123Z``);
+    None stays None. ``timespec`` as for ``datetime.isoformat``."""
+    if epoch is None:
+        return None
     moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 class AuditLog:

@@ -42,6 +42,7 @@ from radius_mfa.errors import (
     StoreError,
     UsageError,
 )
+from radius_mfa import audit
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import ClientSeen, Token, User
 from radius_mfa.otp import MIN_SECRET_BITS, WARN_SECRET_BITS, provisioning_uri
@@ -137,10 +138,8 @@ class Context:
 
 
 def iso_time(ts: float | None) -> str | None:
-    """Epoch seconds → ``2024-05-01T12:00:00Z`` (UTC), None stays None."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Epoch seconds → ``2024-05-01T12:00:00Z`` (UTC, whole seconds), None stays None."""
+    return audit.iso_time(ts, timespec="seconds")
 
 
 def printable(value: Any) -> str:
