@@ -56,11 +56,27 @@ class RadiusServerConfig:
     require_message_authenticator: bool = True
 
 
+# What an upstream Access-Accept may pass through to the NAS's final Access-Accept.
+DEFAULT_REPLY_ATTRIBUTES = (
+    "Class", "Filter-Id", "Session-Timeout", "Idle-Timeout", "Termination-Action",
+    "Framed-Protocol", "Framed-IP-Address", "Framed-IP-Netmask", "Framed-Route",
+    "Framed-Routing", "Framed-MTU", "Framed-Compression", "Framed-Pool",
+    "Framed-IPv6-Prefix", "Framed-IPv6-Route", "Framed-IPv6-Pool", "Framed-Interface-Id",
+    "Service-Type", "Tunnel-Type", "Tunnel-Medium-Type", "Tunnel-Private-Group-Id",
+    "Acct-Interim-Interval", "Vendor-Specific",
+)
+
+
 @dataclass(frozen=True)
 class RadiusPrimaryConfig:
     servers: tuple[RadiusServerConfig, ...] = ()
     timeout: float = 3.0
     retries: int = 2
+    # attribute names passed through from the upstream's Access-Accept;
+    # "Vendor-Specific" stands for every vendor attribute. MS-CHAP2-Success and
+    # the MS-MPPE keys always pass (MS-CHAPv2 needs them).
+    reply_attributes: tuple[str, ...] = DEFAULT_REPLY_ATTRIBUTES
+    dead_time: float = 30.0           # seconds a server that did not answer is skipped, probed with Status-Server
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,8 @@ class LdapPrimaryConfig:
     attributes: LdapAttributes = LdapAttributes()
     mfa_group: str | None = None
     timeout: float = 5.0
+    group_member_attribute: str = "member"   # on group entries: member | uniqueMember | memberUid
+    nested_groups: bool = False       # Active Directory: LDAP_MATCHING_RULE_IN_CHAIN (1.2.840.113556.1.4.1941)
 
 
 @dataclass(frozen=True)
@@ -881,6 +899,9 @@ def _radius_primary(r: _Reader, node: Node | None, path: str) -> RadiusPrimaryCo
         servers=tuple(servers),
         timeout=sec.get("timeout", _seconds, 3.0),
         retries=sec.get("retries", _integer(0, 10), 2),
+        reply_attributes=sec.get("reply_attributes", _list_of(_string()),
+                                 DEFAULT_REPLY_ATTRIBUTES),
+        dead_time=sec.get("dead_time", _seconds, 30.0),
     )
     sec.finish()
     return config
@@ -903,6 +924,10 @@ def _ldap_primary(r: _Reader, node: Node | None, path: str) -> LdapPrimaryConfig
         attributes=_ldap_attributes(r, sec.take("attributes"), sec.at("attributes")),
         mfa_group=sec.get("mfa_group", _string(nullable=True)),
         timeout=sec.get("timeout", _seconds, default.timeout),
+        group_member_attribute=sec.get("group_member_attribute",
+                                       _choice("member", "uniqueMember", "memberUid"),
+                                       default.group_member_attribute),
+        nested_groups=sec.get("nested_groups", _boolean, default.nested_groups),
     )
     sec.finish()
     return config

@@ -7,19 +7,21 @@ must never hold the reactor. An unknown user costs the same as a known one.
 from __future__ import annotations
 
 from radius_mfa import passwords
-from radius_mfa.model import User
-from radius_mfa.primary.base import PrimaryResult
+from radius_mfa.primary.base import PrimaryRequest, PrimaryResult
 from radius_mfa.verdicts import Reason
 
 
 class LocalBackend:
     name = "local"
-    needs_local_user = True
+    supports_mschap = False
 
     def __init__(self, run):
         self._run = run            # runner: run(fn, *args) -> awaitable, off the reactor
 
-    async def authenticate(self, user_name: str, user: User | None, password: bytes) -> PrimaryResult:
+    async def authenticate(self, request: PrimaryRequest) -> PrimaryResult:
+        user, password = request.user, request.password
+        if password is None:
+            return PrimaryResult(False, Reason.BAD_REQUEST)
         if user is None or not user.password_hash:
             await self.equalize(password)
             return PrimaryResult(False, Reason.UNKNOWN_USER if user is None else Reason.BAD_PASSWORD)
@@ -34,10 +36,10 @@ class NoPrimary:
     """``backend: none``: no password is checked anywhere (the NAS did it)."""
 
     name = "none"
-    needs_local_user = True
+    supports_mschap = False
 
-    async def authenticate(self, user_name: str, user: User | None, password: bytes) -> PrimaryResult:
-        if user is None:
+    async def authenticate(self, request: PrimaryRequest) -> PrimaryResult:
+        if request.user is None:
             return PrimaryResult(False, Reason.UNKNOWN_USER)
         return PrimaryResult(True)
 
