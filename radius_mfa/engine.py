@@ -17,7 +17,7 @@ import structlog
 
 from radius_mfa.config import ClientConfig, Mode, PolicyConfig
 from radius_mfa.model import Token, User
-from radius_mfa.primary.base import PrimaryBackend
+from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
 from radius_mfa.sessions import Sessions
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
 from radius_mfa.verifiers.base import CodeVerifier
@@ -25,6 +25,8 @@ from radius_mfa.verifiers.base import CodeVerifier
 log = structlog.get_logger("radius_mfa.engine")
 
 CODE = re.compile(r"\d{6,8}")
+# Seconds kept back from the client's timeout for our own answer to reach it.
+DEADLINE_MARGIN = 1.0
 # Words a user may answer with at a prompt or after the delimiter.
 FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
 
@@ -38,6 +40,8 @@ class AuthRequest:
     state: bytes | None = None
     calling_station_id: str | None = None
     request_id: str = ""
+    mschap: bool = False             # an MS-CHAPv2 request: no password, nothing can carry a code
+    forward: tuple[tuple[int, bytes], ...] = ()   # NAS attributes a proxying backend forwards
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Engine:
         self.sessions = sessions
         self.clock = clock
         self.exempt_users = frozenset(policy.exempt_users)
+        self.exempt_groups = frozenset(g.lower() for g in policy.exempt_groups)
 
     # --- entry point ----------------------------------------------------------
     async def handle(self, req: AuthRequest) -> Decision:
@@ -102,54 +107,95 @@ class Engine:
         user = await self.store.get_user(req.user_name)
         if req.client.mode is Mode.SECOND_FACTOR_ONLY:
             return await self._second_factor_only(req, user)
-        if req.password is None:
+        if req.password is None and not req.mschap:
             return self._reject(req, Reason.BAD_REQUEST, user=user)
         return await self._first_round(req, user)
 
     # --- stages ---------------------------------------------------------------
     async def _first_round(self, req: AuthRequest, user: User | None) -> Decision:
-        text = decode_password(req.password)
-        password, answer = split_inline(text, self.policy.delimiter, req.client.mode)
-        secret = password.encode("utf-8", "surrogateescape")
+        if req.mschap:
+            if not self.primary.supports_mschap:
+                return self._reject(req, Reason.BAD_REQUEST, user=user)
+            password, answer, secret = None, None, b""
+        else:
+            text = decode_password(req.password)
+            password, answer = split_inline(text, self.policy.delimiter, req.client.mode)
+            secret = password.encode("utf-8", "surrogateescape")
 
         refusal = self._refusal(user)
         if refusal is not None:
             await self.primary.equalize(secret)
             return self._reject(req, refusal, user=user)
 
-        result = await self.primary.authenticate(req.user_name, user, secret)
+        result = await self.primary.authenticate(self._primary_request(
+            req, user, None if req.mschap else secret))
+        return await self._after_primary(req, user, result, answer)
+
+    async def _after_primary(self, req: AuthRequest, user: User | None, result: PrimaryResult,
+                             answer: str | None) -> Decision:
+        """The password was checked (or the upstream asks for more): the second factor."""
+        info = dict(result.user_info)
+        if result.challenge is not None:
+            return await self._relay_challenge(req, user, result)
         if not result.ok:
             await self._count_failure(user, result.reason)
-            return self._reject(req, result.reason, user=user)
+            return self._reject(req, result.reason, user=user, info=info)
+        attributes = result.attributes
+        if self._exempt(req, user, info):
+            if user is not None:
+                await self.store.clear_failures(user.name)
+            return self._accept(req, user, factor="none", attributes=attributes, info=info)
         if user is None:
             # a backend that knows users the store does not (LDAP, upstream
-            # RADIUS): nothing enrolled here yet
-            return await self._unenrolled(req, None, result.attributes)
-
-        if self._exempt(req, user):
-            await self.store.clear_failures(user.name)
-            return self._accept(req, user, factor="none", attributes=result.attributes)
+            # RADIUS): nothing is enrolled here for them
+            return await self._unenrolled(req, None, attributes, info)
 
         tokens = await self._usable_tokens(user)
-        if not tokens:
-            return await self._unenrolled(req, user, result.attributes)
+        if not tokens or req.mschap:
+            # MS-CHAPv2 cannot carry a code: only an out-of-band factor could
+            # complete it, and none is available, so the policy for users
+            # without a usable factor decides
+            return await self._unenrolled(req, user, attributes, info)
         if answer is not None:
-            return await self._check_answer(req, user, tokens, answer, result.attributes)
+            return await self._check_answer(req, user, tokens, answer, attributes, info)
         if req.client.mode is Mode.INLINE:
-            return self._reject(req, Reason.NO_ANSWER, user=user)
-        return await self._challenge(req, user, tokens)
+            return self._reject(req, Reason.NO_ANSWER, user=user, info=info)
+        return await self._challenge(req, user, tokens, attributes, info)
+
+    async def _relay_challenge(self, req: AuthRequest, user: User | None,
+                               result: PrimaryResult) -> Decision:
+        """The upstream answered with an Access-Challenge (a new PIN, the next
+        code): our own State stands for the upstream's, the prompt is its."""
+        upstream = result.challenge
+        data = {"stage": "upstream",
+                "upstream_state": upstream.state.hex() if upstream.state is not None else None}
+        state = await self.sessions.open(req.user_name, req.client.name, ("upstream",), data)
+        return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
+                        factor=None, state=state, reply_message=upstream.reply_message or "",
+                        user_info=dict(result.user_info))
 
     async def _answer_challenge(self, req: AuthRequest) -> Decision:
         challenge, why_not = await self.sessions.take(req.state, req.user_name, req.client.name)
         user = await self.store.get_user(req.user_name)
         if challenge is None:
             return self._reject(req, why_not, user=user)
+        answer = decode_password(req.password) if req.password is not None else ""
+        if challenge.data.get("stage") == "upstream":
+            refusal = self._refusal(user)
+            if refusal is not None:
+                return self._reject(req, refusal, user=user)
+            upstream_state = challenge.data.get("upstream_state")
+            result = await self.primary.authenticate(self._primary_request(
+                req, user, answer.encode("utf-8", "surrogateescape"),
+                bytes.fromhex(upstream_state) if upstream_state else None))
+            return await self._after_primary(req, user, result, None)
         refusal = Reason.UNKNOWN_USER if user is None else self._refusal(user)
         if refusal is not None:
             return self._reject(req, refusal, user=user)
         tokens = await self._usable_tokens(user)
-        answer = decode_password(req.password) if req.password is not None else ""
-        return await self._check_answer(req, user, tokens, answer, ())
+        attributes = unpack_attributes(challenge.data.get("attributes", []))
+        info = challenge.data.get("info", {})
+        return await self._check_answer(req, user, tokens, answer, attributes, info)
 
     async def _second_factor_only(self, req: AuthRequest, user: User | None) -> Decision:
         """NPS has checked the password; only the second factor runs here."""
@@ -158,20 +204,20 @@ class Engine:
         refusal = self._refusal(user)
         if refusal is not None:
             return self._reject(req, refusal, user=user)
-        if self._exempt(req, user):
+        if self._exempt(req, user, {}):
             return self._accept(req, user, factor="none")
         tokens = await self._usable_tokens(user)
         answer = decode_password(req.password) if req.password else None
         if tokens and answer is not None and classify(answer) == "code":
-            return await self._check_answer(req, user, tokens, answer, ())
+            return await self._check_answer(req, user, tokens, answer, (), {})
         if not tokens:
-            return await self._unenrolled(req, user, ())
+            return await self._unenrolled(req, user, (), {})
         # the out-of-band factors (push, voice) that this mode waits for are
         # not configured: nothing can complete the sign-in
         return self._reject(req, Reason.NO_FACTOR, user=user)
 
     async def _check_answer(self, req: AuthRequest, user: User, tokens: Sequence[Token],
-                            answer: str, attributes) -> Decision:
+                            answer: str, attributes, info: dict) -> Decision:
         kind = classify(answer)
         if kind == "code":
             code = answer.strip()
@@ -185,31 +231,40 @@ class Engine:
                 if result.ok:
                     await self.store.clear_failures(user.name)
                     return self._accept(req, user, factor=result.factor, device=result.device,
-                                        attributes=attributes)
+                                        attributes=attributes, info=info)
                 await self._count_failure(user, result.reason)
                 return self._reject(req, result.reason, user=user, factor=result.factor,
-                                    device=result.device)
+                                    device=result.device, info=info)
             await self._count_failure(user, Reason.BAD_CODE)
-            return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens))
+            return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
+                                info=info)
         if kind in FACTOR_WORDS:
             # out-of-band factors are not available in this build
-            return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind)
+            return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
         await self._count_failure(user, Reason.BAD_CODE)
-        return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens))
+        return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
+                            info=info)
 
-    async def _challenge(self, req: AuthRequest, user: User, tokens: Sequence[Token]) -> Decision:
+    async def _challenge(self, req: AuthRequest, user: User, tokens: Sequence[Token],
+                         attributes=(), info: dict | None = None) -> Decision:
         factors = tuple(sorted({t.type for t in tokens}))
-        state = await self.sessions.open(user.name, req.client.name, factors)
+        data = {}
+        if attributes:
+            data["attributes"] = pack_attributes(attributes)   # for the final Access-Accept
+        if info:
+            data["info"] = {k: v for k, v in info.items() if k in ("display_name", "email", "phone")}
+        state = await self.sessions.open(user.name, req.client.name, factors, data)
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
                         factor=self._code_factor(tokens), state=state,
-                        reply_message=prompt_for(tokens))
+                        reply_message=prompt_for(tokens), user_info=dict(info or {}))
 
-    async def _unenrolled(self, req: AuthRequest, user: User | None, attributes) -> Decision:
+    async def _unenrolled(self, req: AuthRequest, user: User | None, attributes,
+                          info: dict) -> Decision:
         if self.policy.unenrolled == "allow":
             if user is not None:
                 await self.store.clear_failures(user.name)
-            return self._accept(req, user, factor="none", attributes=attributes)
-        return self._reject(req, Reason.NO_FACTOR, user=user)
+            return self._accept(req, user, factor="none", attributes=attributes, info=info)
+        return self._reject(req, Reason.NO_FACTOR, user=user, info=info)
 
     # --- helpers --------------------------------------------------------------
     def _refusal(self, user: User | None) -> Reason | None:
@@ -222,8 +277,22 @@ class Engine:
             return Reason.DISABLED
         return None
 
-    def _exempt(self, req: AuthRequest, user: User) -> bool:
-        return req.client.exempt or user.name in self.exempt_users
+    def _exempt(self, req: AuthRequest, user: User | None, info: dict) -> bool:
+        """Primary only: an exempt client or user, a member of an exempt
+        directory group, or a user outside the directory's mfa_group."""
+        if req.client.exempt or req.user_name in self.exempt_users:
+            return True
+        if info.get("mfa_required") is False:
+            return True
+        groups = info.get("groups") or ()
+        return any(g in self.exempt_groups for g in groups)
+
+    def _primary_request(self, req: AuthRequest, user: User | None, password: bytes | None,
+                         upstream_state: bytes | None = None) -> PrimaryRequest:
+        return PrimaryRequest(
+            user_name=req.user_name, user=user, password=password, client=req.client.name,
+            forward=req.forward, upstream_state=upstream_state,
+            deadline=max(1.0, req.client.timeout - DEADLINE_MARGIN))
 
     async def _usable_tokens(self, user: User) -> list[Token]:
         tokens = await self.store.list_tokens(user.name)
@@ -245,14 +314,16 @@ class Engine:
         return types[0] if len(types) == 1 else None
 
     def _accept(self, req: AuthRequest, user: User | None, *, factor: str,
-                device: str | None = None, attributes=()) -> Decision:
+                device: str | None = None, attributes=(), info: dict | None = None) -> Decision:
         return Decision(Verdict.ACCEPT, req.user_name, self.primary.name, factor=factor,
-                        device=device, user=user, attributes=tuple(attributes))
+                        device=device, user=user, attributes=tuple(attributes),
+                        user_info=dict(info or {}))
 
     def _reject(self, req: AuthRequest, reason: Reason, *, user: User | None = None,
-                factor: str | None = None, device: str | None = None) -> Decision:
+                factor: str | None = None, device: str | None = None,
+                info: dict | None = None) -> Decision:
         return Decision(Verdict.REJECT, req.user_name, self.primary.name, reason=reason,
-                        factor=factor, device=device, user=user)
+                        factor=factor, device=device, user=user, user_info=dict(info or {}))
 
 
 def decode_password(raw: bytes) -> str:
@@ -266,3 +337,37 @@ def prompt_for(tokens: Sequence[Token]) -> str:
     digits = sorted({t.digits for t in tokens})
     size = "-".join(str(d) for d in digits) if len(digits) > 1 else str(digits[0])
     return f"Enter the {size}-digit code from your authenticator app"
+
+
+def pack_attributes(attributes) -> list:
+    """Reply attributes → JSON for a pending challenge (kept until the Accept)."""
+    packed = []
+    for key, value in attributes:
+        if isinstance(key, tuple):
+            k = {"vendor": list(key)}
+        elif isinstance(key, int):
+            k = {"code": key}
+        else:
+            k = {"name": key}
+        if isinstance(value, bytes):
+            v = {"bytes": value.hex()}
+        elif isinstance(value, bool) or not isinstance(value, int):
+            v = {"text": str(value)}
+        else:
+            v = {"int": value}
+        packed.append([k, v])
+    return packed
+
+
+def unpack_attributes(packed: list) -> tuple:
+    out = []
+    for k, v in packed:
+        key = tuple(k["vendor"]) if "vendor" in k else k.get("code", k.get("name"))
+        if "bytes" in v:
+            value = bytes.fromhex(v["bytes"])
+        elif "int" in v:
+            value = v["int"]
+        else:
+            value = v["text"]
+        out.append((key, value))
+    return tuple(out)

@@ -167,7 +167,8 @@ class RadiusServer(DatagramProtocol):
         request_id = uuid.uuid4().hex
         auth = AuthRequest(client=client, user_name=request.user_name, password=request.password,
                            state=request.state, calling_station_id=request.calling_station_id,
-                           request_id=request_id)
+                           request_id=request_id, mschap=codec.is_mschapv2(request),
+                           forward=codec.forwardable(request))
         d = defer.Deferred.fromCoroutine(self.runtime.engine.handle(auth))
         d.addErrback(self._fail_closed, auth)
         d.addCallback(self._answer, request, client, key, addr, started, request_id)

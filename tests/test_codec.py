@@ -538,3 +538,19 @@ def test_hide_and_unhide_password_round_trip():
         assert codec.unhide_password(hidden, SECRET, auth) == secret_text
     with pytest.raises(LocalProtocolError):
         codec.hide_password(b"x" * 129, SECRET, auth)
+
+
+def test_forwardable_keeps_nas_attributes_and_leaves_out_what_a_proxy_sets():
+    from radius_mfa.radius.codec import (build_access_request, decode_request, forwardable,
+                                         is_mschapv2)
+    ms_chap2_response = (26, (311).to_bytes(4, "big") + bytes([25, 52]) + b"\x01" * 50)
+    raw = build_access_request(b"s", "bob", None, id=1, state=b"st",
+                               attributes=[("Calling-Station-Id", "198.51.100.7"),
+                                           ("Proxy-State", b"p"), ms_chap2_response])
+    request = decode_request(raw, b"s")
+    forwarded = forwardable(request)
+    assert [t for t, _ in forwarded] == [31, 26]
+    assert forwarded[1] == ms_chap2_response
+    assert is_mschapv2(request)
+    plain = decode_request(build_access_request(b"s", "bob", b"pw", id=2), b"s")
+    assert not is_mschapv2(plain) and forwardable(plain) == ()

@@ -229,3 +229,113 @@ def test_classify(text, expected):
 ])
 def test_split_inline(text, mode, expected):
     assert split_inline(text, ",", mode) == expected
+
+
+# --- proxying backends: a scripted backend stands in for RADIUS/LDAP here ------------------
+
+from radius_mfa.primary.base import PrimaryResult, UpstreamChallenge  # noqa: E402
+
+
+class ScriptedBackend:
+    """Answers from a list, and records every request it got."""
+    name = "radius"
+    supports_mschap = True
+
+    def __init__(self, *results):
+        self.results = list(results)
+        self.requests = []
+
+    async def authenticate(self, request):
+        self.requests.append(request)
+        return self.results.pop(0)
+
+    async def equalize(self, password):
+        return None
+
+
+def proxied(tmp_path, backend, **policy):
+    h = Harness(tmp_path, **policy)
+    h.engine.primary = backend
+    return h
+
+
+def mschap_request(h, user="alice", cl=None):
+    return run(h.engine.handle(AuthRequest(client=cl or client(), user_name=user, password=None,
+                                           mschap=True, forward=((26, b"\x00\x00\x01\x37\x19\x03x"),))))
+
+
+def test_upstream_attributes_reach_the_accept_after_our_challenge(tmp_path):
+    attributes = (("Class", b"\x01cls"), ("Filter-Id", "vpn-users"), ((9, 1), b"shell:priv-lvl=15"))
+    backend = ScriptedBackend(PrimaryResult(True, attributes=attributes))
+    h = proxied(tmp_path, backend)
+    h.add_user()
+    first = h.handle(password="upstream-pw")
+    assert first.verdict is Verdict.CHALLENGE and first.attributes == ()
+    done = h.handle(password=h.code(), state=first.state)
+    assert done.verdict is Verdict.ACCEPT and done.attributes == attributes
+    assert backend.requests[0].password == b"upstream-pw"
+    assert backend.requests[0].deadline == 29.0           # client timeout 30 s less the margin
+
+
+def test_an_upstream_challenge_is_relayed_and_its_answer_sent_back(tmp_path):
+    backend = ScriptedBackend(
+        PrimaryResult(False, challenge=UpstreamChallenge(b"up-state", "Enter your new PIN")),
+        PrimaryResult(True, attributes=(("Filter-Id", "ok"),)))
+    h = proxied(tmp_path, backend)
+    h.add_user()
+    relay = h.handle(password="upstream-pw")
+    assert (relay.verdict, relay.reply_message) == (Verdict.CHALLENGE, "Enter your new PIN")
+    assert relay.state != b"up-state"                     # our own State stands for theirs
+    ours = h.handle(password="4321", state=relay.state)
+    assert backend.requests[1].upstream_state == b"up-state"
+    assert backend.requests[1].password == b"4321"
+    assert ours.verdict is Verdict.CHALLENGE and "code" in ours.reply_message
+    done = h.handle(password=h.code(), state=ours.state)
+    assert done.verdict is Verdict.ACCEPT and done.attributes == (("Filter-Id", "ok"),)
+
+
+def test_upstream_down_is_a_reject_with_its_reason(tmp_path):
+    h = proxied(tmp_path, ScriptedBackend(PrimaryResult(False, Reason.UPSTREAM_DOWN)))
+    h.add_user()
+    d = h.handle(password=f"pw,{h.code()}")
+    assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.UPSTREAM_DOWN)
+
+
+def test_mschap_follows_the_policy_for_users_without_an_out_of_band_factor(tmp_path):
+    success = (("MS-CHAP2-Success", b"\x01S=ABC"), ("MS-MPPE-Send-Key", b"k" * 16))
+    strict = proxied(tmp_path / "s" if (tmp_path / "s").mkdir() is None else tmp_path,
+                     ScriptedBackend(PrimaryResult(True, attributes=success)))
+    strict.add_user()
+    d = mschap_request(strict)
+    assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.NO_FACTOR)
+    assert strict.engine.primary.requests[0].password is None
+    assert strict.engine.primary.requests[0].forward == ((26, b"\x00\x00\x01\x37\x19\x03x"),)
+    lenient = proxied(tmp_path / "l" if (tmp_path / "l").mkdir() is None else tmp_path,
+                      ScriptedBackend(PrimaryResult(True, attributes=success)), unenrolled="allow")
+    lenient.add_user()
+    d = mschap_request(lenient)
+    assert (d.verdict, d.factor, d.attributes) == (Verdict.ACCEPT, "none", success)
+
+
+def test_mschap_with_a_backend_that_cannot_check_it_is_a_bad_request(h):
+    assert mschap_request(h).reason is Reason.BAD_REQUEST
+
+
+def test_directory_groups_decide_who_needs_a_second_factor(tmp_path):
+    outside = PrimaryResult(True, user_info={"mfa_required": False, "groups": frozenset()})
+    exempt = PrimaryResult(True, user_info={"mfa_required": True,
+                                            "groups": frozenset({"cn=svc,dc=example,dc=org"})})
+    member = PrimaryResult(True, user_info={"mfa_required": True, "groups": frozenset()})
+    h = proxied(tmp_path, ScriptedBackend(outside, exempt, member),
+                exempt_groups=("CN=svc,DC=example,DC=org",))
+    h.add_user()
+    assert h.handle(password="pw").factor == "none"
+    assert h.handle(password="pw").factor == "none"
+    assert h.handle(password="pw").verdict is Verdict.CHALLENGE
+
+
+def test_directory_users_unknown_to_the_store_follow_the_unenrolled_policy(tmp_path):
+    info = {"display_name": "Dana Dir", "email": "dana@example.org"}
+    h = proxied(tmp_path, ScriptedBackend(PrimaryResult(True, user_info=info)))
+    d = h.handle(user="dana", password="pw")
+    assert (d.verdict, d.reason, d.user_info["display_name"]) == (Verdict.REJECT, Reason.NO_FACTOR, "Dana Dir")

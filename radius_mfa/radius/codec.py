@@ -188,6 +188,27 @@ class Request(_AttributeAccess):
     secret: bytes = field(repr=False)              # the secret it was decoded with
 
 
+# Attributes a proxy never forwards as they are: it sets its own.
+_NOT_FORWARDED = frozenset({USER_NAME, USER_PASSWORD, STATE, PROXY_STATE, MESSAGE_AUTHENTICATOR})
+MICROSOFT = 311
+MS_CHAP2_RESPONSE = 25
+
+
+def forwardable(request: "Request") -> tuple[tuple[int, bytes], ...]:
+    """The request's attributes that an upstream should see unchanged
+    (MS-CHAP, Calling-Station-Id, NAS-*), raw and in wire order."""
+    return tuple((t, v) for t, v in request.attributes if t not in _NOT_FORWARDED)
+
+
+def is_mschapv2(request: "Request") -> bool:
+    """True when the request carries an MS-CHAP2-Response (RFC 2548)."""
+    for attr_type, value in request.attributes:
+        if (attr_type == VENDOR_SPECIFIC and len(value) >= 6
+                and int.from_bytes(value[:4], "big") == MICROSOFT and value[4] == MS_CHAP2_RESPONSE):
+            return True
+    return False
+
+
 @dataclass(frozen=True, eq=False)
 class Response(_AttributeAccess):
     """A verified reply, as a client (tests, benchmarks, upstream) sees it.
