@@ -41,19 +41,42 @@ DRAIN_SECONDS = 5.0
 ACTIVITY_FLUSH_SECONDS = 5.0
 PURGE_SECONDS = 60.0
 DROPLOG_FLUSH_SECONDS = 10.0     # the tail of a burst of drops is reported even if none follows
-AVAILABLE_PRIMARY = ("local", "none")
+# a replaced backend (SIGHUP) keeps serving the requests it has in flight this long
+RETIRE_SECONDS = 120.0
 
 
-def build_engine(config: Config, store: AsyncStore, hash_runner, clock: Callable[[], float]) -> Engine:
-    """The engine for one configuration; ConfigError when it asks for what this build lacks."""
+def build_primary(config: Config, *, reactor, hash_runner, ldap_runner, dictionary):
+    """The primary backend of a configuration; started, ready to use."""
     backend = config.primary.backend
     if backend == "local":
-        primary = LocalBackend(hash_runner)
-    elif backend == "none":
-        primary = NoPrimary()
-    else:
-        raise ConfigError([f"{config.path}: primary.backend: {backend!r} is not available in "
-                           f"this version (available: {', '.join(AVAILABLE_PRIMARY)})"])
+        return LocalBackend(hash_runner)
+    if backend == "none":
+        return NoPrimary()
+    if backend == "radius":
+        from radius_mfa.primary.radius import RadiusBackend
+
+        primary = RadiusBackend(config.primary.radius, reactor=reactor, dictionary=dictionary)
+        primary.start()
+        return primary
+    from radius_mfa.primary.ldap import LdapBackend
+
+    try:
+        return LdapBackend(config.primary.ldap, run=ldap_runner,
+                           exempt_groups=config.policy.exempt_groups)
+    except ValueError as exc:          # what the loader cannot see: a filter that does not parse
+        raise ConfigError([f"{config.path}: {exc}"]) from None
+
+
+def stop_primary(primary) -> None:
+    """Release what a backend holds (sockets, timers, connections)."""
+    for name in ("stop", "close"):
+        method = getattr(primary, name, None)
+        if method is not None:
+            method()
+            return
+
+
+def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[], float]) -> Engine:
     return Engine(
         store=store, primary=primary,
         verifiers=[TotpVerifier(store, config.factors.totp.window)],
@@ -97,13 +120,18 @@ class Service:
         for pool in (self.store_pool, self.hash_pool):
             pool.start()
             reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        self.ldap_pool = ThreadPool(minthreads=0, maxthreads=8, name="ldap")
+        self.ldap_pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", self.ldap_pool.stop)
         self.store = AsyncStore(self.sync_store, thread_runner(reactor, self.store_pool))
         self.hash_runner = thread_runner(reactor, self.hash_pool)
+        self.ldap_runner = thread_runner(reactor, self.ldap_pool)
+        self.dictionary = load_dictionary()
 
         runtime = self._runtime(config)
         self.activity = ClientActivity(self.store, self.sync_store.list_clients_seen())
         self.audit = AuditLog(config.audit.file, keep=self._keep_record)
-        dictionary = load_dictionary()
+        dictionary = self.dictionary
         duplicates = DuplicateCache(reactor)
         droplog = DropLogger(structlog.get_logger("radius_mfa.drop"), reactor)
 
@@ -133,7 +161,9 @@ class Service:
         notify_systemd(b"READY=1\nSTATUS=listening")
 
     def _runtime(self, config: Config) -> Runtime:
-        engine = build_engine(config, self.store, self.hash_runner, self.reactor.seconds)
+        primary = build_primary(config, reactor=self.reactor, hash_runner=self.hash_runner,
+                                ldap_runner=self.ldap_runner, dictionary=self.dictionary)
+        engine = build_engine(config, self.store, primary, self.reactor.seconds)
         return Runtime(clients=ClientTable(config.clients), engine=engine)
 
     # --- per request -------------------------------------------------------------
@@ -168,8 +198,11 @@ class Service:
         if config.store != self.config.store or config.server.listen != self.config.server.listen:
             log.warning("config.reload_partial",
                         detail="store and listen addresses change only with a restart")
+        retired = self.protocols[0].runtime.engine.primary if self.protocols else None
         for protocol in self.protocols:
             protocol.runtime = runtime
+        if retired is not None:
+            self.reactor.callLater(RETIRE_SECONDS, stop_primary, retired)
         self.config = config
         self.audit.reopen()
         log.info("config.reloaded", clients=len(config.clients))
@@ -199,11 +232,14 @@ class Service:
         """Undo a start that failed half-way: close ports, stop thread pools."""
         for port in self.ports:
             port.stopListening()
-        for pool in (getattr(self, "store_pool", None), getattr(self, "hash_pool", None)):
+        for pool in (getattr(self, "store_pool", None), getattr(self, "hash_pool", None),
+                     getattr(self, "ldap_pool", None)):
             if pool is not None and pool.started:
                 pool.stop()
 
     def _close(self) -> None:
+        if self.protocols:
+            stop_primary(self.protocols[0].runtime.engine.primary)
         self.audit.close()
         self.reactor.stop()
         log.info("server.stopped")

@@ -40,7 +40,7 @@ def command() -> list[str]:
 
 
 def write_config(directory: Path, port: int, *, clients: str | None = None, policy: str = "",
-                 extra: str = "") -> Path:
+                 extra: str = "", primary: str = "  backend: local") -> Path:
     clients = clients or f"""
   - name: local
     address: 127.0.0.1
@@ -57,7 +57,7 @@ server:
 store: "sqlite:///radius-mfa.db"
 clients:{clients}
 primary:
-  backend: local
+{primary}
 factors:
   totp: {{window: 1}}
 policy:

@@ -126,17 +126,6 @@ def test_serve_on_a_busy_port_exits_1_with_one_clear_line(tmp_path):
     assert "server.start_failed" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_an_unavailable_primary_backend_is_refused_at_start(tmp_path):
-    server = Server(tmp_path)
-    server.config.write_text(server.config.read_text().replace(
-        "  backend: local", "  backend: ldap\n  ldap:\n    servers: ['ldap://127.0.0.1:1']\n"
-        "    user_dn_template: 'uid={user},dc=example,dc=org'"))
-    proc = subprocess.run(command() + ["-c", str(server.config), "serve"], capture_output=True,
-                          text=True, timeout=30)
-    assert proc.returncode == 2, proc.stderr
-    assert "not available in this version" in proc.stderr
-
-
 def test_ipv6_clients_are_served_where_ipv6_loopback_exists(tmp_path):
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
