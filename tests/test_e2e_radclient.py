@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import struct
 import time
 

@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from helpers import FakeClock, run
-from radius_mfa.config import ClientConfig, LockoutConfig, Mode, PolicyConfig
+from radius_mfa.config import ClientConfig, Mode, PolicyConfig
 from radius_mfa.engine import AuthRequest, Engine, classify, split_inline
 from radius_mfa.model import Token, User
 from radius_mfa.passwords import hash_password
