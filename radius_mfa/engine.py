@@ -25,6 +25,8 @@ from radius_mfa.verifiers.base import CodeVerifier
 log = structlog.get_logger("radius_mfa.engine")
 
 CODE = re.compile(r"\d{6,8}")
+# What a directory (LDAP) tells about a user that the store keeps too.
+DIRECTORY_FIELDS = ("display_name", "email", "phone")
 # Seconds kept back from the client's timeout for our own answer to reach it.
 DEADLINE_MARGIN = 1.0
 # Words a user may answer with at a prompt or after the delimiter.
@@ -141,6 +143,7 @@ class Engine:
             await self._count_failure(user, result.reason)
             return self._reject(req, result.reason, user=user, info=info)
         attributes = result.attributes
+        user = await self._refresh_from_directory(user, info)
         if self._exempt(req, user, info):
             if user is not None:
                 await self.store.clear_failures(user.name)
@@ -286,6 +289,18 @@ class Engine:
             return True
         groups = info.get("groups") or ()
         return any(g in self.exempt_groups for g in groups)
+
+    async def _refresh_from_directory(self, user: User | None, info: dict) -> User | None:
+        """Keep the store's record of the user in step with the directory: the
+        display name, mail address and phone number it reports (for the audit
+        and for codes sent by SMS or mail). Written only when they changed."""
+        if user is None:
+            return None
+        changes = {key: info[key] for key in DIRECTORY_FIELDS
+                   if info.get(key) and info[key] != getattr(user, key)}
+        if not changes:
+            return user
+        return await self.store.update_user(user.name, **changes)
 
     def _primary_request(self, req: AuthRequest, user: User | None, password: bytes | None,
                          upstream_state: bytes | None = None) -> PrimaryRequest:

@@ -71,6 +71,9 @@ def test_a_directory_password_and_a_code_sign_in(server):
     assert (record["primary"], record["factor"]) == ("ldap", "totp")
     assert record["display_name"] == "Alice Example"
     assert record["email"] == "a***@example.org" and record["phone"] == "***0001"
+    shown = json.loads(server.cli("user", "show", "alice", "--json").stdout)
+    assert (shown["display_name"], shown["email"], shown["phone"]) == (
+        "Alice Example", "alice@example.org", "+15550100001")   # kept in the user record
 
 
 def test_the_challenge_round_works_with_a_directory_password(server):

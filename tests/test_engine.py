@@ -339,3 +339,17 @@ def test_directory_users_unknown_to_the_store_follow_the_unenrolled_policy(tmp_p
     h = proxied(tmp_path, ScriptedBackend(PrimaryResult(True, user_info=info)))
     d = h.handle(user="dana", password="pw")
     assert (d.verdict, d.reason, d.user_info["display_name"]) == (Verdict.REJECT, Reason.NO_FACTOR, "Dana Dir")
+
+
+def test_what_the_directory_says_of_a_user_is_kept_in_the_store(tmp_path):
+    info = {"display_name": "Alice Dir", "email": "alice@corp.example", "phone": "+15550100001",
+            "mfa_required": True, "groups": frozenset()}
+    backend = ScriptedBackend(PrimaryResult(True, user_info=info), PrimaryResult(True, user_info=info))
+    h = proxied(tmp_path, backend)
+    h.add_user(display_name="Old Name")
+    d = h.handle(password=f"pw,{h.code()}")
+    assert d.verdict is Verdict.ACCEPT
+    stored = h.sync.get_user("alice")
+    assert (stored.display_name, stored.email, stored.phone) == (
+        "Alice Dir", "alice@corp.example", "+15550100001")
+    assert d.user.display_name == "Alice Dir"
