@@ -131,6 +131,7 @@ class Server:
         self.stderr_path = directory / "server.log"
         self.audit_path = directory / "audit.jsonl"
         self.proc: subprocess.Popen | None = None
+        self._marks: dict[str, int] = {}
 
     def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(command() + ["-c", str(self.config), *args], input=input,
@@ -171,6 +172,23 @@ class Server:
         if not self.audit_path.exists():
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    def mark(self, user: str) -> None:
+        """Remember how many audit records the user has, before a request."""
+        self._marks[user] = len([r for r in self.audit() if r["user"] == user])
+
+    def record_since_mark(self, user: str, timeout: float = 5.0) -> dict:
+        """The user's first audit record written after ``mark``: the reply can
+        reach the client a moment before its record reaches the file."""
+        seen = self._marks.get(user, 0)
+        deadline = time.monotonic() + timeout
+        while True:
+            records = [r for r in self.audit() if r["user"] == user]
+            if len(records) > seen:
+                return records[seen]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no new audit record for {user!r}")
+            time.sleep(0.02)
 
     def wait_audit(self, count: int, timeout: float = 5.0) -> list[dict]:
         deadline = time.monotonic() + timeout
