@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,17 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from peers.process import free_udp_port, stop_process
+
 SECRET = "testing123"
 RADCLIENT = shutil.which("radclient")
 needs_radclient = pytest.mark.skipif(
     RADCLIENT is None and not os.environ.get("CI"),
     reason="radclient (Debian freeradius-utils) is not installed; .ci/run installs it")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def command() -> list[str]:
@@ -199,21 +194,15 @@ class Server:
             time.sleep(0.02)
         return self.audit()
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         os.kill(self.proc.pid, signum)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        code = stop_process(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def send(self, data: bytes, timeout: float = 2.0) -> bytes | None:
         """Raw datagram from a fixed source port; the reply or None."""

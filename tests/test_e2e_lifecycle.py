@@ -45,7 +45,7 @@ def test_sighup_reloads_secrets_and_keeps_pending_challenges(tmp_path):
     address: 127.0.0.1
     secret: "a-new-secret"
 """)
-        server.signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "config.reloaded" in server.log())
         old = radclient(server.port, [("User-Name", "alice"), ("User-Password", PASSWORD),
                                       ("Message-Authenticator", "0x00")], timeout=1)
@@ -64,7 +64,7 @@ def test_sighup_with_a_broken_file_keeps_the_running_configuration(tmp_path):
     try:
         enrol(server)
         server.config.write_text(server.config.read_text() + "\nbogus_key: 1\n")
-        server.signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "config.reload_failed" in server.log())
         reply = radclient(server.port, [("User-Name", "alice"), ("User-Password", PASSWORD),
                                         ("Message-Authenticator", "0x00")])
@@ -84,7 +84,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_zero(tmp_path):
         sock.settimeout(6)
         sock.sendto(request, ("127.0.0.1", server.port))
         time.sleep(0.02)                  # read by the server, now hashing the password
-        server.signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         reply = sock.recv(4096)
     assert codec.decode_response(reply, SECRET.encode(), request[4:20]).code == codec.ACCESS_ACCEPT
     assert server.proc.wait(10) == 0

@@ -30,6 +30,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from peers.process import free_udp_port, stop_process  # noqa: F401 (free_udp_port: for the tests)
+
 FREERADIUS = shutil.which("freeradius") or shutil.which("radiusd") or (
     "/usr/sbin/freeradius" if os.path.exists("/usr/sbin/freeradius") else None)
 DICTIONARY_DIR = "/usr/share/freeradius"
@@ -52,12 +54,6 @@ CISCO_AVPAIR = 1
 def available() -> bool:
     """FreeRADIUS is installed (Debian package ``freeradius``)."""
     return FREERADIUS is not None and os.path.isdir(DICTIONARY_DIR)
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 USERS = f"""\
@@ -287,16 +283,7 @@ class FreeRadius:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGCONT)    # a paused process cannot act on SIGTERM
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+        stop_process(proc, timeout)
         if self._stdout is not None:
             self._stdout.close()
             self._stdout = None

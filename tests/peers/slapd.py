@@ -42,12 +42,13 @@ import ipaddress
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from peers.process import free_tcp_port, stop_process  # noqa: F401 (free_tcp_port: for the tests)
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
@@ -253,12 +254,6 @@ def _san(host: str):
 
 # --------------------------------------------------------------------------- slapd
 
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 BIND_LINE = re.compile(r'conn=(\d+) op=\d+ BIND dn="([^"]*)" method=(\d+)')
 ACCEPT_LINE = re.compile(r"conn=(\d+) fd=\d+ ACCEPT from")
 
@@ -310,13 +305,7 @@ class Slapd:
         """Stop the child by pid (SIGTERM, then SIGKILL); the data stays for a restart."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self.proc = None
         if self._log is not None:
             self._log.close()
