@@ -554,3 +554,18 @@ def test_forwardable_keeps_nas_attributes_and_leaves_out_what_a_proxy_sets():
     assert is_mschapv2(request)
     plain = decode_request(build_access_request(b"s", "bob", b"pw", id=2), b"s")
     assert not is_mschapv2(plain) and forwardable(plain) == ()
+
+
+def test_mschapv2_is_found_in_any_sub_attribute_of_a_vendor_attribute():
+    from radius_mfa.radius.codec import (build_access_request, decode_request, is_mschapv2,
+                                         split_vendor_specific)
+    challenge = bytes([11, 18]) + b"c" * 16                     # MS-CHAP-Challenge first …
+    response = bytes([25, 52]) + b"\x01" * 50                   # … then MS-CHAP2-Response
+    packed = (26, (311).to_bytes(4, "big") + challenge + response)
+    request = decode_request(build_access_request(b"s", "bob", None, id=3, attributes=[packed]), b"s")
+    assert split_vendor_specific(packed[1]) == (311, [(11, b"c" * 16), (25, b"\x01" * 50)])
+    assert is_mschapv2(request)
+    other_vendor = (26, (9).to_bytes(4, "big") + response)
+    assert not is_mschapv2(decode_request(
+        build_access_request(b"s", "bob", b"pw", id=4, attributes=[other_vendor]), b"s"))
+    assert split_vendor_specific(b"\x00\x00\x01\x37\x19") is None          # truncated

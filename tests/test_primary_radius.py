@@ -30,7 +30,7 @@ from peers.mschapv2 import (MsChapV2, asymmetric_start_key, authenticator_respon
                             nt_password_hash)
 from radius_mfa.config import DEFAULT_REPLY_ATTRIBUTES, RadiusPrimaryConfig, RadiusServerConfig
 from radius_mfa.primary.base import PrimaryRequest
-from radius_mfa.primary.radius import RadiusBackend, ReplyAttributes, salt_decrypt
+from radius_mfa.primary.radius import RadiusBackend, ReplyAttributes
 from radius_mfa.radius import codec
 from radius_mfa.radius.dictionary import load_dictionary
 from radius_mfa.verdicts import Reason
@@ -94,8 +94,8 @@ def test_salt_decrypt_reverses_the_codec():
     authenticator = os.urandom(16)
     for value in (b"", b"k" * 16, os.urandom(32), os.urandom(47)):
         cipher = codec.salt_encrypt(value, b"s3cret", authenticator, b"\x81\x02")
-        assert salt_decrypt(cipher, b"s3cret", authenticator) == value
-    assert salt_decrypt(b"\x80\x01" + b"x" * 15, b"s3cret", authenticator) is None
+        assert codec.salt_decrypt(cipher, b"s3cret", authenticator) == value
+    assert codec.salt_decrypt(b"\x80\x01" + b"x" * 15, b"s3cret", authenticator) is None
 
 
 def _upstream_reply(attributes, secret=b"upstream", code=codec.ACCESS_ACCEPT):

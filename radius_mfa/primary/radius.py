@@ -38,11 +38,9 @@ outstanding requests to one server; beyond that another socket is opened.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import os
 import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -86,44 +84,6 @@ Destination = tuple[str, int]                # (IP address as text, port)
 
 # ==========================================================================
 # Reply attributes: wire (type, bytes) → the values the codec encodes again
-
-
-def salt_decrypt(value: bytes, secret: bytes, request_authenticator: bytes) -> bytes | None:
-    """Reverse :func:`codec.salt_encrypt` (RFC 2868 section 3.5, RFC 2548
-    section 2.4.2): salt, then chained MD5 blocks over length octet + value
-    + padding. None when the value cannot be a salt-encrypted one."""
-    if len(value) < 18 or (len(value) - 2) % 16:
-        return None
-    salt, cipher = value[:2], value[2:]
-    plain = bytearray()
-    previous = request_authenticator + salt
-    for start in range(0, len(cipher), 16):
-        block = cipher[start:start + 16]
-        pad = hashlib.md5(secret + previous).digest()
-        plain += bytes(a ^ b for a, b in zip(pad, block))
-        previous = block
-    length = plain[0]
-    if length > len(plain) - 1:
-        return None
-    return bytes(plain[1:1 + length])
-
-
-def _split_vendor_specific(value: bytes) -> tuple[int, list[tuple[int, bytes]]] | None:
-    """RFC 2865 section 5.26 in the common format: vendor id, then
-    type/length/value chains. None when the value does not parse so."""
-    if len(value) < 4:
-        return None
-    vendor_id = struct.unpack_from("!L", value)[0]
-    subs, offset = [], 4
-    while offset < len(value):
-        if len(value) - offset < 2:
-            return None
-        vendor_type, length = value[offset], value[offset + 1]
-        if length < 2 or offset + length > len(value):
-            return None
-        subs.append((vendor_type, value[offset + 2:offset + length]))
-        offset += length
-    return (vendor_id, subs) if subs else None
 
 
 def _plain_value(attr_type: str, raw: bytes) -> object | None:
@@ -181,7 +141,7 @@ class ReplyAttributes:
 
     def _vendor(self, value: bytes, secret: bytes, authenticator: bytes,
                 exclude: frozenset[str]) -> list[Attribute]:
-        split = _split_vendor_specific(value)
+        split = codec.split_vendor_specific(value)
         vendor_known = split is not None and self.dictionary.vendors.HasBackward(split[0])
         if split is None or (not vendor_known and len(split[1]) != 1):
             # a format we cannot take apart without changing it: all or nothing
@@ -211,7 +171,7 @@ class ReplyAttributes:
         tag, payload = _untag(attr, raw)
         encrypted = attr.encrypt in (1, 2)
         if attr.encrypt == 2:
-            payload = salt_decrypt(payload, secret, authenticator)
+            payload = codec.salt_decrypt(payload, secret, authenticator)
         elif attr.encrypt == 1:
             payload = codec.unhide_password(payload, secret, authenticator)
         if payload is None:
@@ -357,7 +317,7 @@ def _has_credential(request: PrimaryRequest) -> bool:
         if kind in (codec.CHAP_PASSWORD, _EAP_MESSAGE):
             return True
         if kind == codec.VENDOR_SPECIFIC:
-            split = _split_vendor_specific(value)
+            split = codec.split_vendor_specific(value)
             if split and split[0] == _MICROSOFT and any(t in _MS_CHAP_RESPONSES for t, _ in split[1]):
                 return True
     return False

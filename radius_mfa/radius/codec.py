@@ -203,8 +203,9 @@ def forwardable(request: "Request") -> tuple[tuple[int, bytes], ...]:
 def is_mschapv2(request: "Request") -> bool:
     """True when the request carries an MS-CHAP2-Response (RFC 2548)."""
     for attr_type, value in request.attributes:
-        if (attr_type == VENDOR_SPECIFIC and len(value) >= 6
-                and int.from_bytes(value[:4], "big") == MICROSOFT and value[4] == MS_CHAP2_RESPONSE):
+        split = split_vendor_specific(value) if attr_type == VENDOR_SPECIFIC else None
+        if split is not None and split[0] == MICROSOFT and any(
+                vendor_type == MS_CHAP2_RESPONSE for vendor_type, _ in split[1]):
             return True
     return False
 
@@ -497,6 +498,42 @@ def salt_encrypt(value: bytes, secret: bytes, request_authenticator: bytes,
         previous = _xor16(hashlib.md5(secret + previous).digest(), plain[start:start + 16])
         out += previous
     return salt + bytes(out)
+
+
+def salt_decrypt(value: bytes, secret: bytes, request_authenticator: bytes) -> bytes | None:
+    """Reverse :func:`salt_encrypt` (RFC 2868 section 3.5, RFC 2548 section
+    2.4.2). None when the value cannot be a salt-encrypted one."""
+    if len(value) < 18 or (len(value) - 2) % 16:
+        return None
+    salt, cipher = value[:2], value[2:]
+    plain = bytearray()
+    previous = request_authenticator + salt
+    for start in range(0, len(cipher), 16):
+        block = cipher[start:start + 16]
+        plain += _xor16(hashlib.md5(secret + previous).digest(), block)
+        previous = block
+    length = plain[0]
+    if length > len(plain) - 1:
+        return None
+    return bytes(plain[1:1 + length])
+
+
+def split_vendor_specific(value: bytes) -> tuple[int, list[tuple[int, bytes]]] | None:
+    """A Vendor-Specific value in the common format of RFC 2865 section 5.26:
+    (vendor id, [(vendor type, value), …]); None when it does not parse so."""
+    if len(value) < 4:
+        return None
+    vendor_id = struct.unpack_from("!L", value)[0]
+    subs, offset = [], 4
+    while offset < len(value):
+        if len(value) - offset < 2:
+            return None
+        vendor_type, length = value[offset], value[offset + 1]
+        if length < 2 or offset + length > len(value):
+            return None
+        subs.append((vendor_type, value[offset + 2:offset + length]))
+        offset += length
+    return (vendor_id, subs) if subs else None
 
 
 # --------------------------------------------------------------------------
