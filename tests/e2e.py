@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from peers.process import free_udp_port, stop_process
@@ -116,6 +117,17 @@ def radclient(port: int, attributes: list[tuple[str, str]], *, kind: str = "auth
     return reply
 
 
+@dataclass
+class Enrolment:
+    """A user enrolled through the commands, with the TOTP token it got."""
+    name: str
+    serial: str
+    totp: "pyotp.TOTP"
+
+    def code(self, offset_steps: int = 0) -> str:
+        return self.totp.at(time.time(), counter_offset=offset_steps)
+
+
 class Server:
     """A `radius-mfa serve` child process on a loopback port."""
 
@@ -134,6 +146,18 @@ class Server:
         if check and proc.returncode != 0:
             raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr}")
         return proc
+
+    def enrol(self, name: str, password: str | None = None, **fields: str) -> Enrolment:
+        """`user add` (with a local password when given; none where a directory
+        or upstream checks it) and `token add --type totp`, as an admin would."""
+        args = ["user", "add", name]
+        for key, value in fields.items():
+            args += [f"--{key.replace('_', '-')}", value]
+        if password is not None:
+            args.append("--password-stdin")
+        self.cli(*args, input=None if password is None else password + "\n")
+        token = json.loads(self.cli("token", "add", name, "--type", "totp", "--json").stdout)
+        return Enrolment(name, token["serial"], pyotp.TOTP(token["secret"]))
 
     def start(self, env: dict | None = None) -> "Server":
         self._log = open(self.stderr_path, "ab")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pyotp
 import pytest
 
 from e2e import Server, needs_radclient, radclient
@@ -42,12 +41,6 @@ def server(directory, tmp_path_factory):
     assert srv.stop() == 0, srv.log()
 
 
-def enrol(server: Server, name: str) -> pyotp.TOTP:
-    server.cli("user", "add", name)                        # no local password: the directory has it
-    token = json.loads(server.cli("token", "add", name, "--type", "totp", "--json").stdout)
-    return pyotp.TOTP(token["secret"])
-
-
 def auth(server, name, password):
     server.mark(name)
     return radclient(server.port, [("User-Name", name), ("User-Password", password),
@@ -59,7 +52,7 @@ def last_audit(server, name):
 
 
 def test_a_directory_password_and_a_code_sign_in(server):
-    totp = enrol(server, "alice")
+    totp = server.enrol("alice").totp   # no local password: the directory has it
     reply = auth(server, "alice", f"alice-pw,{totp.now()}")
     assert reply.code == "Access-Accept", reply.output
     record = last_audit(server, "alice")
@@ -72,7 +65,7 @@ def test_a_directory_password_and_a_code_sign_in(server):
 
 
 def test_the_challenge_round_works_with_a_directory_password(server):
-    totp = enrol(server, "doe, john")
+    totp = server.enrol("doe, john").totp
     challenge = auth(server, "doe, john", "doe-pw")
     assert challenge.code == "Access-Challenge", challenge.output
     answer = radclient(server.port, [("User-Name", "doe, john"), ("User-Password", totp.now()),

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
 import time
 
-import pyotp
 import pytest
 
+from peers.process import wait_for
 from e2e import SECRET, Server, command, needs_radclient, radclient, write_config
 from radius_mfa.radius import codec
 
 PASSWORD = "correct horse"
 
 
-def enrol(server: Server, name: str = "alice") -> pyotp.TOTP:
-    server.cli("user", "add", name, "--password-stdin", input=PASSWORD + "\n")
-    token = json.loads(server.cli("token", "add", name, "--type", "totp", "--json").stdout)
-    return pyotp.TOTP(token["secret"])
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @needs_radclient
 def test_sighup_reloads_secrets_and_keeps_pending_challenges(tmp_path):
     server = Server(tmp_path).start()
     try:
-        totp = enrol(server)
+        totp = server.enrol("alice", PASSWORD).totp
         challenge = radclient(server.port, [("User-Name", "alice"), ("User-Password", PASSWORD),
                                             ("Message-Authenticator", "0x00")])
         assert challenge.code == "Access-Challenge", challenge.output
@@ -62,7 +46,7 @@ def test_sighup_reloads_secrets_and_keeps_pending_challenges(tmp_path):
 def test_sighup_with_a_broken_file_keeps_the_running_configuration(tmp_path):
     server = Server(tmp_path).start()
     try:
-        enrol(server)
+        server.enrol("alice", PASSWORD)
         server.config.write_text(server.config.read_text() + "\nbogus_key: 1\n")
         server.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "config.reload_failed" in server.log())
@@ -76,7 +60,7 @@ def test_sighup_with_a_broken_file_keeps_the_running_configuration(tmp_path):
 
 def test_sigterm_finishes_the_request_in_flight_and_exits_zero(tmp_path):
     server = Server(tmp_path).start()
-    totp = enrol(server)
+    totp = server.enrol("alice", PASSWORD).totp
     request = codec.build_access_request(SECRET.encode(), "alice",
                                          f"{PASSWORD},{totp.now()}".encode(), id=5)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -143,7 +127,7 @@ def test_ipv6_clients_are_served_where_ipv6_loopback_exists(tmp_path):
     server.port = port
     server.start()
     try:
-        enrol(server)
+        server.enrol("alice", PASSWORD)
         request = codec.build_access_request(SECRET.encode(), "alice", PASSWORD.encode(), id=1)
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
             sock.settimeout(5)

@@ -13,7 +13,6 @@ import random
 import struct
 import time
 
-import pyotp
 import pytest
 
 from e2e import SECRET, Server, needs_radclient, radclient
@@ -46,19 +45,9 @@ def server(tmp_path_factory):
     assert srv.stop() == 0, srv.log()
 
 
-class Enrolled:
-    def __init__(self, server: Server, **fields):
-        self.name = f"user{next(_names)}"
-        args = ["user", "add", self.name, "--password-stdin"]
-        for key, value in fields.items():
-            args += [f"--{key.replace('_', '-')}", value]
-        server.cli(*args, input=PASSWORD + "\n")
-        token = json.loads(server.cli("token", "add", self.name, "--type", "totp", "--json").stdout)
-        self.serial = token["serial"]
-        self.totp = pyotp.TOTP(token["secret"])
-
-    def code(self, offset_steps: int = 0) -> str:
-        return self.totp.at(time.time(), counter_offset=offset_steps)
+def Enrolled(server: Server, **fields):
+    """A fresh user with the local password and a TOTP token."""
+    return server.enrol(f"user{next(_names)}", PASSWORD, **fields)
 
 
 @pytest.fixture

@@ -59,12 +59,6 @@ def server(upstream, tmp_path_factory):
     assert srv.stop() == 0, srv.log()
 
 
-def enrol(server: Server, name: str) -> pyotp.TOTP:
-    server.cli("user", "add", name)
-    token = json.loads(server.cli("token", "add", name, "--type", "totp", "--json").stdout)
-    return pyotp.TOTP(token["secret"])
-
-
 def auth(server, name, password, *extra, timeout=4):
     server.mark(name)
     return radclient(server.port, [("User-Name", name), ("User-Password", password), *extra,
@@ -85,7 +79,7 @@ def assert_alice_attributes(reply):
 
 
 def test_pap_and_a_code_pass_the_upstream_reply_attributes_through(server):
-    totp = enrol(server, "alice")
+    totp = server.enrol("alice").totp
     reply = auth(server, "alice", f"alice-pw,{totp.now()}")
     assert reply.code == "Access-Accept", reply.output
     assert_alice_attributes(reply)
@@ -111,7 +105,7 @@ def test_a_wrong_upstream_password_is_rejected(server):
 
 
 def test_an_upstream_challenge_is_relayed_then_ours_follows(server):
-    totp = enrol(server, "carol")
+    totp = server.enrol("carol").totp
     pin_prompt = auth(server, "carol", "carol-pw")
     assert pin_prompt.code == "Access-Challenge", pin_prompt.output
     assert pin_prompt.first("Reply-Message") == "Enter your new PIN"
@@ -150,7 +144,7 @@ def test_mschapv2_is_forwarded_and_the_mppe_keys_re_encrypted_for_the_nas(server
 
 
 def test_mschapv2_for_a_user_needing_a_code_follows_the_unenrolled_policy(server):
-    enrol(server, "bob")
+    server.enrol("bob")
     attempt = MsChapV2("bob", "bob-pw")
     request = codec.build_access_request(SECRET.encode(), "bob", None, id=22,
                                          attributes=list(attempt.forward()))
@@ -170,7 +164,7 @@ def test_failover_to_the_second_upstream_and_upstream_down(upstream, tmp_path):
                      primary=primary_section(dead_port, upstream.port, timeout=0.4, retries=1))
         srv.start()
         try:
-            totp = enrol(srv, "alice")
+            totp = srv.enrol("alice").totp
             started = time.monotonic()
             reply = auth(srv, "alice", f"alice-pw,{totp.now()}")
             assert reply.code == "Access-Accept", reply.output

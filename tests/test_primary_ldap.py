@@ -25,6 +25,7 @@ from twisted.trial import unittest as trial
 
 from helpers import run
 from peers import slapd as peer
+from peers.process import wait_for
 from peers.slapd import (HELPDESK_GROUP, MFA_GROUP, PEOPLE, PEOPLE_DN, POSIX_GROUP,
                          SERVICE_DN, SERVICE_GROUP, SERVICE_PASSWORD, SUFFIX, UNIQUE_GROUP,
                          Slapd, free_tcp_port, make_tls)
@@ -88,16 +89,6 @@ def check(backend: LdapBackend, user: str, password: str | bytes | None,
         password = password.encode("utf-8")
     return run(backend.authenticate(PrimaryRequest(user, None, password, client="vpn",
                                                    deadline=deadline)))
-
-
-def wait_for(predicate, timeout: float = 3.0) -> bool:
-    """Poll a real peer's log: slapd writes some lines after it has answered."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @contextmanager
@@ -515,7 +506,7 @@ def test_the_service_account_binds_once_across_authentications(directory, backen
     assert len(directory.binds(ALICE.dn)) == alice_before + 6
     # every connection Alice bound on was closed: none stayed behind in the pool
     alice_conns = conn_ids_bound_as(directory, ALICE.dn)
-    assert wait_for(lambda: alice_conns <= closed_conn_ids(directory))
+    assert wait_for(lambda: alice_conns <= closed_conn_ids(directory), timeout=3.0)
 
 
 def test_close_unbinds_the_pooled_service_connection(directory, backends):
@@ -525,7 +516,7 @@ def test_close_unbinds_the_pooled_service_connection(directory, backends):
     service_conns = conn_ids_bound_as(directory, SERVICE_DN) - before
     assert len(service_conns) == 1 and not service_conns <= closed_conn_ids(directory)
     backend.close()
-    assert wait_for(lambda: service_conns <= closed_conn_ids(directory))
+    assert wait_for(lambda: service_conns <= closed_conn_ids(directory), timeout=3.0)
 
 
 def test_the_service_connection_survives_a_directory_restart(tmp_path, backends):

@@ -39,3 +39,15 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> int | 
         except ProcessLookupError:
             pass
     return proc.returncode
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll a real peer (its log, its answers) until ``predicate()`` holds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
