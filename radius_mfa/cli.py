@@ -17,14 +17,11 @@ enrolment, which is the point of that command.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import csv
 import getpass
 import io
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -45,7 +42,16 @@ from radius_mfa.errors import (
 from radius_mfa import audit
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import ClientSeen, Token, User
-from radius_mfa.otp import MIN_SECRET_BITS, WARN_SECRET_BITS, provisioning_uri
+from radius_mfa.otp import WARN_SECRET_BITS, provisioning_uri
+from radius_mfa.validate import (
+    encode_base32,
+    normalize_base32_secret,
+    quoted,
+    validate_display_name,
+    validate_email,
+    validate_phone,
+    validate_user_name,
+)
 
 if TYPE_CHECKING:
     from radius_mfa.config import Config
@@ -71,10 +77,6 @@ AUDIT_COLUMNS = (
     "reason", "duration_ms", "request_id",
 )
 
-_PHONE_RE = re.compile(r"\+[1-9][0-9]{7,14}")
-_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
-_NAME_MAX = 253
-_TEXT_MAX = 256
 
 
 # --------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class Context:
         if self._store is None:
             from radius_mfa.store import open_store
 
-            self._store = open_store(self.config().store)
+            self._store = open_store(self.config().store, self.config().store_key_file)
         return self._store
 
     def close(self) -> None:
@@ -161,11 +163,6 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def quoted(name: str) -> str:
-    """A name inside a message: quoted, with anything unprintable escaped."""
-    return repr(name)
-
-
 def is_locked(user: User, now: float) -> bool:
     return user.locked_until is not None and user.locked_until > now
 
@@ -183,64 +180,6 @@ def user_status(user: User, now: float) -> str:
 # Input validation (argparse `type=` functions raise ArgumentTypeError → exit 2;
 # the value checks of SPEC.md's "refused" kind raise RefusedError → exit 1)
 # --------------------------------------------------------------------------
-
-
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text)
-
-
-def validate_user_name(name: str) -> str:
-    """1–253 characters (RADIUS User-Name's limit), no control characters,
-    no whitespace at either end (a NAS or a delimiter split would trim it)."""
-    if not 1 <= len(name) <= _NAME_MAX:
-        raise RefusedError(f"user name must be 1 to {_NAME_MAX} characters long")
-    if _has_control(name):
-        raise RefusedError(f"user name {quoted(name)} contains control characters")
-    if name != name.strip():
-        raise RefusedError(f"user name {quoted(name)} begins or ends with whitespace")
-    return name
-
-
-def validate_phone(phone: str) -> str:
-    """E.164: ``+``, then 8 to 15 digits, the first not 0."""
-    if not _PHONE_RE.fullmatch(phone):
-        raise RefusedError(f"phone {quoted(phone)} is not in E.164 form (e.g. +4915112345678)")
-    return phone
-
-
-def validate_email(email: str) -> str:
-    """A plausible address: local@domain.tld, no spaces or control characters."""
-    if len(email) > 254 or _has_control(email) or not _EMAIL_RE.fullmatch(email):
-        raise RefusedError(f"email {quoted(email)} is not a valid mail address")
-    return email
-
-
-def validate_display_name(text: str) -> str:
-    if len(text) > _TEXT_MAX or _has_control(text):
-        raise RefusedError(f"display name must be at most {_TEXT_MAX} printable characters")
-    return text
-
-
-def normalize_base32_secret(text: str) -> bytes:
-    """Decode a base32 secret as people paste it: any case, spaces (and
-    hyphens) between groups, with or without ``=`` padding. RefusedError
-    when it is not base32 or shorter than 80 bits."""
-    compact = re.sub(r"[\s-]+", "", text).upper().rstrip("=")
-    if not compact:
-        raise RefusedError("--secret is empty")
-    padded = compact + "=" * (-len(compact) % 8)
-    try:
-        raw = base64.b32decode(padded, casefold=False)
-    except (binascii.Error, ValueError):
-        raise RefusedError("--secret is not valid base32 (letters A-Z and digits 2-7)") from None
-    if len(raw) * 8 < MIN_SECRET_BITS:
-        raise RefusedError(f"--secret is too short: {len(raw) * 8} bits, at least {MIN_SECRET_BITS} needed")
-    return raw
-
-
-def encode_base32(raw: bytes) -> str:
-    """Base32 without padding: what authenticator apps and otpauth URIs expect."""
-    return base64.b32encode(raw).decode("ascii").rstrip("=")
 
 
 def _positive_period(text: str) -> int:

@@ -219,6 +219,9 @@ class Config:
     path: str                           # the file it was read from
     server: ServerConfig = ServerConfig()
     store: str = "sqlite:////var/lib/radius-mfa/radius-mfa.db"
+    # Extension: the key that seals token secrets in the store, kept outside
+    # it; "" until loaded, then absolute (default: store.key beside this file)
+    store_key_file: str = ""
     clients: tuple[ClientConfig, ...] = ()
     primary: PrimaryConfig = PrimaryConfig()
     factors: FactorsConfig = FactorsConfig()
@@ -741,6 +744,7 @@ def _read_config(r: _Reader, root: Node, absolute_path: str) -> Config | None:
         path=absolute_path,
         server=_server(r, top.take("server")),
         store=top.get("store", _store, Config.store),
+        store_key_file=top.get("store_key_file", _path(), r.resolve("store.key")),
         clients=_clients(r, top.take("clients")),
         primary=_primary(r, top.take("primary")),
         factors=_factors(r, top.take("factors")),

@@ -38,6 +38,7 @@ class Token:
     algorithm: str = "sha1"           # sha1 | sha256 | sha512
     counter: int = 0                  # hotp: next counter expected
     last_step: int | None = None      # totp: last time step accepted (replay guard)
+    drift: int = 0                    # totp: the token's clock offset in steps (token resync)
     created: float = 0.0
 
     def public(self) -> dict:

@@ -114,7 +114,7 @@ class Service:
         """Open the store and the listeners; raises ConfigError, StoreError or
         CannotListenError before anything is half-started."""
         config, reactor = self.config, self.reactor
-        self.sync_store = open_store(config.store)
+        self.sync_store = open_store(config.store, config.store_key_file)
         self.store_pool = ThreadPool(minthreads=1, maxthreads=4, name="store")
         self.hash_pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2), name="hash")
         for pool in (self.store_pool, self.hash_pool):

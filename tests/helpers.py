@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from radius_mfa.store.sqlite import SqliteStore
 
 
 def run(coro):
@@ -27,3 +32,15 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def open_sqlite(path) -> "SqliteStore":
+    """A SQLite store at ``path`` with its key file beside it (``store.key``
+    in the same directory): every store opened on one path shares the key."""
+    import os
+
+    from radius_mfa.secretbox import SecretBox
+    from radius_mfa.store.sqlite import SqliteStore
+
+    path = str(path)
+    return SqliteStore(path, SecretBox.from_file(os.path.join(os.path.dirname(os.path.abspath(path)), "store.key")))

@@ -73,7 +73,8 @@ def store(config_file):
     from radius_mfa.config import load_config
     from radius_mfa.store import open_store
 
-    s = open_store(load_config(config_file).store)
+    config = load_config(config_file)
+    s = open_store(config.store, config.store_key_file)
     yield s
     s.close()
 

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from helpers import FakeClock, run
+from helpers import FakeClock, open_sqlite, run
 from radius_mfa.config import ClientConfig, Mode, PolicyConfig
 from radius_mfa.engine import AuthRequest, Engine, classify, split_inline
 from radius_mfa.model import Token, User
@@ -12,7 +12,6 @@ from radius_mfa.passwords import hash_password
 from radius_mfa.primary.local import LocalBackend
 from radius_mfa.sessions import Sessions
 from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
-from radius_mfa.store.sqlite import SqliteStore
 from radius_mfa.verdicts import Reason, Verdict
 from radius_mfa.verifiers.totp import TotpVerifier, otp_at
 
@@ -28,7 +27,7 @@ def client(mode=Mode.CHALLENGE, name="vpn", exempt=False):
 class Harness:
     def __init__(self, tmp_path, **policy):
         self.clock = FakeClock()
-        self.sync = SqliteStore(str(tmp_path / "engine.db"))
+        self.sync = open_sqlite(tmp_path / "engine.db")
         self.store = AsyncStore(self.sync, immediate_runner)
         self.hash_calls = []
 

@@ -34,7 +34,7 @@ from radius_mfa.radius.dupcache import DuplicateCache
 from radius_mfa.server import Finished, RadiusServer, Runtime
 from radius_mfa.sessions import Sessions
 from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
-from radius_mfa.store.sqlite import SqliteStore
+from helpers import open_sqlite
 from radius_mfa.verdicts import Reason, Verdict
 from radius_mfa.verifiers.totp import TotpVerifier, otp_at
 
@@ -120,7 +120,7 @@ class Harness:
     def __init__(self, tmp_path, clients=CLIENTS):
         self.clock = Clock()
         self.clock.advance(START)
-        self.sync = SqliteStore(str(tmp_path / "server.db"))
+        self.sync = open_sqlite(tmp_path / "server.db")
         self.store = AsyncStore(self.sync, immediate_runner)
         self.engine = Engine(store=self.store, primary=LocalBackend(immediate_runner),
                              verifiers=[TotpVerifier(self.store, window=1)],

@@ -17,6 +17,8 @@ from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
 from radius_mfa.store import open_store
 from radius_mfa.store import sqlite as sqlite_module
 from radius_mfa.store.sqlite import SqliteStore, schema_version
+from helpers import open_sqlite
+from radius_mfa.secretbox import SecretBox
 
 T = TypeVar("T")
 NOW = 1_700_000_000.0
@@ -29,7 +31,7 @@ def db_path(tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(db_path: str):
-    opened = SqliteStore(db_path)
+    opened = open_sqlite(db_path)
     yield opened
     opened.close()
 
@@ -181,7 +183,7 @@ def test_failure_of_unknown_user_is_none(store: SqliteStore) -> None:
 
 
 def test_concurrent_failures_are_all_counted(db_path: str) -> None:
-    stores = [SqliteStore(db_path) for _ in range(4)]
+    stores = [open_sqlite(db_path) for _ in range(4)]
     stores[0].add_user(User("alice", created=NOW))
     race([lambda s=s: s.record_failure("alice", NOW, limit=100, lock_seconds=60) for s in stores for _ in range(3)])
     assert stores[0].get_user("alice").failures == 12
@@ -279,6 +281,63 @@ def test_add_tokens_with_one_bad_token_adds_nothing(store: SqliteStore) -> None:
     assert store.list_tokens() == []
 
 
+def test_add_tokens_reads_its_input_as_it_writes_and_rolls_back_on_its_error(store: SqliteStore) -> None:
+    written: list[int] = []
+
+    def tokens():
+        for i in range(3):
+            written.append(len(store.list_tokens()))    # this thread's transaction: its own writes
+            yield hotp(f"H{i}")
+        raise RefusedError("line 4: bad row")
+
+    with pytest.raises(RefusedError, match="line 4"):
+        store.add_tokens(tokens())
+    assert written == [0, 1, 2]        # written one by one, not gathered first
+    assert store.list_tokens() == []
+
+
+def test_existing_token_serials_in_chunks(store: SqliteStore) -> None:
+    store.add_tokens(hotp(f"H{i}") for i in range(0, 1200, 2))
+    asked = (f"H{i}" for i in range(1200))
+    assert store.existing_token_serials(asked) == {f"H{i}" for i in range(0, 1200, 2)}
+    assert store.existing_token_serials([]) == set()
+
+
+def test_add_users_with_their_tokens(store: SqliteStore) -> None:
+    rows = [(User(f"u{i}", email=f"u{i}@example.org"), [totp(f"T{i}", f"u{i}")] if i % 2 else [])
+            for i in range(10)]
+    assert store.add_users(iter(rows)) == 10
+    assert len(store.list_users()) == 10
+    assert [t.user for t in store.list_tokens()] == ["u1", "u3", "u5", "u7", "u9"]
+    assert store.existing_user_names(["u0", "u9", "nobody"]) == {"u0", "u9"}
+
+
+def test_add_users_with_one_existing_name_adds_nothing(store: SqliteStore) -> None:
+    store.add_user(User("u2"))
+    with pytest.raises(AlreadyExistsError, match="u2"):
+        store.add_users((User(f"u{i}"), [totp(f"T{i}", f"u{i}")]) for i in range(4))
+    assert [u.name for u in store.list_users()] == ["u2"]
+    assert store.list_tokens() == []
+
+
+def test_add_users_with_an_existing_serial_adds_nothing(store: SqliteStore) -> None:
+    store.add_token(totp("T3"))
+    with pytest.raises(AlreadyExistsError, match="T3"):
+        store.add_users((User(f"u{i}"), [totp(f"T{i}", f"u{i}")]) for i in range(5))
+    assert store.list_users() == []
+    assert [t.serial for t in store.list_tokens()] == ["T3"]
+
+
+def test_totp_drift_is_set_with_the_step_it_used(store: SqliteStore) -> None:
+    store.add_token(totp("T1"))
+    assert store.set_totp_drift("T1", 5, 1000)
+    token = store.get_token("T1")
+    assert (token.drift, token.last_step) == (5, 1000)
+    assert not store.set_totp_drift("T1", 4, 1000)     # that step is used already
+    assert not store.advance_totp("T1", 999)
+    assert store.get_token("T1").drift == 5
+
+
 def test_tokens_are_listed_by_serial_and_by_user(store: SqliteStore) -> None:
     store.add_user(User("alice", created=NOW))
     store.add_tokens([totp("C", "alice"), totp("A"), totp("B", "alice")])
@@ -323,11 +382,11 @@ def test_totp_step_is_accepted_once_and_only_forward(store: SqliteStore) -> None
 
 
 def test_totp_replay_is_refused_across_reopen(db_path: str) -> None:
-    first = SqliteStore(db_path)
+    first = open_sqlite(db_path)
     first.add_token(totp("T1"))
     assert first.advance_totp("T1", 7)
     first.close()
-    second = SqliteStore(db_path)
+    second = open_sqlite(db_path)
     assert not second.advance_totp("T1", 7)
     second.close()
 
@@ -348,7 +407,7 @@ def test_compare_and_set_respects_the_token_type(store: SqliteStore) -> None:
 
 
 def test_racing_totp_use_from_two_instances_has_one_winner(db_path: str) -> None:
-    one, two = SqliteStore(db_path), SqliteStore(db_path)
+    one, two = open_sqlite(db_path), open_sqlite(db_path)
     one.add_token(totp("T1"))
     for step in range(1, 51):
         results = race([lambda: one.advance_totp("T1", step), lambda: two.advance_totp("T1", step)])
@@ -365,14 +424,14 @@ def test_racing_hotp_use_from_threads_has_one_winner(store: SqliteStore) -> None
 
 
 def _advance_in_child(path: str, step: int, barrier, results) -> None:
-    store = SqliteStore(path)
+    store = open_sqlite(path)
     barrier.wait()
     results.put(store.advance_totp("T1", step))
     store.close()
 
 
 def test_racing_totp_use_from_processes_has_one_winner(db_path: str) -> None:
-    SqliteStore(db_path).add_token(totp("T1"))
+    open_sqlite(db_path).add_token(totp("T1"))
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(4), context.Queue()
     children = [context.Process(target=_advance_in_child, args=(db_path, 42, barrier, results)) for _ in range(4)]
@@ -437,7 +496,7 @@ def test_racing_threads_take_a_challenge_once(store: SqliteStore) -> None:
 
 
 def test_racing_instances_take_a_challenge_once(db_path: str) -> None:
-    stores = [SqliteStore(db_path) for _ in range(3)]
+    stores = [open_sqlite(db_path) for _ in range(3)]
     for i in range(50):
         digest = f"{i:064x}"
         stores[0].put_challenge(challenge(digest))
@@ -470,7 +529,7 @@ def test_late_client_report_does_not_move_times_back(store: SqliteStore) -> None
 
 
 def test_concurrent_client_counts_add_up(db_path: str) -> None:
-    stores = [SqliteStore(db_path) for _ in range(3)]
+    stores = [open_sqlite(db_path) for _ in range(3)]
     race([lambda s=s: [s.note_client_request("vpn", NOW, True) for _ in range(20)] for s in stores])
     assert stores[0].list_clients_seen()[0].requests == 60
     for s in stores:
@@ -513,21 +572,21 @@ def test_connection_settings(store: SqliteStore) -> None:
 
 
 def test_newer_schema_is_refused(db_path: str) -> None:
-    SqliteStore(db_path).close()
+    open_sqlite(db_path).close()
     with sqlite3.connect(db_path) as raw:
         raw.execute("UPDATE schema_version SET version = 99")
     raw.close()
     with pytest.raises(StoreError, match="99.*upgrade radius-mfa"):
-        SqliteStore(db_path)
+        open_sqlite(db_path)
 
 
 def test_migration_adds_a_table_and_keeps_data(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = SqliteStore(db_path)
+    first = open_sqlite(db_path)
     first.add_user(User("alice", created=NOW))
     first.close()
     step = ("CREATE TABLE devices (id TEXT PRIMARY KEY, user TEXT REFERENCES users (name))",)
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (step,))
-    second = SqliteStore(db_path)
+    second = open_sqlite(db_path)
     assert second.get_user("alice") == User("alice", created=NOW)
     conn = second._conn()
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == schema_version()
@@ -536,12 +595,12 @@ def test_migration_adds_a_table_and_keeps_data(db_path: str, monkeypatch: pytest
 
 
 def test_failed_migration_changes_nothing(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    SqliteStore(db_path).close()
+    open_sqlite(db_path).close()
     before = len(sqlite_module.MIGRATIONS)
     step = ("CREATE TABLE devices (id TEXT PRIMARY KEY)", "THIS IS NOT SQL")
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (step,))
     with pytest.raises(StoreError):
-        SqliteStore(db_path)
+        open_sqlite(db_path)
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == before
         assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'devices'").fetchone()[0] == 0
@@ -550,7 +609,7 @@ def test_failed_migration_changes_nothing(db_path: str, monkeypatch: pytest.Monk
 
 def test_file_and_directory_are_private(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "store.db"
-    SqliteStore(str(path)).close()
+    open_sqlite(str(path)).close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
 
@@ -560,24 +619,24 @@ def test_foreign_sqlite_file_is_refused(db_path: str) -> None:
         raw.execute("CREATE TABLE something_else (x)")
     raw.close()
     with pytest.raises(StoreError, match="not a radius-mfa store"):
-        SqliteStore(db_path)
+        open_sqlite(db_path)
 
 
 def test_file_that_is_not_a_database_is_refused(db_path: str) -> None:
     Path(db_path).write_bytes(b"this is not a database, just some text" * 100)
     with pytest.raises(StoreError, match="not a database"):
-        SqliteStore(db_path)
+        open_sqlite(db_path)
 
 
 def test_directory_that_cannot_be_made_is_a_store_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(StoreError, match="cannot create"):
-        SqliteStore(str(blocker / "store.db"))
+        SqliteStore(str(blocker / "store.db"), SecretBox(bytes(32)))
 
 
 def test_closed_store_refuses_calls(db_path: str) -> None:
-    store = SqliteStore(db_path)
+    store = open_sqlite(db_path)
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.get_user("alice")
@@ -585,7 +644,7 @@ def test_closed_store_refuses_calls(db_path: str) -> None:
 
 
 def test_close_from_another_thread_is_safe(db_path: str) -> None:
-    store = SqliteStore(db_path)
+    store = open_sqlite(db_path)
     race([lambda: store.get_user("x")] * 3)   # connections in other threads
     store.close()
     with pytest.raises(StoreError):
@@ -600,7 +659,7 @@ def test_each_thread_has_its_own_connection(store: SqliteStore) -> None:
 
 
 def test_forked_child_opens_its_own_connection(db_path: str) -> None:
-    store = SqliteStore(db_path)
+    store = open_sqlite(db_path)
     store.add_user(User("alice", created=NOW))
     context = multiprocessing.get_context("fork")
     results = context.Queue()
@@ -622,7 +681,7 @@ def test_forked_child_opens_its_own_connection(db_path: str) -> None:
 
 
 def test_open_store_absolute_sqlite_url(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/abs.db")
+    store = open_store(f"sqlite:///{tmp_path}/abs.db", str(tmp_path / "store.key"))
     assert isinstance(store, SqliteStore)
     assert store.path == str(tmp_path / "abs.db")
     store.close()
@@ -630,14 +689,14 @@ def test_open_store_absolute_sqlite_url(tmp_path: Path) -> None:
 
 def test_open_store_relative_sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    store = open_store("sqlite:///sub/rel.db")
+    store = open_store("sqlite:///sub/rel.db", "store.key")
     assert store.path == str(tmp_path / "sub" / "rel.db")
     store.close()
 
 
 def test_postgresql_is_not_available_and_the_password_stays_secret() -> None:
     with pytest.raises(StoreError, match="PostgreSQL") as caught:
-        open_store("postgresql://mfa:hunter2@db.example.org/mfa")
+        open_store("postgresql://mfa:hunter2@db.example.org/mfa", "store.key")
     assert "hunter2" not in str(caught.value)
 
 
@@ -654,5 +713,5 @@ def test_postgresql_is_not_available_and_the_password_stays_secret() -> None:
 )
 def test_bad_store_url_is_refused_without_echoing_it(url: str) -> None:
     with pytest.raises(StoreError) as caught:
-        open_store(url)
+        open_store(url, "store.key")
     assert "hunter2" not in str(caught.value)

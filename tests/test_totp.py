@@ -4,10 +4,9 @@ import base64
 
 import pytest
 
-from helpers import run
+from helpers import open_sqlite, run
 from radius_mfa.model import Token, User
 from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
-from radius_mfa.store.sqlite import SqliteStore
 from radius_mfa.verdicts import Reason
 from radius_mfa.verifiers.totp import TotpVerifier, otp_at, steps_to_try
 
@@ -40,7 +39,7 @@ def rfc_token(algorithm: str, serial: str = "T1") -> Token:
 
 @pytest.fixture
 def store(tmp_path):
-    sync = SqliteStore(str(tmp_path / "t.db"))
+    sync = open_sqlite(str(tmp_path / "t.db"))
     sync.add_user(User(name="alice"))
     yield AsyncStore(sync, immediate_runner)
     sync.close()
@@ -85,7 +84,7 @@ def test_an_older_code_after_a_newer_one_is_a_replay(store):
 
 def test_replay_survives_a_new_store_instance(tmp_path):
     path = str(tmp_path / "r.db")
-    first = SqliteStore(path)
+    first = open_sqlite(path)
     first.add_user(User(name="alice"))
     token = rfc_token("sha1")
     first.add_token(token)
@@ -93,7 +92,7 @@ def test_replay_survives_a_new_store_instance(tmp_path):
     assert run(TotpVerifier(AsyncStore(first, immediate_runner)).verify(
         User("alice"), [token], code, 59.0)).ok
     first.close()
-    second = SqliteStore(path)   # a restart, or another server on the same store
+    second = open_sqlite(path)   # a restart, or another server on the same store
     result = run(TotpVerifier(AsyncStore(second, immediate_runner)).verify(
         User("alice"), [token], code, 59.0))
     assert result.reason is Reason.REPLAY
@@ -103,3 +102,24 @@ def test_replay_survives_a_new_store_instance(tmp_path):
 def test_steps_nearest_first():
     assert steps_to_try(95.0, 30, 2) == [3, 2, 4, 1, 5]
     assert steps_to_try(5.0, 30, 1) == [0, 1]
+
+
+def test_steps_follow_the_token_drift():
+    assert steps_to_try(95.0, 30, 1, drift=5) == [8, 7, 9]
+    assert steps_to_try(95.0, 30, 1, drift=-3) == [0, 1]
+
+
+def test_a_drifting_token_is_checked_around_its_own_clock(store):
+    token = rfc_token("sha1")
+    store.sync.add_token(token)
+    now = 1111111109.0
+    fast = otp_at(token, int(now // 30) + 5)            # a token five steps fast
+    verifier = TotpVerifier(store, window=1)
+    assert run(verifier.verify(User("alice"), [token], fast, now)) is None
+    assert store.sync.set_totp_drift("T1", 5, int(now // 30) + 4)
+    drifted = store.sync.get_token("T1")
+    assert drifted.drift == 5
+    assert run(verifier.verify(User("alice"), [drifted], fast, now)).ok
+    assert run(verifier.verify(User("alice"), [drifted], fast, now)).reason is Reason.REPLAY
+    # the real clock's code is now outside the token's window
+    assert run(verifier.verify(User("alice"), [drifted], otp_at(token, int(now // 30)), now)) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from radius_mfa.errors import StoreError
+from radius_mfa.secretbox import SecretBox
 from radius_mfa.store.base import Store
 from radius_mfa.store.sqlite import SqliteStore
 
@@ -20,15 +21,16 @@ _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-def open_store(url: str) -> Store:
-    """The store named by ``url``; StoreError when it names none we have or
-    cannot be opened."""
+def open_store(url: str, key_file: str) -> Store:
+    """The store named by ``url``, its token secrets sealed with the key in
+    ``key_file`` (made on first use); StoreError when it names none we have
+    or cannot be opened."""
     scheme, separator, _rest = url.partition("://")
     if not separator:
         raise StoreError("the store must be a URL such as sqlite:////var/lib/radius-mfa/radius-mfa.db")
     scheme = scheme.lower()
     if scheme == "sqlite":
-        return _open_sqlite(url)
+        return _open_sqlite(url, key_file)
     if scheme.split("+", 1)[0] in _POSTGRES_SCHEMES:
         raise StoreError("the PostgreSQL store is not available in this version")
     if not scheme.replace("+", "").isalnum():
@@ -36,7 +38,7 @@ def open_store(url: str) -> Store:
     raise StoreError(f"unsupported store URL scheme {scheme}: use sqlite:////path/to/file.db")
 
 
-def _open_sqlite(url: str) -> Store:
+def _open_sqlite(url: str, key_file: str) -> Store:
     if not url.lower().startswith(_SQLITE_PREFIX):
         raise StoreError(
             "a SQLite store URL has no host: sqlite:////absolute/path.db or sqlite:///relative/path.db"
@@ -44,4 +46,4 @@ def _open_sqlite(url: str) -> Store:
     path = url[len(_SQLITE_PREFIX):]
     if not path or path.endswith("/") or path == ":memory:":
         raise StoreError("a SQLite store URL must name a file: sqlite:////absolute/path.db")
-    return SqliteStore(os.path.abspath(path))
+    return SqliteStore(os.path.abspath(path), SecretBox.from_file(key_file))

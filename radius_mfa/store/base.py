@@ -12,7 +12,7 @@ fails, :class:`NotFoundError` / :class:`AlreadyExistsError` as documented.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
 
 from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
 
@@ -38,6 +38,17 @@ class Store(Protocol):
         """Remove every factor of the user (tokens now; devices and app
         passwords as they come); returns how many were removed; NotFoundError."""
 
+    def existing_user_names(self, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` are users already (an import checks its whole
+        file before writing anything)."""
+
+    def add_users(self, users: Iterable[tuple[User, Sequence[Token]]]) -> int:
+        """`user import`: each user with the tokens enrolled for them, all or
+        nothing in one transaction, ``users`` consumed as it is written;
+        AlreadyExistsError naming the first user or serial that exists;
+        whatever the iterable raises rolls back and propagates. Returns the
+        number of users."""
+
     # --- lockout -----------------------------------------------------------
     def record_failure(self, name: str, now: float, limit: int, lock_seconds: float) -> User | None:
         """Atomically count one more bad answer in a row; when the count
@@ -56,7 +67,14 @@ class Store(Protocol):
 
     def add_tokens(self, tokens: Iterable[Token]) -> int:
         """All or nothing, in one transaction; AlreadyExistsError naming the
-        first serial that exists. Returns the count."""
+        first serial that exists. ``tokens`` is consumed as it is written (a
+        generator over a large import file is never held in memory whole);
+        whatever it raises rolls the transaction back and propagates.
+        Returns the count."""
+
+    def existing_token_serials(self, serials: Iterable[str]) -> set[str]:
+        """Which of ``serials`` the store holds already (an import checks its
+        whole file before writing anything)."""
 
     def get_token(self, serial: str) -> Token | None: ...
 
@@ -78,6 +96,11 @@ class Store(Protocol):
     def advance_hotp(self, serial: str, expected: int, new_counter: int) -> bool:
         """Move the HOTP counter from ``expected`` to ``new_counter``: True when
         it still was ``expected`` (atomic compare-and-set), else False."""
+
+    def set_totp_drift(self, serial: str, drift: int, last_step: int) -> bool:
+        """`token resync` of a TOTP token: its clock runs ``drift`` steps off
+        ours, and ``last_step`` was just used. True when ``last_step`` is later
+        than every step used before (atomic compare-and-set), else False."""
 
     # --- challenges (pending Access-Challenges) ---------------------------
     def put_challenge(self, challenge: Challenge) -> None: ...

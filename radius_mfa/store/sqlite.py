@@ -16,13 +16,18 @@ file to the current version; on open, the missing steps run in order inside one
 transaction, so a later release adds tables without losing data, and a file
 written by a newer release is refused rather than misread.
 
-Token secrets are stored as given (base32): protect the file (mode 0600, in a
-0700 directory, both made so here) and its backups.
+Token secrets are sealed (AES-256-GCM, :mod:`radius_mfa.secretbox`) with a key
+kept outside the database; the store keeps a check value of that key and
+refuses to open with another one. A store written before secrets were sealed
+has its secrets sealed in place the first time it is opened with a key. The
+file is still made private (mode 0600, in a 0700 directory): it holds password
+hashes and the audit trail.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import sqlite3
@@ -33,6 +38,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
 from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
+from radius_mfa.secretbox import SecretBox, is_sealed
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -106,6 +112,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX auth_log_time ON auth_log (time)",
         "CREATE INDEX auth_log_user ON auth_log (user, time)",
     ),
+    (
+        # token resync: a TOTP token's clock offset, in time steps
+        "ALTER TABLE tokens ADD COLUMN drift INTEGER NOT NULL DEFAULT 0",
+        # facts about the store itself: the check value of the key that seals secrets
+        "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+    ),
 )
 
 _USER_FIELDS = frozenset({"display_name", "email", "phone", "password_hash", "disabled"})
@@ -145,7 +157,7 @@ class SqliteStore:
     schema up to date; it raises StoreError when the file cannot be used.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, box: SecretBox):
         if not path or path == ":memory:" or path.startswith("file:"):
             raise StoreError("the SQLite store needs a file path (an in-memory database cannot be shared)")
         self.path = os.path.abspath(path)
@@ -153,11 +165,13 @@ class SqliteStore:
         self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._all_lock = threading.Lock()   # guards the WeakSet only, never the database
         self._closed = False
+        self._box = box
         _create_file(self.path)
         with self._errors("open"):
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL").fetchall()
             self._migrate(conn)
+        self._bind_key()
 
     # --- connections and transactions ------------------------------------
 
@@ -247,6 +261,26 @@ class SqliteStore:
             _rollback(conn)
             raise
 
+    def _bind_key(self) -> None:
+        """Check that the key is this store's; on the first open with a key,
+        record its check value and seal every secret still in clear, in one
+        transaction."""
+        with self._write("check the store key") as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            if row is not None:
+                if not hmac.compare_digest(row["value"], self._box.check_value):
+                    raise StoreError(
+                        f"the key in {self._box.source} is not the key of the store {self.path}:"
+                        " its token secrets were sealed with another key file"
+                    )
+                return
+            conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?)", (self._box.check_value,))
+            plain = conn.execute("SELECT serial, secret FROM tokens").fetchall()
+            for serial, secret in plain:
+                if not is_sealed(secret):
+                    conn.execute("UPDATE tokens SET secret = ? WHERE serial = ?",
+                                 (self._box.seal(secret, serial), serial))
+
     def close(self) -> None:
         """Close this thread's connection and, where SQLite lets us, the
         others; the store cannot be used afterwards. Connections of other
@@ -286,6 +320,55 @@ class SqliteStore:
             if _is_constraint(exc, "SQLITE_CONSTRAINT_PRIMARYKEY"):
                 raise AlreadyExistsError(f"user {user.name} exists already") from None
             raise
+
+    def existing_user_names(self, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` are users already (asked in chunks)."""
+        return self._existing("users", "name", names)
+
+    def add_users(self, users: Iterable[tuple[User, Sequence[Token]]]) -> int:
+        """`user import`: all or nothing in one transaction, streamed."""
+        now = time.time()
+        count = 0
+        with self._write("import users") as conn:
+            for user, tokens in users:
+                if not user.name:
+                    raise RefusedError("a user name must not be empty")
+                try:
+                    conn.execute(
+                        "INSERT INTO users (name, display_name, email, phone, password_hash,"
+                        " disabled, failures, locked_until, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (user.name, user.display_name, user.email, user.phone, user.password_hash,
+                         int(user.disabled), user.failures, user.locked_until, user.created or now),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    if getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY":
+                        raise AlreadyExistsError(f"user {user.name} exists already") from None
+                    raise
+                for token in tokens:
+                    _check_token(token)
+                    _insert_token(conn, token, self._box.seal(token.secret, token.serial), now)
+                count += 1
+        return count
+
+    def _existing(self, table: str, column: str, values: Iterable[str]) -> set[str]:
+        """Which of ``values`` are in ``table.column``: asked 500 at a time,
+        so 100,000 names are a few hundred queries, not 100,000."""
+        found: set[str] = set()
+        chunk: list[str] = []
+
+        def ask() -> None:
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(f"find {table}", f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+            chunk.clear()
+
+        for value in values:
+            chunk.append(value)
+            if len(chunk) == 500:
+                ask()
+        if chunk:
+            ask()
+        return found
 
     def get_user(self, name: str) -> User | None:
         rows = self._read("read user", "SELECT * FROM users WHERE name = ?", (name,))
@@ -376,18 +459,22 @@ class SqliteStore:
     def add_tokens(self, tokens: Iterable[Token]) -> int:
         """All or nothing, in one transaction; AlreadyExistsError naming the
         first serial that exists (or repeats). Returns the count."""
-        batch = list(tokens)
-        for token in batch:
-            _check_token(token)
         now = time.time()
+        count = 0
         with self._write("add tokens") as conn:
-            for token in batch:
-                _insert_token(conn, token, now)
-        return len(batch)
+            for token in tokens:
+                _check_token(token)
+                _insert_token(conn, token, self._box.seal(token.secret, token.serial), now)
+                count += 1
+        return count
+
+    def existing_token_serials(self, serials: Iterable[str]) -> set[str]:
+        """Which of ``serials`` the store holds already (asked in chunks)."""
+        return self._existing("tokens", "serial", serials)
 
     def get_token(self, serial: str) -> Token | None:
         rows = self._read("read token", "SELECT * FROM tokens WHERE serial = ?", (serial,))
-        return _token(rows[0]) if rows else None
+        return self._token(rows[0]) if rows else None
 
     def list_tokens(self, user: str | None = None) -> list[Token]:
         """All tokens (user None) or the user's, sorted by serial."""
@@ -395,7 +482,7 @@ class SqliteStore:
             rows = self._read("list tokens", "SELECT * FROM tokens ORDER BY serial")
         else:
             rows = self._read("list tokens", "SELECT * FROM tokens WHERE user = ? ORDER BY serial", (user,))
-        return [_token(row) for row in rows]
+        return [self._token(row) for row in rows]
 
     def assign_token(self, serial: str, user: str) -> None:
         """NotFoundError for an unknown serial or user; RefusedError when the
@@ -439,6 +526,32 @@ class SqliteStore:
             (new_counter, serial, expected),
         )
         return changed == 1
+
+    def set_totp_drift(self, serial: str, drift: int, last_step: int) -> bool:
+        """`token resync` of a TOTP token: True when ``last_step`` is later
+        than every step used before (atomic compare-and-set), else False."""
+        changed = self._change(
+            "resync totp",
+            "UPDATE tokens SET drift = ?, last_step = ? WHERE serial = ? AND type = 'totp'"
+            " AND (last_step IS NULL OR last_step < ?)",
+            (drift, last_step, serial, last_step),
+        )
+        return changed == 1
+
+    def _token(self, row: sqlite3.Row) -> Token:
+        return Token(
+            serial=row["serial"],
+            type=row["type"],
+            secret=self._box.open(row["secret"], row["serial"]),
+            user=row["user"],
+            digits=row["digits"],
+            period=row["period"],
+            algorithm=row["algorithm"],
+            counter=row["counter"],
+            last_step=row["last_step"],
+            drift=row["drift"],
+            created=row["created"],
+        )
 
     # --- challenges --------------------------------------------------------
 
@@ -598,14 +711,14 @@ def _check_token(token: Token) -> None:
         raise RefusedError(f"token {token.serial or '(no serial)'}: {problem}")
 
 
-def _insert_token(conn: sqlite3.Connection, token: Token, now: float) -> None:
+def _insert_token(conn: sqlite3.Connection, token: Token, sealed_secret: str, now: float) -> None:
     try:
         conn.execute(
             "INSERT INTO tokens (serial, type, secret, user, digits, period, algorithm, counter,"
-            " last_step, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " last_step, drift, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                token.serial, token.type, token.secret, token.user, token.digits, token.period,
-                token.algorithm, token.counter, token.last_step, token.created or now,
+                token.serial, token.type, sealed_secret, token.user, token.digits, token.period,
+                token.algorithm, token.counter, token.last_step, token.drift, token.created or now,
             ),
         )
     except sqlite3.IntegrityError as exc:
@@ -634,21 +747,6 @@ def _user(row: sqlite3.Row) -> User:
         disabled=bool(row["disabled"]),
         failures=row["failures"],
         locked_until=row["locked_until"],
-        created=row["created"],
-    )
-
-
-def _token(row: sqlite3.Row) -> Token:
-    return Token(
-        serial=row["serial"],
-        type=row["type"],
-        secret=row["secret"],
-        user=row["user"],
-        digits=row["digits"],
-        period=row["period"],
-        algorithm=row["algorithm"],
-        counter=row["counter"],
-        last_step=row["last_step"],
         created=row["created"],
     )
 
