@@ -33,6 +33,7 @@ from radius_mfa.server import Finished, RadiusServer, Runtime
 from radius_mfa.sessions import Sessions
 from radius_mfa.store import open_store
 from radius_mfa.store.asyncstore import AsyncStore, thread_runner
+from radius_mfa.verifiers.hotp import HotpVerifier
 from radius_mfa.verifiers.totp import TotpVerifier
 
 log = structlog.get_logger("radius_mfa.service")
@@ -79,7 +80,10 @@ def stop_primary(primary) -> None:
 def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[], float]) -> Engine:
     return Engine(
         store=store, primary=primary,
-        verifiers=[TotpVerifier(store, config.factors.totp.window)],
+        verifiers=[
+            TotpVerifier(store, config.factors.totp.window),
+            HotpVerifier(store, config.factors.hotp.look_ahead),
+        ],
         policy=config.policy,
         sessions=Sessions(store, clock, ttl=config.policy.state_ttl),
         clock=clock,

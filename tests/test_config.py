@@ -205,6 +205,21 @@ def test_postgresql_password_is_masked_in_problems(tmp_path: Path):
     assert mask_url_password("postgresql://h/d") == "postgresql://h/d"
 
 
+def test_the_store_key_file_defaults_to_beside_the_config(tmp_path: Path):
+    assert load_config(write(tmp_path, MINIMAL_CLIENT)).store_key_file == str(tmp_path / "store.key")
+
+
+def test_the_store_key_file_resolves_against_the_config_dir(tmp_path: Path):
+    config = load_config(write(tmp_path, MINIMAL_CLIENT + "store_key_file: keys/mfa.key\n"))
+    assert config.store_key_file == str(tmp_path / "keys" / "mfa.key")
+    config = load_config(write(tmp_path, MINIMAL_CLIENT + "store_key_file: /srv/mfa.key\n"))
+    assert config.store_key_file == "/srv/mfa.key"
+
+
+def test_a_store_key_file_that_is_not_a_path_is_refused(tmp_path: Path):
+    assert any("store_key_file" in p for p in problems_of(write(tmp_path, MINIMAL_CLIENT + "store_key_file: [1]\n")))
+
+
 def test_other_store_schemes_are_refused(tmp_path: Path):
     path = write(tmp_path, 'store: "mysql://root:pw@db/mfa"\n')
     assert problems_of(path) == [

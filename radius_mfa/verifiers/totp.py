@@ -3,6 +3,11 @@
 The replay guard lives in the store (``advance_totp``): a code is accepted
 only when its time step is later than every step used before on that token,
 so it holds across restarts and across servers sharing the store.
+
+A hardware TOTP token's clock drifts over the years; ``token resync`` records
+the offset in ``Token.drift`` (in steps), and the window is centred on the
+token's own step, now plus its drift. Steps, and so the replay guard, are
+counted on the token's clock.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from radius_mfa.verdicts import Reason
 from radius_mfa.verifiers.base import FactorResult
 
 
-def steps_to_try(now: float, period: int, window: int) -> list[int]:
-    """Time steps nearest first: now, then -1, +1, -2, +2 … up to ``window``."""
-    current = int(now // period)
+def steps_to_try(now: float, period: int, window: int, drift: int = 0) -> list[int]:
+    """Time steps nearest first: the token's current step (now plus its
+    ``drift``), then -1, +1, -2, +2 … up to ``window``."""
+    current = int(now // period) + drift
     steps = [current]
     for distance in range(1, window + 1):
         steps += [current - distance, current + distance]
@@ -39,7 +45,7 @@ class TotpVerifier:
         for token in tokens:
             if len(code) != token.digits:
                 continue
-            for step in steps_to_try(now, token.period, self.window):
+            for step in steps_to_try(now, token.period, self.window, token.drift):
                 if hmac.compare_digest(otp_at(token, step).encode(), code.encode()):
                     fresh = await self.store.advance_totp(token.serial, step)
                     if fresh:
