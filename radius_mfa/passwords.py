@@ -86,6 +86,13 @@ def verify_password(password: str | bytes, encoded: str) -> bool:
     return hmac.compare_digest(candidate, parsed.key)
 
 
+def is_verifiable_hash(encoded: str) -> bool:
+    """True when ``encoded`` is a hash string :func:`verify_password` can
+    check (scrypt or PBKDF2-SHA256 in their ``$…$`` forms): `user import`
+    keeps such a value as it is instead of hashing it as a password."""
+    return _parse(encoded) is not None
+
+
 def needs_rehash(encoded: str) -> bool:
     """True when ``encoded`` is not a scrypt hash at least as strong as what
     :func:`hash_password` makes now (weaker parameters, PBKDF2, malformed)."""
