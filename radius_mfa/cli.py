@@ -129,6 +129,10 @@ class Context:
     def warn(self, message: str) -> None:
         print(f"{PROG}: warning: {message}", file=self.stderr)
 
+    def warn_line(self, line: str) -> None:
+        """A line of a list of problems on stderr (a file's bad rows)."""
+        print(line, file=self.stderr)
+
     def json(self, obj: Any) -> None:
         json.dump(obj, self.stdout, indent=2, ensure_ascii=False)
         self.stdout.write("\n")
@@ -289,6 +293,20 @@ def cmd_user_add(args: argparse.Namespace, ctx: Context) -> int:
         )
     )
     ctx.out(f"user {quoted(name)} added")
+    return EXIT_OK
+
+
+def cmd_user_import(args: argparse.Namespace, ctx: Context) -> int:
+    from radius_mfa.userimport import ImportFailed, import_users
+
+    store = ctx.store()
+    try:
+        summary = import_users(store, args.file, progress=ctx.stderr, issuer=ctx.config().server.name)
+    except ImportFailed as exc:
+        raise _import_failed(ctx, exc, args.file) from None
+    ctx.out(f"imported {summary.users} user{'s' if summary.users != 1 else ''} from {args.file} "
+            f"({summary.passwords} with a password, {summary.tokens} with a TOTP token) "
+            f"in {summary.seconds:.1f} s")
     return EXIT_OK
 
 
@@ -492,6 +510,58 @@ def cmd_token_assign(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _hex_key(text: str) -> bytes:
+    """``--key``: an AES key of 128, 192 or 256 bits in hexadecimal."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be hexadecimal digits") from None
+    if len(key) not in (16, 24, 32):
+        raise argparse.ArgumentTypeError("must be 32, 48 or 64 hexadecimal digits (an AES-128/192/256 key)")
+    return key
+
+
+def _import_failed(ctx: Context, exc, file: str) -> RefusedError:
+    """Every problem of a refused import on its own line, then one line that
+    says nothing was imported (the exit line of every refusal)."""
+    for problem in exc.problems:
+        ctx.warn_line(str(problem))
+    hidden = exc.total - len(exc.problems)
+    if hidden > 0:
+        ctx.warn_line(f"… and {hidden} more")
+    count = f"{exc.total} problem{'s' if exc.total != 1 else ''}"
+    return RefusedError(f"nothing imported from {file}: {count}")
+
+
+def cmd_token_import(args: argparse.Namespace, ctx: Context) -> int:
+    from radius_mfa.tokenimport import ImportFailed, import_tokens
+
+    password = read_password(ctx) if args.password_stdin else None
+    store = ctx.store()
+    try:
+        summary = import_tokens(store, args.file, format=args.format, key=args.key,
+                                password=password, progress=ctx.stderr)
+    except ImportFailed as exc:
+        raise _import_failed(ctx, exc, args.file) from None
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.by_type.items()))
+    ctx.out(f"imported {summary.count} token{'s' if summary.count != 1 else ''} from {args.file} "
+            f"({summary.format}{': ' + kinds if kinds else ''}) in {summary.seconds:.1f} s; "
+            "unassigned until `radius-mfa token assign SERIAL NAME`")
+    return EXIT_OK
+
+
+def cmd_token_resync(args: argparse.Namespace, ctx: Context) -> int:
+    from radius_mfa.resync import resync
+
+    result = resync(ctx.store(), args.serial, args.code1, args.code2, ctx.now())
+    if result.type == "hotp":
+        ctx.out(f"token {quoted(args.serial)} resynchronised: next counter {result.counter}")
+    else:
+        ctx.out(f"token {quoted(args.serial)} resynchronised: its clock is {result.drift:+d} "
+                f"time steps from ours")
+    return EXIT_OK
+
+
 def cmd_token_remove(args: argparse.Namespace, ctx: Context) -> int:
     store = ctx.store()
     require_token(store, args.serial)
@@ -632,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phone", metavar="+E164")
     p.add_argument("--password-stdin", action="store_true",
                    help="read the local password from one line of standard input")
+    p = add(users, "import", cmd_user_import, "create users in bulk from a CSV file (all or nothing)")
+    p.add_argument("file", metavar="FILE",
+                   help="CSV with a header row: name, display_name, email, phone, password, totp_secret")
     p = add(users, "list", cmd_user_list, "list users")
     p.add_argument("--json", action="store_true")
     p = add(users, "show", cmd_user_show, "show one user")
@@ -661,6 +734,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(tokens, "assign", cmd_token_assign, "assign a token to a user")
     p.add_argument("serial", metavar="SERIAL")
     p.add_argument("name", metavar="NAME")
+    p = add(tokens, "import", cmd_token_import, "import hardware tokens, unassigned (all or nothing)")
+    p.add_argument("file", metavar="FILE", help="PSKC (RFC 6030) or CSV: serial,secret_base32[,period[,digits[,algorithm]]]")
+    p.add_argument("--format", choices=("pskc", "csv"), help="default: recognised from the content")
+    secret_source = p.add_mutually_exclusive_group()
+    secret_source.add_argument("--key", metavar="HEX", type=_hex_key,
+                               help="the pre-shared AES key that encrypts the PSKC file")
+    secret_source.add_argument("--password-stdin", action="store_true",
+                               help="read the PSKC file's password (PBKDF2) from one line of standard input")
+    p = add(tokens, "resync", cmd_token_resync,
+            "resynchronise a hardware token from two consecutive codes")
+    p.add_argument("serial", metavar="SERIAL")
+    p.add_argument("code1", metavar="CODE1")
+    p.add_argument("code2", metavar="CODE2")
     p = add(tokens, "remove", cmd_token_remove, "delete a token")
     p.add_argument("serial", metavar="SERIAL")
 

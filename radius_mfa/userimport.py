@@ -42,7 +42,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
-import hashlib
 import io
 import os
 import re
@@ -56,6 +55,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
 from radius_mfa import passwords
 from radius_mfa.errors import RefusedError, StoreError
+from radius_mfa.importing import ImportFailed, Problem, Problems, Tap, open_tap, progress_bar
 from radius_mfa.model import Token, User
 from radius_mfa.validate import (
     encode_base32,
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
     from radius_mfa.store.base import Store
 
 COLUMNS = ("name", "display_name", "email", "phone", "password", "totp_secret")
-MAX_PROBLEMS = 100
 SERIAL_ATTEMPTS = 10          # rounds of drawing fresh serials for the ones taken
 IN_FLIGHT_PER_WORKER = 8      # passwords queued per hash worker: busy workers, flat memory
 
@@ -79,29 +78,6 @@ IN_FLIGHT_PER_WORKER = 8      # passwords queued per hash worker: busy workers, 
 HASH_PREFIXES = ("$scrypt$", "$pbkdf2-sha256$")
 # "$scheme$…": modular-crypt form, the way other systems export their hashes.
 _CRYPT_LIKE = re.compile(r"\$[A-Za-z0-9][A-Za-z0-9.-]*\$")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the file; ``where`` is ``FILE:LINE`` or ``FILE``."""
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-class ImportFailed(RefusedError):
-    """The file has problems and nothing was imported. ``problems`` holds the
-    first :data:`MAX_PROBLEMS` in line order, ``total`` counts them all."""
-
-    def __init__(self, problems: list[Problem], total: int | None = None):
-        self.problems = list(problems[:MAX_PROBLEMS])
-        self.total = len(problems) if total is None else total
-        lines = [str(p) for p in self.problems]
-        if self.total > len(self.problems):
-            lines.append(f"… and {self.total - len(self.problems)} more problems")
-        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -248,39 +224,11 @@ def _hash(password: str) -> str:
 # --- reading the file ------------------------------------------------------------
 
 
-class _Tap(io.RawIOBase):
-    """A binary file that digests and counts the bytes read through it: the
-    digest tells whether pass 2 read the file pass 1 checked, the count
-    drives pass 1's progress bar."""
-
-    def __init__(self, raw: io.RawIOBase):
-        self._raw = raw
-        self.digest = hashlib.sha256()
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        count = self._raw.readinto(buffer) or 0
-        self.digest.update(memoryview(buffer)[:count])
-        self.bytes_read += count
-        return count
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
 @contextlib.contextmanager
-def _open(path: str) -> Iterator[tuple[Iterator[tuple[int, list[str]]], _Tap]]:
+def _open(path: str) -> Iterator[tuple[Iterator[tuple[int, list[str]]], Tap]]:
     """The file's non-blank records with the line each begins on (a quoted
     cell may span lines), and the tap on its bytes. UTF-8, BOM or not."""
-    try:
-        raw = open(path, "rb", buffering=0)
-    except OSError as exc:
-        raise ImportFailed([Problem(path, f"cannot read the file: {exc.strerror or exc}")]) from None
-    tap = _Tap(raw)
+    tap = open_tap(path)
     with io.TextIOWrapper(io.BufferedReader(tap), encoding="utf-8-sig", newline="") as text:
         yield _records(path, csv.reader(text, strict=True)), tap
 
@@ -361,49 +309,28 @@ class _Plan:
     digest: bytes
 
 
-class _Problems:
-    """The first MAX_PROBLEMS problems in line order, and a count of all."""
-
-    def __init__(self, path: str):
-        self._path = path
-        self._kept: list[tuple[int, int, str]] = []     # line, arrival, message
-        self.total = 0
-
-    def add(self, line: int, message: str) -> None:
-        self.total += 1
-        self._kept.append((line, self.total, message))
-        if len(self._kept) > 2 * MAX_PROBLEMS:
-            self._trim()
-
-    def _trim(self) -> None:
-        self._kept.sort()
-        del self._kept[MAX_PROBLEMS:]
-
-    def raise_if_any(self) -> None:
-        if self.total:
-            self._trim()
-            raise ImportFailed([Problem(f"{self._path}:{line}", message) for line, _, message in self._kept],
-                               self.total)
-
-
 def _check(store: "Store", path: str, progress: TextIO | None) -> _Plan:
-    problems = _Problems(path)
+    problems = Problems()
+
+    def problem(line: int, message: str) -> None:
+        problems.add(line, Problem(f"{path}:{line}", message))
+
     names: dict[str, int] = {}
     plain = hashed = tokens = 0
     with _open(path) as (records, tap):
         columns = _header(path, records)
         total = _file_size(path)
-        with _bar(progress, "checking", total, "B") as bar:
+        with progress_bar(progress, "checking", total, "B") as bar:
             shown = 0
             for line, cells in records:
                 row, row_problems = _parse_row(line, cells, columns)
                 for message in row_problems:
-                    problems.add(line, message)
+                    problem(line, message)
                 name = row.name if row else _valid_name(cells, columns)
                 if name is not None:
                     first = names.setdefault(name, line)
                     if first != line:
-                        problems.add(line, f"user {quoted(name)} repeats line {first}")
+                        problem(line, f"user {quoted(name)} repeats line {first}")
                 if row is not None:
                     plain += row.password is not None
                     hashed += row.password_hash is not None
@@ -417,7 +344,7 @@ def _check(store: "Store", path: str, progress: TextIO | None) -> _Plan:
     if not names and not problems.total:
         raise ImportFailed([Problem(path, "no users: the file has a header row but no rows after it")])
     for name in sorted(store.existing_user_names(names), key=names.__getitem__):
-        problems.add(names[name], f"user {quoted(name)} exists already")
+        problem(names[name], f"user {quoted(name)} exists already")
     problems.raise_if_any()
     return _Plan(columns, names, plain, hashed, tokens, size, digest)
 
@@ -485,7 +412,7 @@ def _hash_passwords(path: str, plan: _Plan, workers: int, progress: TextIO | Non
     rather than the minutes scrypt takes: a live server keeps writing."""
     spool = tempfile.TemporaryFile("w+", encoding="ascii", newline="\n")
     try:
-        with _bar(progress, "hashing", plan.plain_passwords, " passwords") as bar:
+        with progress_bar(progress, "hashing", plan.plain_passwords, " passwords") as bar:
             if workers <= 1:
                 for row in _rows(path, plan):
                     if row.password is not None:
@@ -529,7 +456,7 @@ def _hash_in_pool(rows: Iterator[_Row], spool: IO[str], workers: int, bar: Any) 
 def _users(path: str, plan: _Plan, hashes: IO[str] | None, serials: list[str],
            progress: TextIO | None) -> Iterator[tuple[User, list[Token]]]:
     """The users to write, in file order, with their hashes from the spool."""
-    with _bar(progress, "writing", len(plan.names), " users") as bar:
+    with progress_bar(progress, "writing", len(plan.names), " users") as bar:
         for row in _rows(path, plan):
             password_hash = row.password_hash
             if row.password is not None:
@@ -548,22 +475,3 @@ def _users(path: str, plan: _Plan, hashes: IO[str] | None, serials: list[str],
 
 def _changed(path: str) -> ImportFailed:
     return ImportFailed([Problem(path, "the file changed while it was being imported; nothing was imported")])
-
-
-@contextlib.contextmanager
-def _bar(progress: TextIO | None, what: str, total: int | None, unit: str) -> Iterator[Any]:
-    """A tqdm bar on ``progress`` when that is a terminal; a silent stand-in
-    otherwise (pipes and log files get no carriage-return noise)."""
-    from tqdm import tqdm
-
-    shown = progress is not None and _isatty(progress)
-    with tqdm(total=total, desc=what, unit=unit, unit_scale=unit == "B", file=progress,
-              disable=not shown, leave=False) as bar:
-        yield bar
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
