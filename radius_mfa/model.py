@@ -39,6 +39,7 @@ class Token:
     counter: int = 0                  # hotp: next counter expected
     last_step: int | None = None      # totp: last time step accepted (replay guard)
     drift: int = 0                    # totp: the token's clock offset in steps (token resync)
+    hardware: bool = False            # imported key fob: back to the pool, not deleted, with its user
     created: float = 0.0
 
     def public(self) -> dict:

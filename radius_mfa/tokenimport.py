@@ -392,7 +392,7 @@ def _csv_token(fields: list[str]) -> tuple[Token | None, list[str]]:
     if problems:
         return None, problems
     token = Token(serial=serial, type=kind, secret=encode_base32(raw), digits=int(digits or 6),
-                  period=seconds, algorithm=(algorithm or "sha1").lower(), counter=0)
+                  period=seconds, algorithm=(algorithm or "sha1").lower(), counter=0, hardware=True)
     return token, []
 
 
@@ -669,7 +669,8 @@ def _pskc_token(key: Any, serial: str, values: dict[str, Any]) -> Token | str:
         return "the key has no secret"
     if problem := _secret_problem(secret):
         return problem
-    common = dict(serial=serial, secret=encode_base32(secret), digits=digits, algorithm=algorithm)
+    common = dict(serial=serial, secret=encode_base32(secret), digits=digits, algorithm=algorithm,
+                  hardware=True)
     if kind == "hotp":
         counter = values["counter"] or 0
         if not 0 <= counter < MAX_COUNTER:

@@ -89,6 +89,11 @@ HW-TOTP-1, {sha256_b32.lower()}, 30, 8, SHA256   # an 8-digit SHA-256 key fob
     finally:
         assert server.stop() == 0
     assert json.loads(server.cli("token", "list", "alice", "--json").stdout)[0]["counter"] == 4
+    # a reset gives the fobs back to the pool, counter kept, ready for the next user
+    server.cli("user", "reset", "alice")
+    pool = {t["serial"]: t for t in json.loads(server.cli("token", "list", "--json").stdout)}
+    assert set(pool) == {"HW-HOTP-1", "HW-TOTP-1"}
+    assert pool["HW-HOTP-1"]["user"] is None and pool["HW-HOTP-1"]["counter"] == 4
 
 
 PSKC_FORMS = {

@@ -328,6 +328,21 @@ def test_add_users_with_an_existing_serial_adds_nothing(store: SqliteStore) -> N
     assert [t.serial for t in store.list_tokens()] == ["T3"]
 
 
+def test_hardware_tokens_go_back_to_the_pool_with_their_counter(store: SqliteStore) -> None:
+    for name in ("alice", "bob"):
+        store.add_user(User(name))
+    store.add_tokens([hotp("FOB1", "alice", hardware=True, counter=42), totp("APP1", "alice"),
+                      totp("FOB2", "bob", hardware=True, last_step=99)])
+    assert store.reset_user("alice") == 2
+    assert store.get_token("APP1") is None
+    fob = store.get_token("FOB1")
+    assert (fob.user, fob.counter, fob.hardware) == (None, 42, True)
+    store.remove_user("bob")
+    fob = store.get_token("FOB2")
+    assert (fob.user, fob.last_step) == (None, 99)
+    store.assign_token("FOB1", "alice")          # handed out again
+
+
 def test_totp_drift_is_set_with_the_step_it_used(store: SqliteStore) -> None:
     store.add_token(totp("T1"))
     assert store.set_totp_drift("T1", 5, 1000)

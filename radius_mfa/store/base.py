@@ -32,11 +32,13 @@ class Store(Protocol):
         new record; NotFoundError when absent."""
 
     def remove_user(self, name: str) -> None:
-        """Delete the user and the tokens assigned to them; NotFoundError."""
+        """Delete the user and their software tokens; their hardware
+        (imported) tokens go back to the pool, unassigned; NotFoundError."""
 
     def reset_user(self, name: str) -> int:
-        """Remove every factor of the user (tokens now; devices and app
-        passwords as they come); returns how many were removed; NotFoundError."""
+        """Remove every factor of the user (software tokens deleted, hardware
+        tokens unassigned; devices and app passwords as they come); returns
+        how many the user lost; NotFoundError."""
 
     def existing_user_names(self, names: Iterable[str]) -> set[str]:
         """Which of ``names`` are users already (an import checks its whole

@@ -115,6 +115,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # token resync: a TOTP token's clock offset, in time steps
         "ALTER TABLE tokens ADD COLUMN drift INTEGER NOT NULL DEFAULT 0",
+        # an imported key fob outlives its user: unassigned, not deleted (its
+        # counter and replay guard stay, so old codes stay refused)
+        "ALTER TABLE tokens ADD COLUMN hardware INTEGER NOT NULL DEFAULT 0",
         # facts about the store itself: the check value of the key that seals secrets
         "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
     ),
@@ -401,19 +404,21 @@ class SqliteStore:
         return _user(rows[0])
 
     def remove_user(self, name: str) -> None:
-        """Delete the user and the tokens assigned to them; NotFoundError."""
+        """Delete the user and their software tokens; their hardware tokens
+        go back to the pool, unassigned; NotFoundError."""
         with self._write("remove user") as conn:
-            conn.execute("DELETE FROM tokens WHERE user = ?", (name,))
+            _release_tokens(conn, name)
             if conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFoundError(f"no such user: {name}")
 
     def reset_user(self, name: str) -> int:
-        """Remove every factor of the user (tokens now; devices and app
-        passwords as they come); returns how many were removed; NotFoundError."""
+        """Remove every factor of the user (software tokens deleted, hardware
+        tokens unassigned; devices and app passwords as they come); returns
+        how many the user lost; NotFoundError."""
         with self._write("reset user") as conn:
             if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
                 raise NotFoundError(f"no such user: {name}")
-            return conn.execute("DELETE FROM tokens WHERE user = ?", (name,)).rowcount
+            return _release_tokens(conn, name)
 
     # --- lockout -----------------------------------------------------------
 
@@ -550,6 +555,7 @@ class SqliteStore:
             counter=row["counter"],
             last_step=row["last_step"],
             drift=row["drift"],
+            hardware=bool(row["hardware"]),
             created=row["created"],
         )
 
@@ -711,14 +717,22 @@ def _check_token(token: Token) -> None:
         raise RefusedError(f"token {token.serial or '(no serial)'}: {problem}")
 
 
+def _release_tokens(conn: sqlite3.Connection, name: str) -> int:
+    """Take every token from the user: software ones are deleted, hardware
+    ones return to the pool with their counter and replay guard; the count."""
+    deleted = conn.execute("DELETE FROM tokens WHERE user = ? AND hardware = 0", (name,)).rowcount
+    return deleted + conn.execute("UPDATE tokens SET user = NULL WHERE user = ?", (name,)).rowcount
+
+
 def _insert_token(conn: sqlite3.Connection, token: Token, sealed_secret: str, now: float) -> None:
     try:
         conn.execute(
             "INSERT INTO tokens (serial, type, secret, user, digits, period, algorithm, counter,"
-            " last_step, drift, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " last_step, drift, hardware, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 token.serial, token.type, sealed_secret, token.user, token.digits, token.period,
-                token.algorithm, token.counter, token.last_step, token.drift, token.created or now,
+                token.algorithm, token.counter, token.last_step, token.drift, int(token.hardware),
+                token.created or now,
             ),
         )
     except sqlite3.IntegrityError as exc:
