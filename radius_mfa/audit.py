@@ -175,6 +175,7 @@ def audit_record(finished, server_name: str, now: float) -> dict:
         "device": decision.device,
         "primary": decision.primary or None,
         "factor": decision.factor,
+        "provider": decision.provider,   # which delivery provider sent the code, where one did
         "result": decision.verdict.value,
         "reason": decision.reason.value if decision.reason is not None else None,
         "mode": finished.client.mode.value,

@@ -9,14 +9,20 @@ service writes the audit record.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import re
+import secrets
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import structlog
 
-from radius_mfa.config import ClientConfig, Mode, PolicyConfig
-from radius_mfa.model import Token, User
+from radius_mfa.config import ClientConfig, DeliveryFactorConfig, Mode, PolicyConfig
+from radius_mfa.delivery.base import DeliveryFailed, Outgoing
+from radius_mfa.masking import mask_email, mask_phone
+from radius_mfa.model import SentCode, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
 from radius_mfa.sessions import Sessions
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
@@ -31,6 +37,17 @@ DIRECTORY_FIELDS = ("display_name", "email", "phone")
 DEADLINE_MARGIN = 1.0
 # Words a user may answer with at a prompt or after the delimiter.
 FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
+# Channels that send a code, in menu order; phone channels first.
+DELIVERY_CHANNELS = ("sms", "voice", "email")
+PHONE_CHANNELS = frozenset({"sms", "voice"})
+RATE_LIMITED_MESSAGE = "Too many codes were sent. Try again in a few minutes."
+
+
+class Sender(Protocol):
+    """One channel's providers with failover (radius_mfa.delivery)."""
+
+    async def send(self, message: Outgoing, deadline: float) -> str:
+        """Deliver within ``deadline`` seconds; the provider's name, or DeliveryFailed."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,7 @@ class Decision:
     state: bytes | None = None       # Access-Challenge only
     attributes: tuple[tuple[str, object], ...] = ()   # extra reply attributes on Accept
     user_info: dict = field(default_factory=dict)
+    provider: str | None = None      # the delivery provider that sent the code (audit)
 
 
 def classify(answer: str) -> str | None:
@@ -90,8 +108,16 @@ def split_inline(password: str, delimiter: str, mode: Mode) -> tuple[str, str | 
 
 class Engine:
     def __init__(self, *, store, primary: PrimaryBackend, verifiers: Sequence[CodeVerifier],
-                 policy: PolicyConfig, sessions: Sessions, clock: Callable[[], float]):
+                 policy: PolicyConfig, sessions: Sessions, clock: Callable[[], float],
+                 senders: Mapping[str, Sender] | None = None,
+                 delivery: Mapping[str, DeliveryFactorConfig] | None = None):
+        """``delivery``: the configured code channels (``sms``, ``voice``,
+        ``email``) and ``senders`` their providers; a channel is offered only
+        when it has both."""
         self.store = store                      # AsyncStore
+        self.senders = dict(senders or {})
+        self.delivery = {k: v for k, v in (delivery or {}).items() if k in self.senders}
+        self._code_key: bytes | None = None     # fetched from the store on first use
         self.primary = primary
         self.verifiers = tuple(verifiers)
         self.policy = policy
@@ -154,13 +180,17 @@ class Engine:
             return await self._unenrolled(req, None, attributes, info)
 
         tokens = await self._usable_tokens(user)
-        if not tokens or req.mschap:
+        channels = self._channels(user)
+        if (not tokens and not channels) or req.mschap:
             # MS-CHAPv2 cannot carry a code: only an out-of-band factor could
             # complete it, and none is available, so the policy for users
             # without a usable factor decides
             return await self._unenrolled(req, user, attributes, info)
         if answer is not None:
             return await self._check_answer(req, user, tokens, answer, attributes, info)
+        if not tokens and len(channels) == 1:
+            # the one factor is a sent code: no menu, send it now
+            return await self._send_code(req, user, channels[0], attributes, info)
         if req.client.mode is Mode.INLINE:
             return self._reject(req, Reason.NO_ANSWER, user=user, info=info)
         return await self._challenge(req, user, tokens, attributes, info)
@@ -195,9 +225,11 @@ class Engine:
         refusal = Reason.UNKNOWN_USER if user is None else self._refusal(user)
         if refusal is not None:
             return self._reject(req, refusal, user=user)
-        tokens = await self._usable_tokens(user)
         attributes = unpack_attributes(challenge.data.get("attributes", []))
         info = challenge.data.get("info", {})
+        if challenge.data.get("stage") == "sent_code":
+            return await self._check_bound_code(req, user, challenge.data, answer, attributes, info)
+        tokens = await self._usable_tokens(user)
         return await self._check_answer(req, user, tokens, answer, attributes, info)
 
     async def _second_factor_only(self, req: AuthRequest, user: User | None) -> Decision:
@@ -211,9 +243,9 @@ class Engine:
             return self._accept(req, user, factor="none")
         tokens = await self._usable_tokens(user)
         answer = decode_password(req.password) if req.password else None
-        if tokens and answer is not None and classify(answer) == "code":
+        if (tokens or self._channels(user)) and answer is not None and classify(answer) == "code":
             return await self._check_answer(req, user, tokens, answer, (), {})
-        if not tokens:
+        if not tokens and not self._channels(user):
             return await self._unenrolled(req, user, (), {})
         # the out-of-band factors (push, voice) that this mode waits for are
         # not configured: nothing can complete the sign-in
@@ -222,6 +254,11 @@ class Engine:
     async def _check_answer(self, req: AuthRequest, user: User, tokens: Sequence[Token],
                             answer: str, attributes, info: dict) -> Decision:
         kind = classify(answer)
+        if is_digits(answer):
+            # a sent code may be shorter or longer than a token's (code_digits)
+            sent = await self._check_sent_codes(req, user, answer.strip(), attributes, info)
+            if sent is not None:
+                return sent
         if kind == "code":
             code = answer.strip()
             for verifier in self.verifiers:
@@ -242,7 +279,9 @@ class Engine:
             return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
                                 info=info)
         if kind in FACTOR_WORDS:
-            # out-of-band factors are not available in this build
+            if kind in self._channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
+                return await self._send_code(req, user, kind, attributes, info)
+            # not configured, no number or address for it, or push (not in this build)
             return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
         await self._count_failure(user, Reason.BAD_CODE)
         return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
@@ -250,16 +289,146 @@ class Engine:
 
     async def _challenge(self, req: AuthRequest, user: User, tokens: Sequence[Token],
                          attributes=(), info: dict | None = None) -> Decision:
-        factors = tuple(sorted({t.type for t in tokens}))
-        data = {}
-        if attributes:
-            data["attributes"] = pack_attributes(attributes)   # for the final Access-Accept
-        if info:
-            data["info"] = {k: v for k, v in info.items() if k in ("display_name", "email", "phone")}
-        state = await self.sessions.open(user.name, req.client.name, factors, data)
+        channels = self._channels(user)
+        factors = tuple(sorted({t.type for t in tokens})) + channels
+        state = await self.sessions.open(user.name, req.client.name, factors,
+                                         challenge_data(attributes, info))
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
                         factor=self._code_factor(tokens), state=state,
-                        reply_message=prompt_for(tokens), user_info=dict(info or {}))
+                        reply_message=menu_for(tokens, channels, user), user_info=dict(info or {}))
+
+    # --- sent codes (SMS, voice, email) ---------------------------------------
+    async def _send_code(self, req: AuthRequest, user: User, channel: str, attributes,
+                         info: dict) -> Decision:
+        """The user asked for a code (or it is their only factor): join the
+        code already on its way for this login attempt, or send one, and say
+        where it went."""
+        config = self.delivery[channel]
+        now = self.clock()
+        pending = await self.store.pending_sent_code(
+            req.client.name, user.name, req.calling_station_id, now - req.client.timeout, now,
+            channel=channel)
+        if pending is not None:
+            # one login attempt, one send: a NAS retry or another server of
+            # the pool answers as the first did, and nothing is sent again
+            log.info("code.joined", user=user.name, channel=channel, client=req.client.name)
+            return await self._code_sent(req, user, pending, attributes, info)
+        allowed = await self.store.allow_send(user.name, now, config.rate_limit.sends,
+                                              config.rate_limit.minutes * 60.0)
+        if not allowed:
+            log.warning("code.rate_limited", user=user.name, channel=channel)
+            return self._reject(req, Reason.RATE_LIMITED, user=user, factor=channel, info=info,
+                                reply_message=RATE_LIMITED_MESSAGE)
+        code = f"{secrets.randbelow(10 ** config.code_digits):0{config.code_digits}d}"
+        sent = SentCode(id=secrets.token_hex(16), user=user.name, channel=channel,
+                        code_mac=await self._code_mac(user.name, code), client=req.client.name,
+                        calling_station_id=req.calling_station_id, created=now,
+                        expires=now + config.code_ttl)
+        # stored before it leaves, so a retry arriving meanwhile joins it
+        await self.store.put_sent_code(sent)
+        destination = user.email if channel == "email" else user.phone
+        message = Outgoing(channel=channel, to=destination, user=user.name, code=code,
+                           text=config.message.replace("{code}", code),
+                           subject=config.subject if channel == "email" else None)
+        try:
+            provider = await self.senders[channel].send(
+                message, max(1.0, req.client.timeout - DEADLINE_MARGIN))
+        except DeliveryFailed as exc:
+            await self.store.remove_sent_code(sent.id)
+            log.error("code.delivery_failed", user=user.name, channel=channel,
+                      to=mask_destination(channel, destination), error=str(exc))
+            return self._reject(req, Reason.DELIVERY_FAILED, user=user, factor=channel, info=info)
+        except BaseException:
+            await self.store.remove_sent_code(sent.id)
+            raise
+        await self.store.set_sent_code_provider(sent.id, provider)
+        log.info("code.sent", user=user.name, channel=channel, provider=provider,
+                 to=mask_destination(channel, destination))
+        return await self._code_sent(req, user, dataclasses.replace(sent, provider=provider), attributes, info)
+
+    async def _code_sent(self, req: AuthRequest, user: User, sent: SentCode, attributes,
+                         info: dict) -> Decision:
+        """The answer once a code is on its way: inline, a Reject that tells
+        the user what to do next; otherwise a Challenge bound to the code."""
+        where = mask_destination(sent.channel, user.email if sent.channel == "email" else user.phone)
+        if req.client.mode is Mode.INLINE or req.state is None and self._is_inline_request(req):
+            return self._reject(
+                req, Reason.CODE_SENT, user=user, factor=sent.channel, info=info,
+                provider=sent.provider,
+                reply_message=f"A code was sent to {where}. Sign in again with password"
+                              f"{self.policy.delimiter}CODE")
+        data = challenge_data(attributes, info)
+        data.update({"stage": "sent_code", "code_id": sent.id, "channel": sent.channel})
+        state = await self.sessions.open(user.name, req.client.name, (sent.channel,), data)
+        return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
+                        factor=sent.channel, state=state, provider=sent.provider,
+                        reply_message=f"A code was sent to {where}. Enter it:",
+                        user_info=dict(info or {}))
+
+    def _is_inline_request(self, req: AuthRequest) -> bool:
+        """A challenge client that used the inline form (``password,sms``):
+        answered inline, since the user typed the whole answer in one go."""
+        if req.password is None:
+            return False
+        _, answer = split_inline(decode_password(req.password), self.policy.delimiter,
+                                 req.client.mode)
+        return answer is not None
+
+    async def _check_sent_codes(self, req: AuthRequest, user: User, code: str, attributes,
+                                info: dict) -> Decision | None:
+        """A code typed after the delimiter or at a menu: one of the user's
+        pending sent codes, or None (then the tokens' verifiers decide)."""
+        pending = await self.store.sent_codes_for(user.name)
+        if not pending:
+            return None
+        mac = await self._code_mac(user.name, code)
+        for sent in pending:
+            if hmac.compare_digest(sent.code_mac, mac):
+                return await self._use_sent_code(req, user, sent, attributes, info)
+        return None
+
+    async def _check_bound_code(self, req: AuthRequest, user: User, data: dict, answer: str,
+                                attributes, info: dict) -> Decision:
+        """The answer to a challenge that named where a code went: that code only."""
+        channel = data.get("channel")
+        code = answer.strip()
+        if is_digits(code):
+            mac = await self._code_mac(user.name, code)
+            for sent in await self.store.sent_codes_for(user.name):
+                if sent.id == data.get("code_id") and hmac.compare_digest(sent.code_mac, mac):
+                    return await self._use_sent_code(req, user, sent, attributes, info)
+        await self._count_failure(user, Reason.BAD_CODE)
+        return self._reject(req, Reason.BAD_CODE, user=user, factor=channel, info=info)
+
+    async def _use_sent_code(self, req: AuthRequest, user: User, sent: SentCode, attributes,
+                             info: dict) -> Decision:
+        """The code matched: expired, or taken once (atomically) and accepted."""
+        if sent.expires <= self.clock():
+            await self.store.remove_sent_code(sent.id)
+            return self._reject(req, Reason.EXPIRED, user=user, factor=sent.channel, info=info,
+                                provider=sent.provider)
+        if not await self.store.take_sent_code(sent.id):
+            # another request (or server) used it a moment ago
+            await self._count_failure(user, Reason.REPLAY)
+            return self._reject(req, Reason.REPLAY, user=user, factor=sent.channel, info=info,
+                                provider=sent.provider)
+        await self.store.clear_failures(user.name)
+        return self._accept(req, user, factor=sent.channel, attributes=attributes, info=info,
+                            provider=sent.provider)
+
+    async def _code_mac(self, user: str, code: str) -> str:
+        """HMAC-SHA256 of (user, code): what the store keeps instead of the code."""
+        if self._code_key is None:
+            self._code_key = await self.store.sent_code_key()
+        return hmac.new(self._code_key, f"{user}\0{code}".encode(), hashlib.sha256).hexdigest()
+
+    def _channels(self, user: User | None) -> tuple[str, ...]:
+        """The code channels this user can receive: configured, and a number
+        (sms, voice) or an address (email) on record."""
+        if user is None:
+            return ()
+        return tuple(c for c in DELIVERY_CHANNELS if c in self.delivery
+                     and (user.email if c == "email" else user.phone))
 
     async def _unenrolled(self, req: AuthRequest, user: User | None, attributes,
                           info: dict) -> Decision:
@@ -329,16 +498,21 @@ class Engine:
         return types[0] if len(types) == 1 else None
 
     def _accept(self, req: AuthRequest, user: User | None, *, factor: str,
-                device: str | None = None, attributes=(), info: dict | None = None) -> Decision:
+                device: str | None = None, attributes=(), info: dict | None = None,
+                provider: str | None = None) -> Decision:
         return Decision(Verdict.ACCEPT, req.user_name, self.primary.name, factor=factor,
                         device=device, user=user, attributes=tuple(attributes),
-                        user_info=dict(info or {}))
+                        user_info=dict(info or {}), provider=provider)
 
     def _reject(self, req: AuthRequest, reason: Reason, *, user: User | None = None,
                 factor: str | None = None, device: str | None = None,
-                info: dict | None = None) -> Decision:
+                info: dict | None = None, provider: str | None = None,
+                reply_message: str | None = None) -> Decision:
+        """``reply_message`` only for the instructions that follow a correct
+        password (code sent, rate limited); every other Reject looks the same."""
         return Decision(Verdict.REJECT, req.user_name, self.primary.name, reason=reason,
-                        factor=factor, device=device, user=user, user_info=dict(info or {}))
+                        factor=factor, device=device, user=user, user_info=dict(info or {}),
+                        provider=provider, reply_message=reply_message)
 
 
 def decode_password(raw: bytes) -> str:
@@ -352,6 +526,45 @@ def prompt_for(tokens: Sequence[Token]) -> str:
     digits = sorted({t.digits for t in tokens})
     size = "-".join(str(d) for d in digits) if len(digits) > 1 else str(digits[0])
     return f"Enter the {size}-digit code from your authenticator app"
+
+
+def is_digits(answer: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes superscripts and other scripts)."""
+    text = answer.strip()
+    return text.isascii() and text.isdigit()
+
+
+def mask_destination(channel: str, destination: str | None) -> str:
+    """Where a code went, as users and logs may see it."""
+    masked = mask_email(destination) if channel == "email" else mask_phone(destination)
+    return masked or "***"
+
+
+def menu_for(tokens: Sequence[Token], channels: Sequence[str], user: User) -> str:
+    """The Reply-Message of the first challenge: the code prompt, and the
+    words that send a code, each with its masked destination."""
+    if not channels:
+        return prompt_for(tokens)
+    choices = []
+    phone = [c for c in channels if c in PHONE_CHANNELS]
+    if phone:
+        choices.append(" or ".join(phone) + f" ({mask_phone(user.phone)})")
+    if "email" in channels:
+        choices.append(f"email ({mask_email(user.email)})")
+    words = " or ".join(choices)
+    if not tokens:
+        return f"Type {words} to get a code"
+    return f"{prompt_for(tokens)}, or type {words}"
+
+
+def challenge_data(attributes, info: dict | None) -> dict:
+    """What a pending challenge keeps for the final Access-Accept."""
+    data: dict = {}
+    if attributes:
+        data["attributes"] = pack_attributes(attributes)
+    if info:
+        data["info"] = {k: v for k, v in info.items() if k in DIRECTORY_FIELDS}
+    return data
 
 
 def pack_attributes(attributes) -> list:

@@ -71,6 +71,26 @@ class Challenge:
 
 
 @dataclass(frozen=True)
+class SentCode:
+    """A code sent by SMS, voice call or mail, waiting to be entered.
+
+    The code itself is never stored: ``code_mac`` is an HMAC of (user, code)
+    under a key derived from the store key, so a copy of the database does not
+    let anyone sign in. ``client`` and ``calling_station_id`` let a retried
+    login attempt join this code instead of sending another.
+    """
+    id: str                           # random hex, the row's key
+    user: str
+    channel: str                      # "sms" | "voice" | "email"
+    code_mac: str = field(repr=False)
+    client: str = ""
+    calling_station_id: str | None = None
+    provider: str | None = None       # who delivered it; None while on its way
+    created: float = 0.0
+    expires: float = 0.0
+
+
+@dataclass(frozen=True)
 class ClientSeen:
     """What the store remembers of a configured client (``report clients``)."""
     name: str

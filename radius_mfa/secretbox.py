@@ -33,6 +33,7 @@ KEY_BYTES = 32
 PREFIX = "aesgcm1:"
 _NONCE_BYTES = 12
 _CHECK_LABEL = b"radius-mfa store key check v1"
+_DERIVE_PREFIX = b"radius-mfa derived key v1:"
 
 
 class SecretBox:
@@ -43,6 +44,7 @@ class SecretBox:
             raise StoreError(f"{source}: the key must be {KEY_BYTES} bytes")
         self._aead = AESGCM(key)
         self._check = hmac.new(key, _CHECK_LABEL, hashlib.sha256).hexdigest()[:32]
+        self._derive_key = key          # only ever fed to HMAC, never returned
         self.source = source
 
     def __repr__(self) -> str:           # never the key
@@ -53,6 +55,12 @@ class SecretBox:
         """What the store keeps to recognise its key: not the key, and not
         usable to recover it."""
         return self._check
+
+    def derive(self, label: bytes) -> bytes:
+        """A 32-byte key for one purpose (``label``), derived from the store
+        key with HMAC-SHA256: other uses of the key (the MAC of a sent code)
+        get a key of their own, and none of them reveals this one."""
+        return hmac.new(self._derive_key, _DERIVE_PREFIX + label, hashlib.sha256).digest()
 
     @classmethod
     def from_file(cls, path: str, *, create: bool = True) -> "SecretBox":

@@ -33,6 +33,8 @@ from radius_mfa.server import Finished, RadiusServer, Runtime
 from radius_mfa.sessions import Sessions
 from radius_mfa.store import open_store
 from radius_mfa.store.asyncstore import AsyncStore, thread_runner
+from radius_mfa.delivery.base import CHANNELS
+from radius_mfa.delivery.sender import build_senders
 from radius_mfa.verifiers.hotp import HotpVerifier
 from radius_mfa.verifiers.totp import TotpVerifier
 
@@ -77,7 +79,13 @@ def stop_primary(primary) -> None:
             return
 
 
-def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[], float]) -> Engine:
+def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[], float],
+                 *, reactor=None) -> Engine:
+    """The engine for ``config``; ``reactor`` drives the code senders (SMS,
+    voice, email), which exist only where their factors are configured."""
+    delivery = {channel: section for channel in CHANNELS
+                if (section := getattr(config.factors, channel)) is not None}
+    senders = build_senders(config.factors, reactor=reactor) if delivery and reactor is not None else {}
     return Engine(
         store=store, primary=primary,
         verifiers=[
@@ -87,6 +95,8 @@ def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[],
         policy=config.policy,
         sessions=Sessions(store, clock, ttl=config.policy.state_ttl),
         clock=clock,
+        senders=senders,
+        delivery=delivery,
     )
 
 
@@ -167,7 +177,7 @@ class Service:
     def _runtime(self, config: Config) -> Runtime:
         primary = build_primary(config, reactor=self.reactor, hash_runner=self.hash_runner,
                                 ldap_runner=self.ldap_runner, dictionary=self.dictionary)
-        engine = build_engine(config, self.store, primary, self.reactor.seconds)
+        engine = build_engine(config, self.store, primary, self.reactor.seconds, reactor=self.reactor)
         return Runtime(clients=ClientTable(config.clients), engine=engine)
 
     # --- per request -------------------------------------------------------------
@@ -183,9 +193,13 @@ class Service:
         d.addErrback(lambda f: log.error("audit.store_failed", error=f.getErrorMessage()))
 
     async def _purge(self) -> None:
-        removed = await self.store.purge_challenges(self.reactor.seconds())
+        now = self.reactor.seconds()
+        removed = await self.store.purge_challenges(now)
         if removed:
             log.debug("challenges.purged", count=removed)
+        codes = await self.store.purge_sent_codes(now)
+        if codes:
+            log.debug("sent_codes.purged", count=codes)
 
     def _loop_failed(self, failure) -> None:
         log.error("service.loop_failed", exception=failure.getTraceback())

@@ -31,6 +31,8 @@ class Reason(str, enum.Enum):
     DENIED = "denied"
     FRAUD = "fraud"
     RATE_LIMITED = "rate_limited"
+    CODE_SENT = "code_sent"          # inline: a code was sent, sign in again with password,CODE
+    DELIVERY_FAILED = "delivery_failed"  # no provider delivered the code
     EXPIRED = "expired"
     EXPIRED_STATE = "expired_state"  # the State was ours but its time ran out
     BAD_STATE = "bad_state"          # unknown or already used State, or bound to another user/client

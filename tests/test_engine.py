@@ -352,3 +352,25 @@ def test_what_the_directory_says_of_a_user_is_kept_in_the_store(tmp_path):
     assert (stored.display_name, stored.email, stored.phone) == (
         "Alice Dir", "alice@corp.example", "+15550100001")
     assert d.user.display_name == "Alice Dir"
+
+
+def test_a_phone_number_is_no_factor_where_no_code_channel_is_configured(h):
+    h.add_user("phoebe", token=False, phone="+4915112345678")
+    d = h.handle(user="phoebe", password=f"{PASSWORD},sms")
+    assert (d.verdict, d.reason, d.provider) == (Verdict.REJECT, Reason.NO_FACTOR, None)
+
+
+def test_the_audit_record_names_the_delivery_provider(h):
+    from types import SimpleNamespace
+
+    from radius_mfa.audit import audit_record
+
+    d = h.handle(password=f"{PASSWORD},{h.code()}")
+    assert d.provider is None
+    finished = SimpleNamespace(decision=d, client=client(), client_ip="127.0.0.1",
+                               server_ip="127.0.0.1", calling_station_id=None, request_id="r1",
+                               duration_ms=1.0)
+    assert audit_record(finished, "mfa1", h.clock())["provider"] is None
+    sent = SimpleNamespace(**{**vars(finished), "decision": d.__class__(
+        **{**vars(d), "factor": "sms", "provider": "gateway-a"})})
+    assert audit_record(sent, "mfa1", h.clock())["provider"] == "gateway-a"

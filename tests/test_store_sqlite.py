@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 import pytest
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
 from radius_mfa.store import open_store
 from radius_mfa.store import sqlite as sqlite_module
 from radius_mfa.store.sqlite import SqliteStore, schema_version
@@ -519,6 +519,108 @@ def test_racing_instances_take_a_challenge_once(db_path: str) -> None:
         assert sum(r is not None for r in results) == 1
     for s in stores:
         s.close()
+
+
+# --- sent codes ----------------------------------------------------------------
+
+
+def sent(code_id: str, user: str = "alice", created: float = NOW, station: str | None = "10.0.0.7",
+         **changes) -> SentCode:
+    fields = dict(id=code_id, user=user, channel="sms", code_mac="ab" * 32, client="vpn",
+                  calling_station_id=station, created=created, expires=created + 300)
+    fields.update(changes)
+    return SentCode(**fields)
+
+
+def test_sent_code_reads_back_and_is_taken_once(store: SqliteStore) -> None:
+    store.put_sent_code(sent("c1"))
+    store.set_sent_code_provider("c1", "gateway-a")
+    assert store.sent_codes_for("alice") == [sent("c1", provider="gateway-a")]
+    assert store.take_sent_code("c1") is True
+    assert store.take_sent_code("c1") is False
+    assert store.sent_codes_for("alice") == []
+
+
+def test_sent_codes_come_newest_first_expired_ones_too(store: SqliteStore) -> None:
+    store.put_sent_code(sent("old", created=NOW - 1000))
+    store.put_sent_code(sent("new"))
+    store.put_sent_code(sent("bobs", user="bob"))
+    assert [c.id for c in store.sent_codes_for("alice")] == ["new", "old"]
+
+
+def test_duplicate_sent_code_id_is_refused(store: SqliteStore) -> None:
+    store.put_sent_code(sent("c1"))
+    with pytest.raises(AlreadyExistsError):
+        store.put_sent_code(sent("c1"))
+
+
+def test_pending_sent_code_matches_one_login_attempt(store: SqliteStore) -> None:
+    store.put_sent_code(sent("c1"))
+    store.put_sent_code(sent("nostation", station=None, created=NOW + 1))
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5).id == "c1"
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5, channel="sms").id == "c1"
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5, channel="email") is None
+    assert store.pending_sent_code("vpn", "alice", None, NOW - 30, NOW + 5).id == "nostation"
+    assert store.pending_sent_code("wifi", "alice", "10.0.0.7", NOW - 30, NOW + 5) is None
+    assert store.pending_sent_code("vpn", "bob", "10.0.0.7", NOW - 30, NOW + 5) is None
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.8", NOW - 30, NOW + 5) is None
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW + 1, NOW + 5) is None   # sent too long ago
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 300) is None  # expired
+
+
+def test_remove_and_purge_sent_codes(store: SqliteStore) -> None:
+    store.put_sent_code(sent("c1"))
+    store.put_sent_code(sent("c2", created=NOW - 400))
+    store.remove_sent_code("c1")
+    store.remove_sent_code("absent")
+    assert store.purge_sent_codes(NOW) == 1
+    assert store.sent_codes_for("alice") == []
+
+
+def test_allow_send_counts_within_the_window(store: SqliteStore) -> None:
+    assert [store.allow_send("alice", NOW + i, 5, 300) for i in range(6)] == [True] * 5 + [False]
+    assert store.allow_send("bob", NOW, 5, 300) is True
+    assert store.allow_send("alice", NOW + 299, 5, 300) is False
+    assert store.allow_send("alice", NOW + 300, 5, 300) is True     # the first send left the window
+
+
+def test_racing_instances_never_exceed_the_rate_limit(db_path: str) -> None:
+    stores = [open_sqlite(db_path) for _ in range(4)]
+    results = race([lambda s=s: s.allow_send("alice", NOW, 3, 300) for s in stores for _ in range(2)])
+    assert sum(results) == 3
+    for s in stores:
+        s.close()
+
+
+def test_racing_instances_take_a_sent_code_once(db_path: str) -> None:
+    stores = [open_sqlite(db_path) for _ in range(3)]
+    for i in range(30):
+        stores[0].put_sent_code(sent(f"c{i}"))
+        results = race([lambda s=s, i=i: s.take_sent_code(f"c{i}") for s in stores])
+        assert sum(results) == 1
+    for s in stores:
+        s.close()
+
+
+def test_reset_and_remove_user_drop_their_sent_codes(store: SqliteStore) -> None:
+    for name in ("alice", "bob"):
+        store.add_user(User(name, created=NOW))
+        store.put_sent_code(sent(f"{name}-code", user=name))
+        assert store.allow_send(name, NOW, 1, 300)
+    store.reset_user("alice")
+    store.remove_user("bob")
+    assert store.sent_codes_for("alice") == store.sent_codes_for("bob") == []
+    assert store.allow_send("alice", NOW, 1, 300) and store.allow_send("bob", NOW, 1, 300)
+
+
+def test_the_sent_code_key_is_derived_and_shared_by_the_store_key(db_path: str, tmp_path: Path) -> None:
+    first, second = open_sqlite(db_path), open_sqlite(db_path)
+    key = first.sent_code_key()
+    assert len(key) == 32 and key == second.sent_code_key()
+    box = SecretBox(bytes(32))
+    assert box.derive(b"sent codes") != box.derive(b"other") and bytes(32) not in box.derive(b"sent codes")
+    first.close()
+    second.close()
 
 
 # --- clients -----------------------------------------------------------------

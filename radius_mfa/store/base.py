@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol, Sequence
 
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
 
 
 class Store(Protocol):
@@ -32,13 +32,15 @@ class Store(Protocol):
         new record; NotFoundError when absent."""
 
     def remove_user(self, name: str) -> None:
-        """Delete the user and their software tokens; their hardware
-        (imported) tokens go back to the pool, unassigned; NotFoundError."""
+        """Delete the user, their software tokens and pending sent codes;
+        their hardware (imported) tokens go back to the pool, unassigned;
+        NotFoundError."""
 
     def reset_user(self, name: str) -> int:
         """Remove every factor of the user (software tokens deleted, hardware
-        tokens unassigned; devices and app passwords as they come); returns
-        how many the user lost; NotFoundError."""
+        tokens unassigned; pending sent codes dropped; devices and app
+        passwords as they come); returns how many tokens the user lost;
+        NotFoundError."""
 
     def existing_user_names(self, names: Iterable[str]) -> set[str]:
         """Which of ``names`` are users already (an import checks its whole
@@ -114,6 +116,42 @@ class Store(Protocol):
 
     def purge_challenges(self, now: float) -> int:
         """Delete the challenges that expired before ``now``; returns the count."""
+
+    # --- sent codes (SMS, voice, email) -----------------------------------
+    def sent_code_key(self) -> bytes:
+        """The HMAC key for sent codes, derived from the store key: servers
+        sharing the store check each other's codes; the code is never stored."""
+
+    def put_sent_code(self, sent: SentCode) -> None:
+        """Store a code about to be sent; AlreadyExistsError for a taken id."""
+
+    def set_sent_code_provider(self, code_id: str, provider: str) -> None:
+        """Record which provider delivered the code."""
+
+    def sent_codes_for(self, user: str) -> list[SentCode]:
+        """The user's codes not yet taken, expired ones too (the caller
+        decides, so the audit can say ``expired``), newest first."""
+
+    def take_sent_code(self, code_id: str) -> bool:
+        """Use the code up (atomic delete): True for exactly one of racing
+        callers, False when it is gone already."""
+
+    def pending_sent_code(self, client: str, user: str, calling_station_id: str | None,
+                          since: float, now: float, channel: str | None = None) -> SentCode | None:
+        """The newest unexpired code sent at ``since`` or later for this
+        client, user and Calling-Station-Id (None matches None), and
+        ``channel`` when given: a retried login attempt joins it."""
+
+    def remove_sent_code(self, code_id: str) -> None:
+        """Forget a code that was never delivered."""
+
+    def allow_send(self, user: str, now: float, limit: int, window_seconds: float) -> bool:
+        """Rate limit, atomically: True and the send recorded when fewer than
+        ``limit`` sends to the user fall in the last ``window_seconds``."""
+
+    def purge_sent_codes(self, now: float, keep_sends_seconds: float = 86400.0) -> int:
+        """Delete codes expired before ``now`` and send records older than
+        ``keep_sends_seconds``; returns the number of codes deleted."""
 
     # --- clients -----------------------------------------------------------
     def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:

@@ -37,7 +37,7 @@ import weakref
 from typing import Any, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Token, User
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 
 BUSY_TIMEOUT_MS = 5000
@@ -120,6 +120,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tokens ADD COLUMN hardware INTEGER NOT NULL DEFAULT 0",
         # facts about the store itself: the check value of the key that seals secrets
         "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+        # codes sent by SMS, voice call or mail: an HMAC of (user, code), never the code
+        """
+        CREATE TABLE sent_codes (
+            id                 TEXT PRIMARY KEY NOT NULL,
+            user               TEXT NOT NULL,
+            channel            TEXT NOT NULL,
+            code_mac           TEXT NOT NULL,
+            client             TEXT NOT NULL,
+            calling_station_id TEXT,
+            provider           TEXT,
+            created            REAL NOT NULL,
+            expires            REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX sent_codes_user ON sent_codes (user, created)",
+        "CREATE INDEX sent_codes_expires ON sent_codes (expires)",
+        # one row per code sent, for the per-user rate limit
+        "CREATE TABLE code_sends (user TEXT NOT NULL, time REAL NOT NULL)",
+        "CREATE INDEX code_sends_user ON code_sends (user, time)",
     ),
 )
 
@@ -410,6 +429,7 @@ class SqliteStore:
             _release_tokens(conn, name)
             if conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFoundError(f"no such user: {name}")
+            _drop_sent_codes(conn, name)
 
     def reset_user(self, name: str) -> int:
         """Remove every factor of the user (software tokens deleted, hardware
@@ -418,6 +438,7 @@ class SqliteStore:
         with self._write("reset user") as conn:
             if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
                 raise NotFoundError(f"no such user: {name}")
+            _drop_sent_codes(conn, name)
             return _release_tokens(conn, name)
 
     # --- lockout -----------------------------------------------------------
@@ -591,6 +612,83 @@ class SqliteStore:
         """Delete the challenges that expired before ``now``; returns the count."""
         return self._change("purge challenges", "DELETE FROM challenges WHERE expires < ?", (now,))
 
+    # --- sent codes (SMS, voice, email) -----------------------------------
+
+    def sent_code_key(self) -> bytes:
+        """The key that MACs sent codes: derived from the store key, so every
+        server sharing the store (and its key file) checks the same codes."""
+        return self._box.derive(b"sent codes")
+
+    def put_sent_code(self, sent: SentCode) -> None:
+        """Store a code about to be sent; AlreadyExistsError when its id is
+        taken (ids are random: that would be a bug)."""
+        try:
+            self._change(
+                "put sent code",
+                "INSERT INTO sent_codes (id, user, channel, code_mac, client, calling_station_id,"
+                " provider, created, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sent.id, sent.user, sent.channel, sent.code_mac, sent.client,
+                 sent.calling_station_id, sent.provider, sent.created, sent.expires),
+            )
+        except StoreError as exc:
+            if _is_constraint(exc, "SQLITE_CONSTRAINT_PRIMARYKEY"):
+                raise AlreadyExistsError("a sent code with this id exists already") from None
+            raise
+
+    def set_sent_code_provider(self, code_id: str, provider: str) -> None:
+        """Record which provider delivered the code (for a joined attempt's audit)."""
+        self._change("note provider", "UPDATE sent_codes SET provider = ? WHERE id = ?", (provider, code_id))
+
+    def sent_codes_for(self, user: str) -> list[SentCode]:
+        """The user's codes not yet taken, expired ones included (the caller
+        decides, so the audit can say ``expired``), newest first."""
+        rows = self._read("sent codes", "SELECT * FROM sent_codes WHERE user = ? ORDER BY created DESC, id",
+                          (user,))
+        return [_sent_code(row) for row in rows]
+
+    def take_sent_code(self, code_id: str) -> bool:
+        """Use the code up: True for exactly one of any callers racing for it
+        (one ``DELETE``), False when it was taken or removed already."""
+        return self._change("take sent code", "DELETE FROM sent_codes WHERE id = ?", (code_id,)) == 1
+
+    def pending_sent_code(self, client: str, user: str, calling_station_id: str | None,
+                          since: float, now: float, channel: str | None = None) -> SentCode | None:
+        """The newest unexpired code sent for this login attempt (same client,
+        user and Calling-Station-Id, and ``channel`` when given) at ``since``
+        or later; None when there is none."""
+        sql = ("SELECT * FROM sent_codes WHERE client = ? AND user = ? AND calling_station_id IS ?"
+               " AND created >= ? AND expires > ?")
+        params: list[Any] = [client, user, calling_station_id, since, now]
+        if channel is not None:
+            sql += " AND channel = ?"
+            params.append(channel)
+        rows = self._read("pending sent code", sql + " ORDER BY created DESC LIMIT 1", params)
+        return _sent_code(rows[0]) if rows else None
+
+    def remove_sent_code(self, code_id: str) -> None:
+        """Forget a code that was never delivered (absent: nothing happens)."""
+        self._change("remove sent code", "DELETE FROM sent_codes WHERE id = ?", (code_id,))
+
+    def allow_send(self, user: str, now: float, limit: int, window_seconds: float) -> bool:
+        """The rate limit: True, and the send recorded, when fewer than
+        ``limit`` codes were sent to the user in the last ``window_seconds``;
+        else False. One write transaction, so servers sharing the store
+        cannot together exceed the limit."""
+        with self._write("rate limit") as conn:
+            conn.execute("DELETE FROM code_sends WHERE user = ? AND time <= ?", (user, now - window_seconds))
+            (count,) = conn.execute("SELECT COUNT(*) FROM code_sends WHERE user = ?", (user,)).fetchone()
+            if count >= limit:
+                return False
+            conn.execute("INSERT INTO code_sends (user, time) VALUES (?, ?)", (user, now))
+            return True
+
+    def purge_sent_codes(self, now: float, keep_sends_seconds: float = 86400.0) -> int:
+        """Delete the codes that expired before ``now`` (and rate-limit
+        records older than ``keep_sends_seconds``); returns the codes deleted."""
+        with self._write("purge sent codes") as conn:
+            conn.execute("DELETE FROM code_sends WHERE time < ?", (now - keep_sends_seconds,))
+            return conn.execute("DELETE FROM sent_codes WHERE expires < ?", (now,)).rowcount
+
     # --- clients -----------------------------------------------------------
 
     def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:
@@ -763,6 +861,18 @@ def _user(row: sqlite3.Row) -> User:
         locked_until=row["locked_until"],
         created=row["created"],
     )
+
+
+def _drop_sent_codes(conn: sqlite3.Connection, name: str) -> None:
+    """A user reset or removed: their pending codes and send history go too."""
+    conn.execute("DELETE FROM sent_codes WHERE user = ?", (name,))
+    conn.execute("DELETE FROM code_sends WHERE user = ?", (name,))
+
+
+def _sent_code(row: sqlite3.Row) -> SentCode:
+    return SentCode(id=row["id"], user=row["user"], channel=row["channel"], code_mac=row["code_mac"],
+                    client=row["client"], calling_station_id=row["calling_station_id"],
+                    provider=row["provider"], created=row["created"], expires=row["expires"])
 
 
 def _challenge(row: sqlite3.Row) -> Challenge:

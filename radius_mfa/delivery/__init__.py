@@ -1,0 +1,1 @@
+"""Sending one-time codes: SMS, voice calls and mail through providers with failover."""
