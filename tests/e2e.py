@@ -228,6 +228,19 @@ class Server:
         self._log.close()
         return code
 
+    def send_copies(self, data: bytes, copies: int, timeout: float = 8.0) -> tuple[bytes, bytes]:
+        """``copies`` of one datagram at once from one source port (all but
+        the first arrive while it is being decided), then one more after the
+        answer: (the answer, the answer to the late copy)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(timeout)
+            for _ in range(copies):
+                sock.sendto(data, ("127.0.0.1", self.port))
+            first = sock.recv(4096)
+            sock.sendto(data, ("127.0.0.1", self.port))
+            return first, sock.recv(4096)
+
     def send(self, data: bytes, timeout: float = 2.0) -> bytes | None:
         """Raw datagram from a fixed source port; the reply or None."""
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

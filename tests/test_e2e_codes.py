@@ -238,8 +238,6 @@ def test_email_only_user_gets_the_code_straight_after_the_password(tmp_path):
 def test_retransmissions_never_send_a_second_message(tmp_path, gateways):
     """Copies of one request sent while it is decided (the dead gateways make
     that take a while) and after: one message, identical replies."""
-    import socket
-
     from radius_mfa.radius import codec
 
     server = start(tmp_path, sms_section(gateways), mode="inline")
@@ -247,14 +245,7 @@ def test_retransmissions_never_send_a_second_message(tmp_path, gateways):
     server.start()
     try:
         request = codec.build_access_request(SECRET.encode(), "alice", f"{PASSWORD},sms".encode(), id=7)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.settimeout(8)
-            for _ in range(3):
-                sock.sendto(request, ("127.0.0.1", server.port))
-            first = sock.recv(4096)
-            sock.sendto(request, ("127.0.0.1", server.port))
-            cached = sock.recv(4096)
+        first, cached = server.send_copies(request, 3)
         assert first == cached
         assert codec.decode_response(first, SECRET.encode(), request[4:20]).code == codec.ACCESS_REJECT
         assert len(gateways["good"].received) == 1

@@ -157,18 +157,10 @@ def test_a_retransmission_gets_the_identical_reply_without_consuming_the_code_ag
 
 def test_a_retransmission_during_the_decision_is_not_worked_twice(server, user):
     """Three copies sent at once: one decision, one audit record, replies identical."""
-    import socket
     request = codec.build_access_request(SECRET.encode(), user.name,
                                          f"{PASSWORD},{user.code()}".encode(), id=43)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(3)
-        for _ in range(3):
-            sock.sendto(request, ("127.0.0.1", server.port))
-        first = sock.recv(4096)
-        # copies that arrived while the first was decided got nothing; one more gets the cache
-        sock.sendto(request, ("127.0.0.1", server.port))
-        cached = sock.recv(4096)
+    # copies that arrived while the first was decided got nothing; the late one gets the cache
+    first, cached = server.send_copies(request, 3)
     assert first == cached
     time.sleep(0.3)
     assert len(audit_for(server, user.name)) == 1
