@@ -254,8 +254,9 @@ class Engine:
     async def _check_answer(self, req: AuthRequest, user: User, tokens: Sequence[Token],
                             answer: str, attributes, info: dict) -> Decision:
         kind = classify(answer)
-        if is_digits(answer):
-            # a sent code may be shorter or longer than a token's (code_digits)
+        if is_digits(answer) and self.delivery:
+            # a sent code may be shorter or longer than a token's (code_digits);
+            # without a code channel configured there is none to look up
             sent = await self._check_sent_codes(req, user, answer.strip(), attributes, info)
             if sent is not None:
                 return sent
