@@ -39,6 +39,13 @@ def import_csv(server: Server, text: str, *extra: str, check: bool = True) -> su
     return server.cli("token", "import", str(path), *extra, check=check)
 
 
+def hand_out(server: Server, csv_line: str, user: str) -> None:
+    """A fob from a one-line CSV delivery, assigned to a new user with PASSWORD."""
+    import_csv(server, csv_line + "\n")
+    server.cli("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
+    server.cli("token", "assign", csv_line.split(",", 1)[0], user)
+
+
 def dump(db_path) -> str:
     """The whole store as SQL text: the `sqlite3 FILE .dump` an administrator runs."""
     if shutil.which("sqlite3"):
@@ -188,9 +195,7 @@ OK-1,{RFC4226_B32}
 @needs_radclient
 def test_resync_moves_a_hotp_token_far_ahead(tmp_path):
     server = Server(tmp_path)
-    import_csv(server, f"FOB-1,{RFC4226_B32},hotp\n")
-    server.cli("user", "add", "bob", "--password-stdin", input=PASSWORD + "\n")
-    server.cli("token", "assign", "FOB-1", "bob")
+    hand_out(server, f"FOB-1,{RFC4226_B32},hotp", "bob")
     hotp = pyotp.HOTP(RFC4226_B32)
     refused = server.cli("token", "resync", "FOB-1", hotp.at(501), hotp.at(500), check=False)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
@@ -207,9 +212,7 @@ def test_resync_moves_a_hotp_token_far_ahead(tmp_path):
 @needs_radclient
 def test_resync_gives_a_drifting_totp_token_its_offset(tmp_path):
     server = Server(tmp_path)
-    import_csv(server, f"FOB-T,{RFC4226_B32},30\n")
-    server.cli("user", "add", "carol", "--password-stdin", input=PASSWORD + "\n")
-    server.cli("token", "assign", "FOB-T", "carol")
+    hand_out(server, f"FOB-T,{RFC4226_B32},30", "carol")
     fob = pyotp.TOTP(RFC4226_B32)
     fob_now = time.time() + 41 * 30        # the fob's clock runs 20 minutes ahead
     # the code it showed before and the one it shows now

@@ -31,11 +31,8 @@ def rfc_token(serial: str = "H1", counter: int = 0, digits: int = 6) -> Token:
 
 
 @pytest.fixture
-def store(tmp_path):
-    sync = open_sqlite(str(tmp_path / "h.db"))
-    sync.add_user(User(name="alice"))
-    yield AsyncStore(sync, immediate_runner)
-    sync.close()
+def store(alice_store):
+    return alice_store
 
 
 def verify(store, token: Token, code: str, look_ahead: int = 10):

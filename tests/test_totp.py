@@ -38,11 +38,8 @@ def rfc_token(algorithm: str, serial: str = "T1") -> Token:
 
 
 @pytest.fixture
-def store(tmp_path):
-    sync = open_sqlite(str(tmp_path / "t.db"))
-    sync.add_user(User(name="alice"))
-    yield AsyncStore(sync, immediate_runner)
-    sync.close()
+def store(alice_store):
+    return alice_store
 
 
 @pytest.mark.parametrize("now,algorithm,code", VECTORS)
