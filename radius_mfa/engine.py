@@ -172,7 +172,7 @@ class Engine:
         user = await self._refresh_from_directory(user, info)
         if self._exempt(req, user, info):
             if user is not None:
-                await self.store.clear_failures(user.name)
+                await self._clear_failures(user)
             return self._accept(req, user, factor="none", attributes=attributes, info=info)
         if user is None:
             # a backend that knows users the store does not (LDAP, upstream
@@ -270,7 +270,7 @@ class Engine:
                 if result is None:
                     continue
                 if result.ok:
-                    await self.store.clear_failures(user.name)
+                    await self._clear_failures(user)
                     return self._accept(req, user, factor=result.factor, device=result.device,
                                         attributes=attributes, info=info)
                 await self._count_failure(user, result.reason)
@@ -413,7 +413,7 @@ class Engine:
             await self._count_failure(user, Reason.REPLAY)
             return self._reject(req, Reason.REPLAY, user=user, factor=sent.channel, info=info,
                                 provider=sent.provider)
-        await self.store.clear_failures(user.name)
+        await self._clear_failures(user)
         return self._accept(req, user, factor=sent.channel, attributes=attributes, info=info,
                             provider=sent.provider)
 
@@ -431,11 +431,18 @@ class Engine:
         return tuple(c for c in DELIVERY_CHANNELS if c in self.delivery
                      and (user.email if c == "email" else user.phone))
 
+    async def _clear_failures(self, user: User) -> None:
+        """A success ends the user's run of bad answers. Most users have none
+        on record: then there is nothing to write, and no write lock to take
+        (on SQLite every UPDATE takes it, even one that changes no row)."""
+        if user.failures:
+            await self.store.clear_failures(user.name)
+
     async def _unenrolled(self, req: AuthRequest, user: User | None, attributes,
                           info: dict) -> Decision:
         if self.policy.unenrolled == "allow":
             if user is not None:
-                await self.store.clear_failures(user.name)
+                await self._clear_failures(user)
             return self._accept(req, user, factor="none", attributes=attributes, info=info)
         return self._reject(req, Reason.NO_FACTOR, user=user, info=info)
 

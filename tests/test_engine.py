@@ -1,4 +1,5 @@
-"""The engine's decisions, with a fake clock and a real SQLite store run in place."""
+"""The engine's decisions, with a fake clock and a real store (SQLite, and PostgreSQL
+where the store decides) run in place."""
 
 import ipaddress
 
@@ -25,9 +26,9 @@ def client(mode=Mode.CHALLENGE, name="vpn", exempt=False):
 
 
 class Harness:
-    def __init__(self, tmp_path, **policy):
+    def __init__(self, tmp_path, store=None, **policy):
         self.clock = FakeClock()
-        self.sync = open_sqlite(tmp_path / "engine.db")
+        self.sync = store if store is not None else open_sqlite(tmp_path / "engine.db")
         self.store = AsyncStore(self.sync, immediate_runner)
         self.hash_calls = []
 
@@ -57,8 +58,9 @@ class Harness:
 
 
 @pytest.fixture
-def h(tmp_path):
-    harness = Harness(tmp_path)
+def h(tmp_path, make_store):
+    """The engine on each kind of store (SQLite, PostgreSQL)."""
+    harness = Harness(tmp_path, store=make_store())
     harness.add_user()
     yield harness
     harness.sync.close()

@@ -1,12 +1,13 @@
 """Codes sent by SMS, voice call and mail: the engine with a fake clock, a real
-SQLite store run in place and fake senders that record what they were asked."""
+store run in place (SQLite, and PostgreSQL where the store decides) and fake
+senders that record what they were asked."""
 
 import ipaddress
-import sqlite3
 
 import pytest
 
 from helpers import FakeClock, open_sqlite, run
+from pg import raw_rows
 from radius_mfa.config import ClientConfig, DeliveryFactorConfig, LockoutConfig, Mode, PolicyConfig, RateLimit
 from radius_mfa.delivery.base import DeliveryFailed
 from radius_mfa.engine import AuthRequest, Engine
@@ -48,10 +49,9 @@ def client(mode=Mode.CHALLENGE, name="vpn", timeout=30.0):
 
 
 class Harness:
-    def __init__(self, tmp_path, channels=("sms", "voice", "email"), fail=(), **policy):
+    def __init__(self, tmp_path, channels=("sms", "voice", "email"), fail=(), store=None, **policy):
         self.clock = FakeClock()
-        self.path = tmp_path / "codes.db"
-        self.sync = open_sqlite(self.path)
+        self.sync = store if store is not None else open_sqlite(tmp_path / "codes.db")
         self.store = AsyncStore(self.sync, immediate_runner)
         self.senders = {c: FakeSender(f"{c}-gateway", fail=c in fail) for c in channels}
         config = DeliveryFactorConfig(code_ttl=300.0, rate_limit=RateLimit(sends=5, minutes=5.0),
@@ -82,8 +82,9 @@ class Harness:
 
 
 @pytest.fixture
-def h(tmp_path):
-    harness = Harness(tmp_path)
+def h(tmp_path, make_store):
+    """The engine on each kind of store (SQLite, PostgreSQL)."""
+    harness = Harness(tmp_path, store=make_store())
     yield harness
     harness.sync.close()
 
@@ -190,8 +191,8 @@ def test_a_code_taken_by_another_server_first_is_a_replay(h):
     assert lost.reason is Reason.REPLAY and h.sync.sent_codes_for("alice") == []
 
 
-def test_wrong_codes_count_toward_the_lockout(tmp_path):
-    h = Harness(tmp_path, lockout=LockoutConfig(failures=3, minutes=15))
+def test_wrong_codes_count_toward_the_lockout(tmp_path, make_store):
+    h = Harness(tmp_path, store=make_store(), lockout=LockoutConfig(failures=3, minutes=15))
     h.add_user()
     first = h.handle(PASSWORD)          # sms and voice: a menu
     named = h.handle("sms", state=first.state)
@@ -229,8 +230,8 @@ def test_a_retried_login_attempt_joins_the_pending_code(h):
     assert (retry.reason, retry.reply_message) == (first.reason, first.reply_message)
 
 
-def test_a_retried_challenge_gets_a_fresh_state_bound_to_the_same_code(tmp_path):
-    h = Harness(tmp_path, channels=("sms",))
+def test_a_retried_challenge_gets_a_fresh_state_bound_to_the_same_code(tmp_path, make_store):
+    h = Harness(tmp_path, channels=("sms",), store=make_store())
     h.add_user()
     first = h.handle(PASSWORD)
     retry = h.handle(PASSWORD)
@@ -250,8 +251,8 @@ def test_another_station_or_a_retry_after_the_client_timeout_sends_anew(h):
     assert h.all_sent() == 3
 
 
-def test_a_delivery_failure_rejects_and_leaves_nothing_pending(tmp_path):
-    h = Harness(tmp_path, fail=("sms",))
+def test_a_delivery_failure_rejects_and_leaves_nothing_pending(tmp_path, make_store):
+    h = Harness(tmp_path, fail=("sms",), store=make_store())
     h.add_user()
     failed = h.handle(f"{PASSWORD},sms", mode=Mode.INLINE)
     assert (failed.verdict, failed.reason, failed.reply_message) == (
@@ -264,8 +265,7 @@ def test_the_store_keeps_no_code_in_clear(h):
     h.add_user()
     h.handle(f"{PASSWORD},sms", mode=Mode.INLINE)
     code = h.last_code()
-    with sqlite3.connect(h.path) as raw:
-        rows = raw.execute("SELECT * FROM sent_codes").fetchall()
+    rows = raw_rows(h.sync, "SELECT * FROM sent_codes")
     assert len(rows) == 1
     assert not any(code in str(value) for value in rows[0])
     assert "code_mac" not in repr(h.sync.sent_codes_for("alice")[0])

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from helpers import open_sqlite, run
+from helpers import run
 from radius_mfa.model import Token, User
 from radius_mfa.otp import otp_at
 from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
@@ -115,23 +115,21 @@ def test_a_replay_on_one_token_does_not_hide_a_fresh_code_on_another(store):
     assert store.sync.get_token("B").counter == 3
 
 
-def test_the_replay_survives_a_new_store_instance(tmp_path):
-    path = str(tmp_path / "r.db")
-    first = open_sqlite(path)
+def test_the_replay_survives_a_new_store_instance(make_store):
+    first = make_store()
     first.add_user(User(name="alice"))
     first.add_token(rfc_token())
     assert verify(AsyncStore(first, immediate_runner), rfc_token(), RFC4226[1]).ok
     first.close()
-    second = open_sqlite(path)     # a restart, or another server on the same store
+    second = make_store()     # a restart, or another server on the same store
     assert verify(AsyncStore(second, immediate_runner), rfc_token(), RFC4226[1]).reason is Reason.REPLAY
     second.close()
 
 
-def test_a_stale_counter_is_reread_and_decided_again(tmp_path):
+def test_a_stale_counter_is_reread_and_decided_again(make_store):
     """Server B reads the token, server A signs in first: B's compare-and-set
     fails, B re-reads the counter and decides against it."""
-    path = str(tmp_path / "s.db")
-    a, b = open_sqlite(path), open_sqlite(path)
+    a, b = make_store(), make_store()
     a.add_user(User(name="alice"))
     a.add_token(rfc_token())
     stale = b.get_token("H1")                                  # counter 0
@@ -146,12 +144,11 @@ def test_a_stale_counter_is_reread_and_decided_again(tmp_path):
     b.close()
 
 
-def test_two_servers_racing_for_one_code_accept_it_once(tmp_path):
-    path = str(tmp_path / "race.db")
-    setup = open_sqlite(path)
+def test_two_servers_racing_for_one_code_accept_it_once(make_store):
+    setup = make_store()
     setup.add_user(User(name="alice"))
     setup.add_token(rfc_token())
-    servers = [open_sqlite(path), open_sqlite(path)]
+    servers = [make_store(), make_store()]
     for _ in range(15):
         token = setup.get_token("H1")                            # both read the same counter
         code = otp_at(token, token.counter + 1)

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from helpers import open_sqlite, run
+from helpers import run
 from radius_mfa.errors import NotFoundError, RefusedError
 from radius_mfa.model import Token, User
 from radius_mfa.otp import otp_at
@@ -24,8 +24,9 @@ ALICE = User("alice")
 
 
 @pytest.fixture
-def store(tmp_path):
-    sync = open_sqlite(str(tmp_path / "r.db"))
+def store(make_store):
+    """A store (SQLite, then PostgreSQL) with alice's HOTP and TOTP tokens."""
+    sync = make_store()
     sync.add_user(User(name="alice"))
     sync.add_token(Token(serial="H1", type="hotp", secret=SECRET, user="alice"))
     sync.add_token(Token(serial="T1", type="totp", secret=SECRET, user="alice", digits=8))

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 import pskc_docs as docs
-from helpers import open_sqlite
 from pskc_docs import KeySpec, Password, PresharedKey
 from radius_mfa.errors import UsageError
 from radius_mfa.model import Token
@@ -46,12 +45,12 @@ KEEP = Token(serial="KEEP01", type="totp", secret=encode_base32(os.urandom(20)))
 
 
 @pytest.fixture
-def store(tmp_path):
-    """A store that already holds one token, which no import may touch."""
-    store = open_sqlite(tmp_path / "s.db")
+def store(make_store):
+    """A store (SQLite, then PostgreSQL) that already holds one token, which
+    no import may touch."""
+    store = make_store()
     store.add_token(KEEP)
-    yield store
-    store.close()
+    return store
 
 
 def untouched(store) -> bool:

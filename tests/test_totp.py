@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from helpers import open_sqlite, run
+from helpers import run
 from radius_mfa.model import Token, User
 from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
 from radius_mfa.verdicts import Reason
@@ -79,9 +79,8 @@ def test_an_older_code_after_a_newer_one_is_a_replay(store):
     assert run(verifier.verify(User("alice"), [token], older, now)).reason is Reason.REPLAY
 
 
-def test_replay_survives_a_new_store_instance(tmp_path):
-    path = str(tmp_path / "r.db")
-    first = open_sqlite(path)
+def test_replay_survives_a_new_store_instance(make_store):
+    first = make_store()
     first.add_user(User(name="alice"))
     token = rfc_token("sha1")
     first.add_token(token)
@@ -89,7 +88,7 @@ def test_replay_survives_a_new_store_instance(tmp_path):
     assert run(TotpVerifier(AsyncStore(first, immediate_runner)).verify(
         User("alice"), [token], code, 59.0)).ok
     first.close()
-    second = open_sqlite(path)   # a restart, or another server on the same store
+    second = make_store()   # a restart, or another server on the same store
     result = run(TotpVerifier(AsyncStore(second, immediate_runner)).verify(
         User("alice"), [token], code, 59.0))
     assert result.reason is Reason.REPLAY

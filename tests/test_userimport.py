@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from helpers import open_sqlite
 
 from radius_mfa import passwords, userimport
 from radius_mfa.model import Token, User
@@ -24,14 +23,13 @@ SECRET_B = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # 160 bits
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    """A store holding one user (carol) with one token, so that "unchanged"
-    is checked against something."""
-    store = open_sqlite(tmp_path / "s.db")
+def store(make_store):
+    """A store (SQLite, then PostgreSQL) holding one user (carol) with one
+    token, so that "unchanged" is checked against something."""
+    store = make_store()
     store.add_user(User(name="carol"))
     store.add_token(Token(serial="TOTPCAFE0001", type="totp", secret=SECRET_B, user="carol"))
-    yield store
-    store.close()
+    return store
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "users.csv") -> str:

@@ -117,6 +117,10 @@ class Store(Protocol):
     def purge_challenges(self, now: float) -> int:
         """Delete the challenges that expired before ``now``; returns the count."""
 
+    def count_challenges(self, now: float) -> int:
+        """How many challenges are pending (not expired at ``now``): the
+        metrics' gauge, for every server sharing the store."""
+
     # --- sent codes (SMS, voice, email) -----------------------------------
     def sent_code_key(self) -> bytes:
         """The HMAC key for sent codes, derived from the store key: servers
@@ -162,7 +166,15 @@ class Store(Protocol):
     # --- authentication log ------------------------------------------------
     def add_auth_record(self, record: AuthRecord) -> None: ...
 
+    def add_auth_records(self, records: Sequence[AuthRecord]) -> None:
+        """Append several records in one transaction."""
+
     def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
         """Oldest first."""
+
+    # --- health --------------------------------------------------------------
+    def ping(self) -> None:
+        """One trivial round trip to the database (the health endpoint);
+        StoreError when it does not answer."""
 
     def close(self) -> None: ...

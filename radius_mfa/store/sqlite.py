@@ -39,6 +39,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
 from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
+from radius_mfa.store import rows as _rows
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -142,9 +143,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-_USER_FIELDS = frozenset({"display_name", "email", "phone", "password_hash", "disabled"})
-_TOKEN_TYPES = frozenset({"totp", "hotp"})
-_ALGORITHMS = frozenset({"sha1", "sha256", "sha512"})
 
 
 def schema_version() -> int:
@@ -367,7 +365,7 @@ class SqliteStore:
                         raise AlreadyExistsError(f"user {user.name} exists already") from None
                     raise
                 for token in tokens:
-                    _check_token(token)
+                    _rows.check_token(token)
                     _insert_token(conn, token, self._box.seal(token.secret, token.serial), now)
                 count += 1
         return count
@@ -394,16 +392,16 @@ class SqliteStore:
 
     def get_user(self, name: str) -> User | None:
         rows = self._read("read user", "SELECT * FROM users WHERE name = ?", (name,))
-        return _user(rows[0]) if rows else None
+        return _rows.user(rows[0]) if rows else None
 
     def list_users(self) -> list[User]:
         """Every user, sorted by name."""
-        return [_user(row) for row in self._read("list users", "SELECT * FROM users ORDER BY name")]
+        return [_rows.user(row) for row in self._read("list users", "SELECT * FROM users ORDER BY name")]
 
     def update_user(self, name: str, **fields: Any) -> User:
         """Set display_name, email, phone, password_hash or disabled; returns the
         new record; NotFoundError when absent, TypeError for any other field."""
-        unknown = sorted(set(fields) - _USER_FIELDS)
+        unknown = sorted(set(fields) - _rows.USER_FIELDS)
         if unknown:
             raise TypeError(f"update_user: fields that cannot be set: {', '.join(unknown)}")
         if not fields:
@@ -420,7 +418,7 @@ class SqliteStore:
         )
         if not rows:
             raise NotFoundError(f"no such user: {name}")
-        return _user(rows[0])
+        return _rows.user(rows[0])
 
     def remove_user(self, name: str) -> None:
         """Delete the user and their software tokens; their hardware tokens
@@ -461,7 +459,7 @@ class SqliteStore:
                 )
             else:
                 conn.execute("UPDATE users SET failures = ? WHERE name = ?", (failures, name))
-            return _user(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
+            return _rows.user(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
 
     def clear_failures(self, name: str) -> None:
         """A success: the run of bad answers ends (lock untouched)."""
@@ -489,7 +487,7 @@ class SqliteStore:
         count = 0
         with self._write("add tokens") as conn:
             for token in tokens:
-                _check_token(token)
+                _rows.check_token(token)
                 _insert_token(conn, token, self._box.seal(token.secret, token.serial), now)
                 count += 1
         return count
@@ -500,7 +498,7 @@ class SqliteStore:
 
     def get_token(self, serial: str) -> Token | None:
         rows = self._read("read token", "SELECT * FROM tokens WHERE serial = ?", (serial,))
-        return self._token(rows[0]) if rows else None
+        return _rows.token(rows[0], self._box) if rows else None
 
     def list_tokens(self, user: str | None = None) -> list[Token]:
         """All tokens (user None) or the user's, sorted by serial."""
@@ -508,7 +506,7 @@ class SqliteStore:
             rows = self._read("list tokens", "SELECT * FROM tokens ORDER BY serial")
         else:
             rows = self._read("list tokens", "SELECT * FROM tokens WHERE user = ? ORDER BY serial", (user,))
-        return [self._token(row) for row in rows]
+        return [_rows.token(row, self._box) for row in rows]
 
     def assign_token(self, serial: str, user: str) -> None:
         """NotFoundError for an unknown serial or user; RefusedError when the
@@ -564,29 +562,13 @@ class SqliteStore:
         )
         return changed == 1
 
-    def _token(self, row: sqlite3.Row) -> Token:
-        return Token(
-            serial=row["serial"],
-            type=row["type"],
-            secret=self._box.open(row["secret"], row["serial"]),
-            user=row["user"],
-            digits=row["digits"],
-            period=row["period"],
-            algorithm=row["algorithm"],
-            counter=row["counter"],
-            last_step=row["last_step"],
-            drift=row["drift"],
-            hardware=bool(row["hardware"]),
-            created=row["created"],
-        )
-
     # --- challenges --------------------------------------------------------
 
     def put_challenge(self, challenge: Challenge) -> None:
         """Store a pending challenge; AlreadyExistsError when its digest is
         stored already (States are random: that would be a bug)."""
-        factors = _to_json(list(challenge.factors), "challenge factors")
-        data = _to_json(challenge.data, "challenge data")
+        factors = _rows.to_json(list(challenge.factors), "challenge factors")
+        data = _rows.to_json(challenge.data, "challenge data")
         try:
             self._change(
                 "put challenge",
@@ -606,11 +588,16 @@ class SqliteStore:
         rows = self._returning(
             "take challenge", "DELETE FROM challenges WHERE state_digest = ? RETURNING *", (state_digest,)
         )
-        return _challenge(rows[0]) if rows else None
+        return _rows.challenge(rows[0]) if rows else None
 
     def purge_challenges(self, now: float) -> int:
         """Delete the challenges that expired before ``now``; returns the count."""
         return self._change("purge challenges", "DELETE FROM challenges WHERE expires < ?", (now,))
+
+    def count_challenges(self, now: float) -> int:
+        """How many challenges are pending (not expired at ``now``)."""
+        rows = self._read("count challenges", "SELECT COUNT(*) FROM challenges WHERE expires >= ?", (now,))
+        return int(rows[0][0])
 
     # --- sent codes (SMS, voice, email) -----------------------------------
 
@@ -644,7 +631,7 @@ class SqliteStore:
         decides, so the audit can say ``expired``), newest first."""
         rows = self._read("sent codes", "SELECT * FROM sent_codes WHERE user = ? ORDER BY created DESC, id",
                           (user,))
-        return [_sent_code(row) for row in rows]
+        return [_rows.sent_code(row) for row in rows]
 
     def take_sent_code(self, code_id: str) -> bool:
         """Use the code up: True for exactly one of any callers racing for it
@@ -663,7 +650,7 @@ class SqliteStore:
             sql += " AND channel = ?"
             params.append(channel)
         rows = self._read("pending sent code", sql + " ORDER BY created DESC LIMIT 1", params)
-        return _sent_code(rows[0]) if rows else None
+        return _rows.sent_code(rows[0]) if rows else None
 
     def remove_sent_code(self, code_id: str) -> None:
         """Forget a code that was never delivered (absent: nothing happens)."""
@@ -689,6 +676,12 @@ class SqliteStore:
             conn.execute("DELETE FROM code_sends WHERE time < ?", (now - keep_sends_seconds,))
             return conn.execute("DELETE FROM sent_codes WHERE expires < ?", (now,)).rowcount
 
+    # --- health --------------------------------------------------------------
+
+    def ping(self) -> None:
+        """One trivial query: the file can be read."""
+        self._read("ping", "SELECT 1")
+
     # --- clients -----------------------------------------------------------
 
     def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:
@@ -708,27 +701,20 @@ class SqliteStore:
     def list_clients_seen(self) -> list[ClientSeen]:
         """Every client that sent something, sorted by name."""
         rows = self._read("list clients", "SELECT * FROM clients_seen ORDER BY name")
-        return [
-            ClientSeen(
-                name=row["name"],
-                requests=row["requests"],
-                last_seen=row["last_seen"],
-                last_with_message_authenticator=row["last_with_ma"],
-                last_without_message_authenticator=row["last_without_ma"],
-            )
-            for row in rows
-        ]
+        return [_rows.client_seen(row) for row in rows]
 
     # --- authentication log ------------------------------------------------
 
     def add_auth_record(self, record: AuthRecord) -> None:
         """Append one record; ``fields["user"]`` is indexed for `report auth --user`."""
-        user = record.fields.get("user")
-        self._change(
-            "add auth record",
-            "INSERT INTO auth_log (time, user, fields) VALUES (?, ?, ?)",
-            (record.time, user if isinstance(user, str) else None, _to_json(record.fields, "auth record")),
-        )
+        self.add_auth_records([record])
+
+    def add_auth_records(self, records: Sequence[AuthRecord]) -> None:
+        """Append the records in one transaction (the server writes its audit
+        trail in batches: one write lock for many sign-ins)."""
+        with self._write("add auth records") as conn:
+            conn.executemany("INSERT INTO auth_log (time, user, fields) VALUES (?, ?, ?)",
+                             [_rows.auth_log_row(record) for record in records])
 
     def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
         """Oldest first; ``since`` inclusive."""
@@ -794,26 +780,6 @@ def _is_constraint(exc: StoreError, name: str) -> bool:
     return isinstance(cause, sqlite3.IntegrityError) and getattr(cause, "sqlite_errorname", "") == name
 
 
-def _check_token(token: Token) -> None:
-    """Refuse a token whose fields the verifiers could not use."""
-    problem = None
-    if not token.serial:
-        problem = "the serial must not be empty"
-    elif token.type not in _TOKEN_TYPES:
-        problem = "type must be totp or hotp"
-    elif token.algorithm not in _ALGORITHMS:
-        problem = "algorithm must be sha1, sha256 or sha512"
-    elif not 6 <= token.digits <= 10:
-        problem = "digits must be between 6 and 10"
-    elif token.period < 1:
-        problem = "period must be at least 1 second"
-    elif token.counter < 0:
-        problem = "counter must not be negative"
-    elif not token.secret:
-        problem = "the secret must not be empty"
-    if problem:
-        raise RefusedError(f"token {token.serial or '(no serial)'}: {problem}")
-
 
 def _release_tokens(conn: sqlite3.Connection, name: str) -> int:
     """Take every token from the user: software ones are deleted, hardware
@@ -842,25 +808,6 @@ def _insert_token(conn: sqlite3.Connection, token: Token, sealed_secret: str, no
         raise
 
 
-def _to_json(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"the {what} cannot be stored: {exc}") from None
-
-
-def _user(row: sqlite3.Row) -> User:
-    return User(
-        name=row["name"],
-        display_name=row["display_name"],
-        email=row["email"],
-        phone=row["phone"],
-        password_hash=row["password_hash"],
-        disabled=bool(row["disabled"]),
-        failures=row["failures"],
-        locked_until=row["locked_until"],
-        created=row["created"],
-    )
 
 
 def _drop_sent_codes(conn: sqlite3.Connection, name: str) -> None:
@@ -868,20 +815,3 @@ def _drop_sent_codes(conn: sqlite3.Connection, name: str) -> None:
     conn.execute("DELETE FROM sent_codes WHERE user = ?", (name,))
     conn.execute("DELETE FROM code_sends WHERE user = ?", (name,))
 
-
-def _sent_code(row: sqlite3.Row) -> SentCode:
-    return SentCode(id=row["id"], user=row["user"], channel=row["channel"], code_mac=row["code_mac"],
-                    client=row["client"], calling_station_id=row["calling_station_id"],
-                    provider=row["provider"], created=row["created"], expires=row["expires"])
-
-
-def _challenge(row: sqlite3.Row) -> Challenge:
-    return Challenge(
-        state_digest=row["state_digest"],
-        user=row["user"],
-        client=row["client"],
-        created=row["created"],
-        expires=row["expires"],
-        factors=tuple(json.loads(row["factors"])),
-        data=json.loads(row["data"]),
-    )

@@ -1,0 +1,735 @@
+"""Every Store method on both stores: the same behaviour from SQLite and PostgreSQL.
+
+Each test runs once per kind (the ``store_kind`` fixture in conftest.py);
+races between threads, store instances (servers sharing a store) and
+processes are run for real against the database. What only one kind has (a
+file's mode, a schema's search path) is tested in test_store_sqlite.py and
+test_store_postgres.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from pg import StoreMaker, race, raw_rows
+from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
+from radius_mfa.secretbox import KEY_BYTES, SecretBox, is_sealed
+from radius_mfa.store.base import Store
+
+NOW = 1_700_000_000.0
+SECRET = "JBSWY3DPEHPK3PXP"
+
+
+@pytest.fixture
+def store(make_store: StoreMaker) -> Store:
+    return make_store()
+
+
+def totp(serial: str, user: str | None = None, **changes) -> Token:
+    return Token(serial=serial, type="totp", secret=SECRET, user=user, created=NOW, **changes)
+
+
+def hotp(serial: str, user: str | None = None, **changes) -> Token:
+    return Token(serial=serial, type="hotp", secret="GEZDGNBVGY3TQOJQ", user=user, created=NOW, **changes)
+
+
+# --- users -------------------------------------------------------------------
+
+
+def test_added_user_reads_back(store: Store) -> None:
+    user = User("alice", display_name="Alice A", email="alice@example.org", phone="+4915112345678",
+                password_hash="$scrypt$x", created=NOW)
+    store.add_user(user)
+    assert store.get_user("alice") == user
+
+
+def test_user_without_created_time_gets_one(store: Store) -> None:
+    store.add_user(User("bob"))
+    assert store.get_user("bob").created > 0
+
+
+def test_unknown_user_is_none(store: Store) -> None:
+    assert store.get_user("nobody") is None
+
+
+def test_duplicate_user_is_refused(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    with pytest.raises(AlreadyExistsError, match="alice"):
+        store.add_user(User("alice", email="other@example.org", created=NOW))
+    assert store.get_user("alice").email is None
+
+
+def test_empty_user_name_is_refused(store: Store) -> None:
+    with pytest.raises(RefusedError):
+        store.add_user(User(""))
+
+
+def test_users_are_listed_by_name(store: Store) -> None:
+    for name in ("carol", "alice", "bob"):
+        store.add_user(User(name, created=NOW))
+    assert [u.name for u in store.list_users()] == ["alice", "bob", "carol"]
+
+
+def test_names_and_serials_sort_byte_by_byte(store: Store) -> None:
+    for name in ("bob", "Zoe", "alice", "Émile", "_svc"):
+        store.add_user(User(name, created=NOW))
+    store.add_tokens([totp("b1"), totp("B2"), totp("a3")])
+    assert [u.name for u in store.list_users()] == ["Zoe", "_svc", "alice", "bob", "Émile"]
+    assert [t.serial for t in store.list_tokens()] == ["B2", "a3", "b1"]
+
+
+def test_update_user_sets_fields_and_returns_the_record(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    updated = store.update_user("alice", email="a@example.org", disabled=True, password_hash="h")
+    assert updated == User("alice", email="a@example.org", disabled=True, password_hash="h", created=NOW)
+    assert store.get_user("alice") == updated
+    assert store.update_user("alice", phone=None, disabled=False).disabled is False
+
+
+def test_update_user_without_fields_returns_the_record(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    assert store.update_user("alice") == User("alice", created=NOW)
+
+
+def test_update_unknown_user_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError, match="nobody"):
+        store.update_user("nobody", email="x@example.org")
+    with pytest.raises(NotFoundError):
+        store.update_user("nobody")
+
+
+def test_update_user_refuses_other_fields(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    with pytest.raises(TypeError, match="failures"):
+        store.update_user("alice", failures=3)
+    with pytest.raises(TypeError, match="name"):
+        store.update_user("alice", name="mallory")
+
+
+def test_remove_user_removes_their_tokens_only(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_user(User("bob", created=NOW))
+    store.add_tokens([totp("A1", "alice"), hotp("A2", "alice"), totp("B1", "bob"), totp("FREE")])
+    store.remove_user("alice")
+    assert store.get_user("alice") is None
+    assert [t.serial for t in store.list_tokens()] == ["B1", "FREE"]
+
+
+def test_remove_unknown_user_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        store.remove_user("nobody")
+
+
+def test_reset_user_removes_factors_and_keeps_the_user(store: Store) -> None:
+    store.add_user(User("alice", email="a@example.org", created=NOW))
+    store.add_tokens([totp("A1", "alice"), hotp("A2", "alice"), totp("FREE")])
+    assert store.reset_user("alice") == 2
+    assert store.list_tokens("alice") == []
+    assert store.get_user("alice").email == "a@example.org"
+    assert store.get_token("FREE") is not None
+    assert store.reset_user("alice") == 0
+
+
+def test_reset_unknown_user_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        store.reset_user("nobody")
+
+
+# --- lockout -----------------------------------------------------------------
+
+
+def test_failures_count_up_then_lock_and_start_again(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    assert store.record_failure("alice", NOW, limit=3, lock_seconds=900).failures == 1
+    assert store.record_failure("alice", NOW, limit=3, lock_seconds=900).failures == 2
+    locked = store.record_failure("alice", NOW + 5, limit=3, lock_seconds=900)
+    assert locked.failures == 0
+    assert locked.locked_until == NOW + 5 + 900
+    assert store.get_user("alice") == locked
+
+
+def test_limit_of_one_locks_at_the_first_failure(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    assert store.record_failure("alice", NOW, limit=1, lock_seconds=60).locked_until == NOW + 60
+
+
+def test_failure_of_unknown_user_is_none(store: Store) -> None:
+    assert store.record_failure("nobody", NOW, limit=3, lock_seconds=60) is None
+
+
+def test_concurrent_failures_are_all_counted(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(4)]
+    stores[0].add_user(User("alice", created=NOW))
+    race([lambda s=s: s.record_failure("alice", NOW, limit=100, lock_seconds=60) for s in stores for _ in range(3)])
+    assert stores[0].get_user("alice").failures == 12
+
+
+def test_clear_failures_keeps_the_lock(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.record_failure("alice", NOW, limit=2, lock_seconds=60)
+    store.record_failure("alice", NOW, limit=2, lock_seconds=60)
+    store.record_failure("alice", NOW, limit=2, lock_seconds=60)
+    store.clear_failures("alice")
+    user = store.get_user("alice")
+    assert (user.failures, user.locked_until) == (0, NOW + 60)
+    store.clear_failures("nobody")   # no error: nothing to clear
+
+
+def test_unlock_lifts_the_lock(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.record_failure("alice", NOW, limit=1, lock_seconds=60)
+    store.record_failure("alice", NOW, limit=5, lock_seconds=60)
+    store.unlock("alice")
+    user = store.get_user("alice")
+    assert (user.failures, user.locked_until) == (0, None)
+    with pytest.raises(NotFoundError):
+        store.unlock("nobody")
+
+
+# --- tokens ------------------------------------------------------------------
+
+
+def test_added_token_reads_back(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    token = Token("T1", "totp", "JBSWY3DPEHPK3PXP", user="alice", digits=8, period=60,
+                  algorithm="sha256", last_step=5, created=NOW)
+    store.add_token(token)
+    assert store.get_token("T1") == token
+    assert store.get_token("nope") is None
+
+
+def test_duplicate_serial_is_refused(store: Store) -> None:
+    store.add_token(totp("T1"))
+    with pytest.raises(AlreadyExistsError, match="T1"):
+        store.add_token(hotp("T1"))
+    assert store.get_token("T1").type == "totp"
+
+
+def test_token_for_unknown_user_is_refused(store: Store) -> None:
+    with pytest.raises(NotFoundError, match="ghost"):
+        store.add_token(totp("T1", "ghost"))
+    assert store.list_tokens() == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        Token("", "totp", "JBSWY3DPEHPK3PXP"),
+        Token("T1", "sms", "JBSWY3DPEHPK3PXP"),
+        Token("T1", "totp", "JBSWY3DPEHPK3PXP", algorithm="md5"),
+        Token("T1", "totp", "JBSWY3DPEHPK3PXP", digits=4),
+        Token("T1", "totp", "JBSWY3DPEHPK3PXP", period=0),
+        Token("T1", "hotp", "JBSWY3DPEHPK3PXP", counter=-1),
+        Token("T1", "totp", ""),
+    ],
+)
+def test_unusable_token_is_refused(store: Store, token: Token) -> None:
+    with pytest.raises(RefusedError):
+        store.add_token(token)
+    assert store.list_tokens() == []
+
+
+def test_add_tokens_adds_all(store: Store) -> None:
+    assert store.add_tokens(hotp(f"H{i:05d}") for i in range(500)) == 500
+    assert len(store.list_tokens()) == 500
+
+
+def test_add_tokens_with_one_existing_serial_adds_nothing(store: Store) -> None:
+    store.add_token(hotp("H00002"))
+    batch = [hotp("H00001"), hotp("H00002"), hotp("H00003")]
+    with pytest.raises(AlreadyExistsError, match="H00002"):
+        store.add_tokens(batch)
+    assert [t.serial for t in store.list_tokens()] == ["H00002"]
+
+
+def test_add_tokens_with_a_serial_twice_adds_nothing(store: Store) -> None:
+    with pytest.raises(AlreadyExistsError, match="H2"):
+        store.add_tokens([hotp("H1"), hotp("H2"), hotp("H2")])
+    assert store.list_tokens() == []
+
+
+def test_add_tokens_with_one_bad_token_adds_nothing(store: Store) -> None:
+    with pytest.raises(RefusedError, match="H2"):
+        store.add_tokens([hotp("H1"), hotp("H2", algorithm="md5")])
+    assert store.list_tokens() == []
+
+
+def test_add_tokens_reads_its_input_as_it_writes_and_rolls_back_on_its_error(store: Store) -> None:
+    written: list[bool] = []
+
+    def tokens():
+        for i in range(2500):
+            if i in (0, 2400):      # this thread's transaction sees its own writes
+                written.append(bool(store.existing_token_serials(["H00000"])))
+            yield hotp(f"H{i:05d}")
+        raise RefusedError("line 2501: bad row")
+
+    with pytest.raises(RefusedError, match="line 2501"):
+        store.add_tokens(tokens())
+    assert written == [False, True]     # written as read, not gathered first
+    assert store.list_tokens() == []
+
+
+def test_existing_token_serials_in_chunks(store: Store) -> None:
+    store.add_tokens(hotp(f"H{i}") for i in range(0, 1200, 2))
+    asked = (f"H{i}" for i in range(1200))
+    assert store.existing_token_serials(asked) == {f"H{i}" for i in range(0, 1200, 2)}
+    assert store.existing_token_serials([]) == set()
+
+
+def test_add_users_with_their_tokens(store: Store) -> None:
+    rows = [(User(f"u{i}", email=f"u{i}@example.org"), [totp(f"T{i}", f"u{i}")] if i % 2 else [])
+            for i in range(10)]
+    assert store.add_users(iter(rows)) == 10
+    assert len(store.list_users()) == 10
+    assert [t.user for t in store.list_tokens()] == ["u1", "u3", "u5", "u7", "u9"]
+    assert store.existing_user_names(["u0", "u9", "nobody"]) == {"u0", "u9"}
+
+
+def test_add_users_with_one_existing_name_adds_nothing(store: Store) -> None:
+    store.add_user(User("u2"))
+    with pytest.raises(AlreadyExistsError, match="u2"):
+        store.add_users((User(f"u{i}"), [totp(f"T{i}", f"u{i}")]) for i in range(4))
+    assert [u.name for u in store.list_users()] == ["u2"]
+    assert store.list_tokens() == []
+
+
+def test_add_users_with_an_existing_serial_adds_nothing(store: Store) -> None:
+    store.add_token(totp("T3"))
+    with pytest.raises(AlreadyExistsError, match="T3"):
+        store.add_users((User(f"u{i}"), [totp(f"T{i}", f"u{i}")]) for i in range(5))
+    assert store.list_users() == []
+    assert [t.serial for t in store.list_tokens()] == ["T3"]
+
+
+def test_hardware_tokens_go_back_to_the_pool_with_their_counter(store: Store) -> None:
+    for name in ("alice", "bob"):
+        store.add_user(User(name))
+    store.add_tokens([hotp("FOB1", "alice", hardware=True, counter=42), totp("APP1", "alice"),
+                      totp("FOB2", "bob", hardware=True, last_step=99)])
+    assert store.reset_user("alice") == 2
+    assert store.get_token("APP1") is None
+    fob = store.get_token("FOB1")
+    assert (fob.user, fob.counter, fob.hardware) == (None, 42, True)
+    store.remove_user("bob")
+    fob = store.get_token("FOB2")
+    assert (fob.user, fob.last_step) == (None, 99)
+    store.assign_token("FOB1", "alice")          # handed out again
+
+
+def test_totp_drift_is_set_with_the_step_it_used(store: Store) -> None:
+    store.add_token(totp("T1"))
+    assert store.set_totp_drift("T1", 5, 1000)
+    token = store.get_token("T1")
+    assert (token.drift, token.last_step) == (5, 1000)
+    assert not store.set_totp_drift("T1", 4, 1000)     # that step is used already
+    assert not store.advance_totp("T1", 999)
+    assert store.get_token("T1").drift == 5
+
+
+def test_tokens_are_listed_by_serial_and_by_user(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_tokens([totp("C", "alice"), totp("A"), totp("B", "alice")])
+    assert [t.serial for t in store.list_tokens()] == ["A", "B", "C"]
+    assert [t.serial for t in store.list_tokens("alice")] == ["B", "C"]
+    assert store.list_tokens("nobody") == []
+
+
+def test_assign_token(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_user(User("bob", created=NOW))
+    store.add_token(hotp("H1"))
+    store.assign_token("H1", "alice")
+    assert store.get_token("H1").user == "alice"
+    store.assign_token("H1", "alice")   # again: nothing changes
+    with pytest.raises(RefusedError, match="alice"):
+        store.assign_token("H1", "bob")
+    with pytest.raises(NotFoundError, match="H9"):
+        store.assign_token("H9", "alice")
+    store.add_token(hotp("H2"))
+    with pytest.raises(NotFoundError, match="carol"):
+        store.assign_token("H2", "carol")
+    assert store.get_token("H2").user is None
+
+
+def test_remove_token(store: Store) -> None:
+    store.add_token(totp("T1"))
+    store.remove_token("T1")
+    assert store.get_token("T1") is None
+    with pytest.raises(NotFoundError, match="T1"):
+        store.remove_token("T1")
+
+
+def test_totp_step_is_accepted_once_and_only_forward(store: Store) -> None:
+    store.add_token(totp("T1"))
+    assert store.advance_totp("T1", 100)
+    assert not store.advance_totp("T1", 100)     # replay
+    assert not store.advance_totp("T1", 99)      # older code
+    assert store.advance_totp("T1", 101)
+    assert store.get_token("T1").last_step == 101
+    assert not store.advance_totp("nope", 1)
+
+
+def test_totp_replay_is_refused_across_reopen(make_store: StoreMaker) -> None:
+    first = make_store()
+    first.add_token(totp("T1"))
+    assert first.advance_totp("T1", 7)
+    first.close()
+    second = make_store()
+    assert not second.advance_totp("T1", 7)
+    second.close()
+
+
+def test_hotp_counter_moves_only_from_the_expected_value(store: Store) -> None:
+    store.add_token(hotp("H1", counter=5))
+    assert not store.advance_hotp("H1", expected=4, new_counter=6)
+    assert store.advance_hotp("H1", expected=5, new_counter=8)
+    assert not store.advance_hotp("H1", expected=5, new_counter=8)
+    assert store.get_token("H1").counter == 8
+    assert not store.advance_hotp("nope", 0, 1)
+
+
+def test_compare_and_set_respects_the_token_type(store: Store) -> None:
+    store.add_tokens([totp("T1"), hotp("H1")])
+    assert not store.advance_totp("H1", 1)
+    assert not store.advance_hotp("T1", 0, 1)
+
+
+def test_racing_totp_use_from_two_instances_has_one_winner(make_store: StoreMaker) -> None:
+    one, two = make_store(), make_store()
+    one.add_token(totp("T1"))
+    for step in range(1, 51):
+        results = race([lambda: one.advance_totp("T1", step), lambda: two.advance_totp("T1", step)])
+        assert sorted(results) == [False, True]
+    one.close()
+    two.close()
+
+
+def test_racing_hotp_use_from_threads_has_one_winner(store: Store) -> None:
+    store.add_token(hotp("H1"))
+    for counter in range(30):
+        results = race([lambda: store.advance_hotp("H1", counter, counter + 1)] * 4)
+        assert sorted(results) == [False, False, False, True]
+
+
+def _advance_in_child(make_store: StoreMaker, step: int, barrier, results) -> None:
+    store = make_store()
+    barrier.wait()
+    results.put(store.advance_totp("T1", step))
+    store.close()
+
+
+def test_racing_totp_use_from_processes_has_one_winner(make_store: StoreMaker) -> None:
+    make_store().add_token(totp("T1"))
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(4), context.Queue()
+    children = [context.Process(target=_advance_in_child, args=(make_store, 42, barrier, results)) for _ in range(4)]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=30) for _ in children]
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    assert sorted(outcomes) == [False, False, False, True]
+
+
+# --- challenges --------------------------------------------------------------
+
+
+def challenge(digest: str = "ab" * 32, expires: float = NOW + 300) -> Challenge:
+    return Challenge(state_digest=digest, user="alice", client="vpn", created=NOW, expires=expires,
+                     factors=("totp", "sms"), data={"sent": {"sms": NOW}, "attempts": 1})
+
+
+def test_challenge_is_taken_once(store: Store) -> None:
+    store.put_challenge(challenge())
+    assert store.take_challenge("ab" * 32) == challenge()
+    assert store.take_challenge("ab" * 32) is None
+
+
+def test_unknown_challenge_is_none(store: Store) -> None:
+    assert store.take_challenge("cd" * 32) is None
+
+
+def test_expired_challenge_is_still_returned(store: Store) -> None:
+    store.put_challenge(challenge(expires=NOW - 1))
+    assert store.take_challenge("ab" * 32).expires == NOW - 1
+
+
+def test_duplicate_challenge_is_refused(store: Store) -> None:
+    store.put_challenge(challenge())
+    with pytest.raises(AlreadyExistsError):
+        store.put_challenge(challenge())
+
+
+def test_challenge_data_must_be_json(store: Store) -> None:
+    bad = Challenge("ef" * 32, "alice", "vpn", NOW, NOW + 300, data={"x": object()})
+    with pytest.raises(StoreError):
+        store.put_challenge(bad)
+
+
+def test_purge_removes_only_expired_challenges(store: Store) -> None:
+    store.put_challenge(challenge("01" * 32, expires=NOW - 10))
+    store.put_challenge(challenge("02" * 32, expires=NOW - 1))
+    store.put_challenge(challenge("03" * 32, expires=NOW + 1))
+    assert store.purge_challenges(NOW) == 2
+    assert store.take_challenge("03" * 32) is not None
+
+
+def test_pending_challenges_are_counted(store: Store) -> None:
+    store.put_challenge(challenge("01" * 32, expires=NOW - 1))
+    store.put_challenge(challenge("02" * 32, expires=NOW))
+    store.put_challenge(challenge("03" * 32, expires=NOW + 300))
+    assert store.count_challenges(NOW) == 2
+    assert store.count_challenges(NOW + 301) == 0
+
+
+def test_racing_threads_take_a_challenge_once(store: Store) -> None:
+    for i in range(50):
+        digest = f"{i:064x}"
+        store.put_challenge(challenge(digest))
+        results = race([lambda: store.take_challenge(digest)] * 4)
+        assert sum(r is not None for r in results) == 1
+
+
+def test_racing_instances_take_a_challenge_once(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(3)]
+    for i in range(50):
+        digest = f"{i:064x}"
+        stores[0].put_challenge(challenge(digest))
+        results = race([lambda s=s: s.take_challenge(digest) for s in stores])
+        assert sum(r is not None for r in results) == 1
+
+
+# --- sent codes ----------------------------------------------------------------
+
+
+def sent(code_id: str, user: str = "alice", created: float = NOW, station: str | None = "10.0.0.7",
+         **changes) -> SentCode:
+    fields = dict(id=code_id, user=user, channel="sms", code_mac="ab" * 32, client="vpn",
+                  calling_station_id=station, created=created, expires=created + 300)
+    fields.update(changes)
+    return SentCode(**fields)
+
+
+def test_sent_code_reads_back_and_is_taken_once(store: Store) -> None:
+    store.put_sent_code(sent("c1"))
+    store.set_sent_code_provider("c1", "gateway-a")
+    assert store.sent_codes_for("alice") == [sent("c1", provider="gateway-a")]
+    assert store.take_sent_code("c1") is True
+    assert store.take_sent_code("c1") is False
+    assert store.sent_codes_for("alice") == []
+
+
+def test_sent_codes_come_newest_first_expired_ones_too(store: Store) -> None:
+    store.put_sent_code(sent("old", created=NOW - 1000))
+    store.put_sent_code(sent("new"))
+    store.put_sent_code(sent("bobs", user="bob"))
+    assert [c.id for c in store.sent_codes_for("alice")] == ["new", "old"]
+
+
+def test_duplicate_sent_code_id_is_refused(store: Store) -> None:
+    store.put_sent_code(sent("c1"))
+    with pytest.raises(AlreadyExistsError):
+        store.put_sent_code(sent("c1"))
+
+
+def test_pending_sent_code_matches_one_login_attempt(store: Store) -> None:
+    store.put_sent_code(sent("c1"))
+    store.put_sent_code(sent("nostation", station=None, created=NOW + 1))
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5).id == "c1"
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5, channel="sms").id == "c1"
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5, channel="email") is None
+    assert store.pending_sent_code("vpn", "alice", None, NOW - 30, NOW + 5).id == "nostation"
+    assert store.pending_sent_code("wifi", "alice", "10.0.0.7", NOW - 30, NOW + 5) is None
+    assert store.pending_sent_code("vpn", "bob", "10.0.0.7", NOW - 30, NOW + 5) is None
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.8", NOW - 30, NOW + 5) is None
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW + 1, NOW + 5) is None   # sent too long ago
+    assert store.pending_sent_code("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 300) is None  # expired
+
+
+def test_remove_and_purge_sent_codes(store: Store) -> None:
+    store.put_sent_code(sent("c1"))
+    store.put_sent_code(sent("c2", created=NOW - 400))
+    store.remove_sent_code("c1")
+    store.remove_sent_code("absent")
+    assert store.purge_sent_codes(NOW) == 1
+    assert store.sent_codes_for("alice") == []
+
+
+def test_allow_send_counts_within_the_window(store: Store) -> None:
+    assert [store.allow_send("alice", NOW + i, 5, 300) for i in range(6)] == [True] * 5 + [False]
+    assert store.allow_send("bob", NOW, 5, 300) is True
+    assert store.allow_send("alice", NOW + 299, 5, 300) is False
+    assert store.allow_send("alice", NOW + 300, 5, 300) is True     # the first send left the window
+
+
+def test_racing_instances_never_exceed_the_rate_limit(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(4)]
+    for user in ("alice", "bob", "carol", "dave", "erin"):
+        results = race([lambda s=s: s.allow_send(user, NOW, 3, 300) for s in stores for _ in range(2)])
+        assert sum(results) == 3
+
+
+def test_racing_instances_take_a_sent_code_once(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(3)]
+    for i in range(30):
+        stores[0].put_sent_code(sent(f"c{i}"))
+        results = race([lambda s=s, i=i: s.take_sent_code(f"c{i}") for s in stores])
+        assert sum(results) == 1
+
+
+def test_reset_and_remove_user_drop_their_sent_codes(store: Store) -> None:
+    for name in ("alice", "bob"):
+        store.add_user(User(name, created=NOW))
+        store.put_sent_code(sent(f"{name}-code", user=name))
+        assert store.allow_send(name, NOW, 1, 300)
+    store.reset_user("alice")
+    store.remove_user("bob")
+    assert store.sent_codes_for("alice") == store.sent_codes_for("bob") == []
+    assert store.allow_send("alice", NOW, 1, 300) and store.allow_send("bob", NOW, 1, 300)
+
+
+def test_the_sent_code_key_is_derived_and_shared_by_the_store_key(make_store: StoreMaker) -> None:
+    first, second = make_store(), make_store()
+    key = first.sent_code_key()
+    assert len(key) == 32 and key == second.sent_code_key()
+    box = SecretBox(bytes(32))
+    assert box.derive(b"sent codes") != box.derive(b"other") and bytes(32) not in box.derive(b"sent codes")
+
+
+# --- clients -----------------------------------------------------------------
+
+
+def test_client_requests_are_counted(store: Store) -> None:
+    store.note_client_request("vpn", NOW, with_message_authenticator=True)
+    store.note_client_request("vpn", NOW + 10, with_message_authenticator=False, count=3)
+    store.note_client_request("wifi", NOW + 20, with_message_authenticator=False)
+    assert store.list_clients_seen() == [
+        ClientSeen("vpn", requests=4, last_seen=NOW + 10, last_with_message_authenticator=NOW,
+                   last_without_message_authenticator=NOW + 10),
+        ClientSeen("wifi", requests=1, last_seen=NOW + 20, last_with_message_authenticator=None,
+                   last_without_message_authenticator=NOW + 20),
+    ]
+
+
+def test_late_client_report_does_not_move_times_back(store: Store) -> None:
+    store.note_client_request("vpn", NOW + 10, with_message_authenticator=True)
+    store.note_client_request("vpn", NOW, with_message_authenticator=True)
+    seen = store.list_clients_seen()[0]
+    assert (seen.requests, seen.last_seen, seen.last_with_message_authenticator) == (2, NOW + 10, NOW + 10)
+
+
+def test_concurrent_client_counts_add_up(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(3)]
+    race([lambda s=s: [s.note_client_request("vpn", NOW, True) for _ in range(20)] for s in stores])
+    assert stores[0].list_clients_seen()[0].requests == 60
+
+
+# --- authentication log ------------------------------------------------------
+
+
+def test_auth_records_filter_and_order(store: Store) -> None:
+    records = [
+        AuthRecord(NOW + 2, {"user": "bob", "result": "reject", "reason": "bad_code"}),
+        AuthRecord(NOW, {"user": "alice", "result": "accept", "factor": "totp"}),
+        AuthRecord(NOW + 1, {"user": "alice", "result": "challenge"}),
+        AuthRecord(NOW + 3, {"result": "reject", "reason": "unknown_user", "user": None}),
+    ]
+    for record in records:
+        store.add_auth_record(record)
+    assert [r.time for r in store.auth_records()] == [NOW, NOW + 1, NOW + 2, NOW + 3]
+    assert store.auth_records(user="alice") == [records[1], records[2]]
+    assert store.auth_records(since=NOW + 1, user="alice") == [records[2]]
+    assert [r.time for r in store.auth_records(since=NOW + 2)] == [NOW + 2, NOW + 3]
+
+
+def test_auth_records_in_one_batch_keep_their_order_and_user(store: Store) -> None:
+    batch = [AuthRecord(NOW, {"user": f"u{i}", "result": "accept"}) for i in range(250)]
+    store.add_auth_records(batch)
+    assert store.auth_records() == batch
+    assert store.auth_records(user="u7") == [batch[7]]
+
+
+def test_a_batch_with_a_record_that_cannot_be_stored_stores_none(store: Store) -> None:
+    batch = [AuthRecord(NOW, {"user": "a"}), AuthRecord(NOW, {"user": "b", "bad": object()})]
+    with pytest.raises(StoreError, match="cannot be stored"):
+        store.add_auth_records(batch)
+    assert store.auth_records() == []
+
+
+# --- secrets at rest, the key ---------------------------------------------------
+
+
+def test_no_token_secret_is_in_clear_in_the_database(store: Store) -> None:
+    store.add_user(User("alice"))
+    store.add_token(totp("SOFT1", "alice"))
+    store.add_tokens(totp(f"HW{i}") for i in range(50))
+    secrets = [row[0] for row in raw_rows(store, "SELECT secret FROM tokens")]
+    assert len(secrets) == 51 and all(is_sealed(s) and SECRET not in s for s in secrets)
+    assert {t.secret for t in store.list_tokens()} == {SECRET}
+
+
+def test_a_secret_moved_to_another_row_does_not_open(store: Store) -> None:
+    store.add_tokens([totp("T1"), Token(serial="T2", type="totp", secret="JBSWY3DPEHPK3PXPJBSWY3DP")])
+    conn = store._conn()
+    conn.execute("UPDATE tokens SET secret = (SELECT secret FROM tokens WHERE serial = 'T1') WHERE serial = 'T2'")
+    with pytest.raises(StoreError, match="token T2"):
+        store.get_token("T2")
+
+
+def test_a_store_refuses_another_key_file(make_store: StoreMaker) -> None:
+    make_store().add_token(totp("T1"))
+    with pytest.raises(StoreError, match="not the key of the store"):
+        make_store.with_box(SecretBox(os.urandom(KEY_BYTES), source="other.key"))
+
+
+# --- connections -----------------------------------------------------------------
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
+
+
+def test_closed_store_refuses_calls(make_store: StoreMaker) -> None:
+    store = make_store()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get_user("alice")
+    store.close()   # twice is fine
+
+
+def test_close_from_another_thread_is_safe(make_store: StoreMaker) -> None:
+    store = make_store()
+    race([lambda: store.get_user("x")] * 3)   # connections in other threads
+    store.close()
+    with pytest.raises(StoreError):
+        store.list_users()
+
+
+def test_each_thread_has_its_own_connection(store: Store) -> None:
+    mine = store._conn()
+    theirs = race([store._conn])[0]
+    assert mine is not theirs
+    assert store._conn() is mine
+
+
+def test_forked_child_opens_its_own_connection(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def child() -> None:
+        store.record_failure("alice", NOW, limit=10, lock_seconds=60)
+        results.put(store.get_user("alice").failures)
+
+    process = context.Process(target=child)
+    process.start()
+    assert results.get(timeout=30) == 1
+    process.join(timeout=30)
+    assert process.exitcode == 0
+    assert store.get_user("alice").failures == 1
