@@ -4,7 +4,10 @@ Counting every request with a write to the store would put a database round
 trip on every packet; instead the counts gather here and are written every
 few seconds (and at shutdown). Whether a client has ever sent a
 Message-Authenticator is known at once in memory, which is what
-``require_message_authenticator: auto`` needs: required once seen.
+``require_message_authenticator: auto`` needs: required once seen. Each
+flush also reads back what the store knows, so that once any worker or any
+server sharing the store has seen a client send one, every one of them
+requires it within a flush interval.
 """
 
 from __future__ import annotations
@@ -60,3 +63,9 @@ class ClientActivity:
                 again.count_with += p.count_with
                 again.count_without += p.count_without
                 again.last = max(again.last, p.last)
+        try:
+            seen = await self.store.list_clients_seen()
+        except Exception as exc:
+            log.warning("activity.refresh_failed", error=str(exc))
+            return
+        self._sends_ma.update(s.name for s in seen if s.last_with_message_authenticator is not None)

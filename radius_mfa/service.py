@@ -19,11 +19,11 @@ from twisted.internet.error import CannotListenError
 from twisted.python.threadpool import ThreadPool
 
 from radius_mfa.activity import ClientActivity
+from radius_mfa.auditstore import AuditBatcher
 from radius_mfa.audit import AuditLog, audit_record, bridge_twisted_logging, configure_logging
 from radius_mfa.config import Config, load_config
 from radius_mfa.engine import Engine
 from radius_mfa.errors import ConfigError, StoreError
-from radius_mfa.model import AuthRecord
 from radius_mfa.primary.local import LocalBackend, NoPrimary
 from radius_mfa.radius.clients import ClientTable
 from radius_mfa.radius.dictionary import load_dictionary
@@ -37,6 +37,9 @@ from radius_mfa.delivery.base import CHANNELS
 from radius_mfa.delivery.sender import build_senders
 from radius_mfa.verifiers.hotp import HotpVerifier
 from radius_mfa.verifiers.totp import TotpVerifier
+from radius_mfa.systemd import notify
+from radius_mfa.udp import enlarge_receive_buffer
+from radius_mfa.workers import WorkerSlot, supervise, worker_slot
 
 log = structlog.get_logger("radius_mfa.service")
 
@@ -46,6 +49,7 @@ PURGE_SECONDS = 60.0
 DROPLOG_FLUSH_SECONDS = 10.0     # the tail of a burst of drops is reported even if none follows
 # a replaced backend (SIGHUP) keeps serving the requests it has in flight this long
 RETIRE_SECONDS = 120.0
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 def build_primary(config: Config, *, reactor, hash_runner, ldap_runner, dictionary):
@@ -100,29 +104,23 @@ def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[],
     )
 
 
-def notify_systemd(message: bytes) -> None:
-    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if set."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message)
-    except OSError as exc:
-        log.warning("systemd.notify_failed", error=str(exc))
-
 
 class Service:
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, *, worker: WorkerSlot | None = None,
+                 serve_http: bool = True):
         self.config = config
         self.reactor = reactor
+        self.worker = worker             # set in a process the supervisor started (server.workers > 1)
         self.exit_code = 0
         self.protocols: list[RadiusServer] = []
         self.ports = []
         self._stopping = False
+        # metrics (config.metrics): the families, the health check, and the
+        # HTTP port unless a supervisor serves /metrics for its workers
+        self.serve_http = serve_http
+        self.metrics = None
+        self.health = None
+        self.http_port = None
 
     def start(self) -> None:
         """Open the store and the listeners; raises ConfigError, StoreError or
@@ -137,28 +135,27 @@ class Service:
         self.ldap_pool = ThreadPool(minthreads=0, maxthreads=8, name="ldap")
         self.ldap_pool.start()
         reactor.addSystemEventTrigger("during", "shutdown", self.ldap_pool.stop)
-        self.store = AsyncStore(self.sync_store, thread_runner(reactor, self.store_pool))
+        self.store = AsyncStore(self.sync_store, thread_runner(reactor, self.store_pool),
+                                on_error=self._store_failed)
         self.hash_runner = thread_runner(reactor, self.hash_pool)
         self.ldap_runner = thread_runner(reactor, self.ldap_pool)
         self.dictionary = load_dictionary()
 
         runtime = self._runtime(config)
         self.activity = ClientActivity(self.store, self.sync_store.list_clients_seen())
-        self.audit = AuditLog(config.audit.file, keep=self._keep_record)
+        self.audit_rows = AuditBatcher(self.store, reactor, reactor.seconds)
+        self.audit = AuditLog(config.audit.file, keep=self.audit_rows.keep)
         dictionary = self.dictionary
         duplicates = DuplicateCache(reactor)
-        droplog = DropLogger(structlog.get_logger("radius_mfa.drop"), reactor)
+        droplog = DropLogger(structlog.get_logger("radius_mfa.drop"), reactor,
+                             observer=self._dropped)
 
         for address in config.server.listen:
             protocol = RadiusServer(runtime, dictionary=dictionary, reactor=reactor,
                                     activity=self.activity, on_finished=self._finished,
                                     droplog=droplog, duplicates=duplicates)
-            self.ports.append(reactor.listenUDP(address.port, protocol, interface=address.host,
-                                                maxPacketSize=4096))
+            self.ports.append(self._listen(len(self.ports), address, protocol))
             self.protocols.append(protocol)
-        if config.server.workers > 1:
-            log.warning("server.workers_not_supported", workers=config.server.workers,
-                        detail="this version serves with one process")
 
         self._loops = []
         for work, interval in ((self.activity.flush, ACTIVITY_FLUSH_SECONDS),
@@ -169,10 +166,43 @@ class Service:
             loop.start(interval, now=False).addErrback(self._loop_failed)
             self._loops.append(loop)
 
-        log.info("server.listening", server=config.server.name,
-                 listen=[f"{p.getHost().host}:{p.getHost().port}" for p in self.ports],
-                 clients=len(config.clients), primary=config.primary.backend)
-        notify_systemd(b"READY=1\nSTATUS=listening")
+        if self.worker is not None:
+            loop = task.LoopingCall(self._watch_supervisor)
+            loop.clock = reactor
+            loop.start(ORPHAN_CHECK_SECONDS, now=False).addErrback(self._loop_failed)
+            self._loops.append(loop)
+
+        self._start_metrics()
+
+        listening = [f"{p.getHost().host}:{p.getHost().port}" for p in self.ports]
+        if self.worker is not None:      # the supervisor says server.listening once all are ready
+            log.info("worker.listening", listen=listening)
+            notify(b"READY=1\nWORKER=%d" % self.worker.index)
+        else:
+            log.info("server.listening", server=config.server.name, listen=listening,
+                     clients=len(config.clients), primary=config.primary.backend)
+            notify(b"READY=1\nSTATUS=listening")
+
+    def _watch_supervisor(self) -> None:
+        """A worker whose supervisor died (SIGKILL) stops instead of serving on alone."""
+        if self.worker is not None and self.worker.orphaned():
+            log.error("worker.orphaned", detail="the supervisor is gone: stopping")
+            self.stop()
+
+    def _listen(self, index: int, address, protocol):
+        """The UDP port for the ``index``-th listen address: bound here, or,
+        in a worker, adopted from the socket the supervisor handed over."""
+        if self.worker is None:
+            port = self.reactor.listenUDP(address.port, protocol, interface=address.host,
+                                          maxPacketSize=4096)
+            enlarge_receive_buffer(port.socket)
+            return port
+        fd = self.worker.fds[index]
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            family = sock.family
+        port = self.reactor.adoptDatagramPort(fd, family, protocol, maxPacketSize=4096)
+        os.close(fd)                     # the reactor holds its own duplicate
+        return port
 
     def _runtime(self, config: Config) -> Runtime:
         primary = build_primary(config, reactor=self.reactor, hash_runner=self.hash_runner,
@@ -182,15 +212,13 @@ class Service:
 
     # --- per request -------------------------------------------------------------
     def _finished(self, finished: Finished) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(finished)
         record = audit_record(finished, self.config.server.name, self.reactor.seconds())
         self.audit.write(record)
         log.info("auth.decision", client=record["client"], user=record["user"],
                  result=record["result"], reason=record["reason"], factor=record["factor"],
                  duration_ms=record["duration_ms"], request_id=record["request_id"])
-
-    def _keep_record(self, record: dict) -> None:
-        d = self.store.add_auth_record(AuthRecord(time=self.reactor.seconds(), fields=record))
-        d.addErrback(lambda f: log.error("audit.store_failed", error=f.getErrorMessage()))
 
     async def _purge(self) -> None:
         now = self.reactor.seconds()
@@ -204,6 +232,77 @@ class Service:
     def _loop_failed(self, failure) -> None:
         log.error("service.loop_failed", exception=failure.getTraceback())
 
+    # --- metrics and health ----------------------------------------------------------
+    def _start_metrics(self) -> None:
+        """With ``metrics`` configured: the metric families, a refresh every
+        few seconds (store ping, pending challenges, upstream health) and,
+        unless a supervisor serves them, /metrics and /health on this reactor."""
+        config = self.config
+        if config.metrics is None:
+            return
+        from radius_mfa.metrics import STORE_PING_SECONDS, Metrics, ServiceHealth, listen_http
+
+        self.metrics = Metrics()
+        self.metrics.set_store_up(True)     # it was just opened; the first ping follows now
+        self.health = ServiceHealth(self.reactor.seconds, server=config.server.name,
+                                    workers=config.server.workers,
+                                    dead_upstreams=self._dead_upstreams)
+        loop = task.LoopingCall(self._refresh_metrics)
+        loop.clock = self.reactor
+        loop.start(STORE_PING_SECONDS, now=True).addErrback(self._loop_failed)
+        self._loops.append(loop)
+        if self.serve_http:
+            self.http_port = listen_http(self.reactor, config.metrics.listen, self.metrics,
+                                         self.health)
+            host = self.http_port.getHost()
+            log.info("metrics.listening", address=f"{host.host}:{host.port}")
+
+    def _primary(self):
+        return self.protocols[0].runtime.engine.primary if self.protocols else None
+
+    def _upstream_health(self) -> tuple[str, dict[str, bool]] | None:
+        """(backend, server → up) of a primary that talks to servers; else None."""
+        primary = self._primary()
+        server_health = getattr(primary, "server_health", None)
+        return None if server_health is None else (primary.name, server_health())
+
+    def _dead_upstreams(self) -> list[str]:
+        upstreams = self._upstream_health()
+        return [] if upstreams is None else [s for s, up in upstreams[1].items() if not up]
+
+    def _refresh_metrics(self) -> None:
+        upstreams = self._upstream_health()
+        if upstreams is not None:
+            self.metrics.set_upstreams(*upstreams)
+        if self.health.ping_started():      # never a second ping while one hangs
+            from twisted.internet.defer import Deferred
+
+            Deferred.fromCoroutine(self._ping_store()).addErrback(self._loop_failed)
+
+    async def _ping_store(self) -> None:
+        ok = False
+        try:
+            await self.store.ping()
+            pending = await self.store.count_challenges(self.reactor.seconds())
+            self.metrics.set_pending_challenges(pending)
+            ok = True
+        except StoreError as exc:
+            if self.health.store_ok:
+                log.error("store.unreachable", error=str(exc))
+        finally:
+            if ok and not self.health.store_ok:
+                log.info("store.reachable")
+            self.health.ping_finished(ok)
+            self.metrics.set_store_up(ok)
+
+    def _store_failed(self, operation: str) -> None:
+        if self.metrics is not None:
+            self.metrics.store_error(operation)
+
+    def _dropped(self, reason) -> None:
+        if self.metrics is not None:
+            self.metrics.drop(reason)
+
     # --- signals -------------------------------------------------------------------
     def reload(self) -> None:
         """SIGHUP: a new client table and engine from the file; on error keep the old."""
@@ -213,9 +312,10 @@ class Service:
         except ConfigError as exc:
             log.error("config.reload_failed", problems=exc.problems)
             return
-        if config.store != self.config.store or config.server.listen != self.config.server.listen:
+        if (config.store != self.config.store or config.server.listen != self.config.server.listen
+                or config.metrics != self.config.metrics or config.server.workers != self.config.server.workers):
             log.warning("config.reload_partial",
-                        detail="store and listen addresses change only with a restart")
+                        detail="store, listen and metrics addresses and workers change only with a restart")
         retired = self.protocols[0].runtime.engine.primary if self.protocols else None
         for protocol in self.protocols:
             protocol.runtime = runtime
@@ -230,6 +330,8 @@ class Service:
         if self._stopping:
             return
         self._stopping = True
+        if self.health is not None:          # load balancers look elsewhere while we drain
+            self.health.mark_stopping()
         log.info("server.stopping")
         for loop in self._loops:
             if loop.running:
@@ -244,12 +346,15 @@ class Service:
         d.addCallback(lambda _: defer.DeferredList(
             [defer.maybeDeferred(port.stopListening) for port in self.ports], consumeErrors=True))
         d.addCallback(lambda _: defer.Deferred.fromCoroutine(self.activity.flush()))
+        d.addBoth(lambda _: self.audit_rows.flush())
         d.addBoth(lambda _: self._close())
 
     def abort(self) -> None:
         """Undo a start that failed half-way: close ports, stop thread pools."""
         for port in self.ports:
             port.stopListening()
+        if self.http_port is not None:
+            self.http_port.stopListening()
         for pool in (getattr(self, "store_pool", None), getattr(self, "hash_pool", None),
                      getattr(self, "ldap_pool", None)):
             if pool is not None and pool.started:
@@ -259,17 +364,40 @@ class Service:
         if self.protocols:
             stop_primary(self.protocols[0].runtime.engine.primary)
         self.audit.close()
+        if self.http_port is not None:
+            self.http_port.stopListening()
         self.reactor.stop()
         log.info("server.stopped")
 
 
 def run(config: Config) -> int:
-    """Serve in the foreground until SIGTERM; returns the exit code."""
+    """Serve in the foreground until SIGTERM; returns the exit code.
+
+    With ``server.workers`` > 1 this process supervises the workers
+    (:mod:`radius_mfa.workers`); a worker it started serves here."""
+    configure_logging(config.log.level, config.log.format)
+    slot = worker_slot()
+    if slot is None and config.server.workers > 1:
+        return supervise(config)
+    if slot is not None:
+        structlog.contextvars.bind_contextvars(worker=slot.index)
+        if len(slot.fds) != len(config.server.listen):
+            log.error("server.start_failed",
+                      error="server.listen changed: restart the server to listen elsewhere")
+            return 1
     from twisted.internet import reactor
 
-    configure_logging(config.log.level, config.log.format)
     bridge_twisted_logging()
-    service = Service(config, reactor)
+    service = Service(config, reactor, worker=slot, serve_http=slot is None)
+
+    def on_signal(handler):
+        return lambda signum, frame: reactor.callFromThread(handler)
+
+    # before start(): it says READY, and a SIGHUP that follows at once must
+    # find its handler (the default action would end the process)
+    signal.signal(signal.SIGHUP, on_signal(service.reload))
+    signal.signal(signal.SIGTERM, on_signal(service.stop))
+    signal.signal(signal.SIGINT, on_signal(service.stop))
     try:
         service.start()
     except ConfigError as exc:
@@ -282,12 +410,6 @@ def run(config: Config) -> int:
         log.error("server.start_failed", error=str(exc))
         return 1
 
-    def on_signal(handler):
-        return lambda signum, frame: reactor.callFromThread(handler)
-
-    signal.signal(signal.SIGHUP, on_signal(service.reload))
-    signal.signal(signal.SIGTERM, on_signal(service.stop))
-    signal.signal(signal.SIGINT, on_signal(service.stop))
     reactor.run(installSignalHandlers=False)
     service.sync_store.close()
     return service.exit_code

@@ -36,7 +36,9 @@ def command() -> list[str]:
 
 
 def write_config(directory: Path, port: int, *, clients: str | None = None, policy: str = "",
-                 extra: str = "", primary: str = "  backend: local") -> Path:
+                 extra: str = "", primary: str = "  backend: local",
+                 store: str = "sqlite:///radius-mfa.db", workers: int = 1,
+                 name: str = "mfa-test") -> Path:
     clients = clients or f"""
   - name: local
     address: 127.0.0.1
@@ -47,10 +49,11 @@ def write_config(directory: Path, port: int, *, clients: str | None = None, poli
     path = directory / "radius-mfa.yaml"
     path.write_text(f"""
 server:
-  name: mfa-test
+  name: {name}
   listen:
     - udp: "127.0.0.1:{port}"
-store: "sqlite:///radius-mfa.db"
+  workers: {workers}
+store: "{store}"
 clients:{clients}
 primary:
 {primary}

@@ -88,6 +88,26 @@ def test_serve_tells_systemd_it_is_ready(tmp_path):
     assert b"READY=1" in message.split(b"\n")
 
 
+def test_a_sighup_sent_the_moment_it_says_ready_reloads_and_does_not_end_it(tmp_path):
+    # a supervisor (or systemd) may pass on a SIGHUP right after READY=1:
+    # the handler must already be there, or SIGHUP's default action ends the process
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.settimeout(20)
+        server = Server(tmp_path).start(env={"NOTIFY_SOCKET": address})
+        try:
+            assert b"READY=1" in listener.recv(1024).split(b"\n")
+            server.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "config.reloaded" not in server.log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "config.reloaded" in server.log()
+            assert server.proc.poll() is None
+        finally:
+            assert server.stop() == 0
+
+
 def test_serve_with_a_bad_configuration_exits_2_with_every_problem(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("server:\n  listen:\n    - udp: 'nowhere'\nclients:\n  - name: x\n")

@@ -370,6 +370,20 @@ class LdapBackend:
         """Unbind the idle service connections; later ones are closed when handed back."""
         self._pool.close()
 
+    def server_health(self) -> dict[str, bool]:
+        """``ldap[s]://host:port`` of each configured server → in use (False:
+        failed lately, tried after the others). Only scheme, host and port:
+        nothing else of the URL."""
+        now = self._clock()
+        with self._health._lock:
+            down_until = list(self._health._down_until)
+        health = {}
+        for target, until in zip(self._targets, down_until):
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            scheme = "ldaps" if target.use_ssl else "ldap"
+            health[f"{scheme}://{host}:{target.port}"] = until <= now
+        return health
+
     # -- checks that need no network
     @staticmethod
     def _refuse_early(request: PrimaryRequest) -> PrimaryResult | None:

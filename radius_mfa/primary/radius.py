@@ -390,6 +390,11 @@ class RadiusBackend:
         return tuple(u.label for u in self.upstreams
                      if u.dead_until is not None and now < u.dead_until)
 
+    def server_health(self) -> dict[str, bool]:
+        """``host:port`` of each configured server → in use (False: skipped as dead)."""
+        dead = set(self.dead_servers())
+        return {u.label: u.label not in dead for u in self.upstreams}
+
     # --- the check ----------------------------------------------------------------
     async def authenticate(self, request: PrimaryRequest) -> PrimaryResult:
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 EVENT = "radius.drop"
 
@@ -51,11 +51,16 @@ class DropLogger:
     ``max_sources`` bounds the memory a flood of spoofed source addresses
     can take: past it the oldest pairs are forgotten (their next drop is
     logged at once, and a pending count is lost).
+
+    ``observer``, when given, is called with the reason of every drop,
+    logged or not (the metrics count them all).
     """
 
     def __init__(self, log: WarningLogger, clock: SecondsClock, interval: float = 10.0,
-                 max_sources: int = 10_000):
+                 max_sources: int = 10_000,
+                 observer: Callable[[DropReason], None] | None = None):
         self._log = log
+        self.observer = observer
         self._clock = clock
         self._interval = interval
         self._max_sources = max_sources
@@ -70,6 +75,8 @@ class DropLogger:
         Raises ValueError for a reason outside :class:`DropReason`.
         """
         reason = DropReason(reason)
+        if self.observer is not None:
+            self.observer(reason)
         now = self._clock.seconds()
         key = (reason, source_ip)
         window = self._windows.get(key)
