@@ -107,7 +107,7 @@ class CodeBook:
         return otp_at(user.token, step)
 
 
-def make_users(store_url: str, count: int, workers: int) -> list[BenchUser]:
+def make_users(store_url: str, key_file: str, count: int, workers: int) -> list[BenchUser]:
     """``count`` users with a password and a TOTP token each, written to the store."""
     plain = [secrets.token_urlsafe(12) for _ in range(count)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -119,7 +119,7 @@ def make_users(store_url: str, count: int, workers: int) -> list[BenchUser]:
         token = Token(serial=f"BENCH{index:05d}", type="totp", secret=secret, user=name,
                       period=TOTP_PERIOD)
         users.append(BenchUser(name, password, token))
-    store = open_store(store_url)
+    store = open_store(store_url, key_file)
     try:
         now = time.time()
         for user, hashed in zip(users, hashes):
@@ -484,7 +484,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
 
     started = time.perf_counter()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    users = make_users(store_url(directory), args.users, workers=cpus)
+    # the key file the server finds beside its config (store_key_file's default)
+    users = make_users(store_url(directory), str(directory / "store.key"), args.users, workers=cpus)
     setup_seconds = time.perf_counter() - started
 
     server = ServerProcess(config, directory)
@@ -532,11 +533,17 @@ def _verdict(results: list[ScenarioResult], codes: CodeBook, server: ServerProce
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run_in_temporary_directory(tool: str, prefix: str, args: argparse.Namespace,
+                               run: Callable[[argparse.Namespace, Path], int],
+                               validate: Callable[[argparse.Namespace], None] | None = None) -> int:
+    """What every benchmark's ``main`` does around its ``run``: a temporary
+    directory (kept with ``--keep``), one clear line and exit 2 for a bad
+    argument or a failed run, 130 on Ctrl-C (the servers are stopped by
+    their own ``finally``)."""
     try:
-        _validate(args)
-        directory = Path(tempfile.mkdtemp(prefix="radius-mfa-bench-"))
+        if validate is not None:
+            validate(args)
+        directory = Path(tempfile.mkdtemp(prefix=prefix))
         try:
             return run(args, directory)
         finally:
@@ -545,11 +552,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 shutil.rmtree(directory, ignore_errors=True)
     except (BenchError, loadgen.LoadError, OSError) as exc:
-        print(f"bench_core: {exc}", file=sys.stderr)
+        print(f"{tool}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench_core: interrupted; the server was stopped", file=sys.stderr)
+        print(f"{tool}: interrupted; the servers were stopped", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_in_temporary_directory("bench_core", "radius-mfa-bench-", _parser().parse_args(argv),
+                                      run, _validate)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ Why it looks the way it does:
 * Bounded twice: by a count of transactions and by a wall-clock duration
   after which no new transaction starts; every request has its own timeout,
   so a run always stops by itself.
+* Two ways to pace: closed loop (``concurrency`` workers, each starting its
+  next transaction when the last one ends: the server's capacity) or open
+  loop (``rate``: transactions start on a fixed schedule whatever the
+  server does, at most ``concurrency`` in flight: latency at a given load).
+  In the open loop a start that is due while ``concurrency`` transactions
+  are in flight waits and is counted as late, so an overloaded server shows
+  as late starts instead of silently lowering the offered rate.
 * Loopback only: the generator refuses any target outside 127.0.0.0/8 and
   ``::1``. Pointing a load generator at somebody's production RADIUS server
   by mistake must not be one typo away.
@@ -71,6 +78,7 @@ CODE_NAMES = {
 TIMEOUT = "timeout"
 IDS_PER_SOCKET = 256
 DEFAULT_STEP = "request"
+LATE_START_SECONDS = 0.010          # open loop: a start this far behind schedule is late
 
 
 class LoadError(Exception):
@@ -212,6 +220,8 @@ class LoadReport:
     completed: int = 0                 # finished without an exception
     failed: list[str] = field(default_factory=list)    # first few transaction errors
     invalid_replies: int = 0           # did not verify against a request in flight: ignored
+    offered_rate: float | None = None  # open loop: transactions started per second
+    late_starts: int = 0               # open loop: started >10 ms behind schedule
     steps: dict[str, StepStats] = field(default_factory=dict)
 
     def step(self, label: str) -> StepStats:
@@ -365,10 +375,13 @@ async def run_load(target: Target | str, secret: bytes | str, *,
                    transaction: Transaction | None = None,
                    requests: Sequence[bytes] | Callable[[int], Build] | None = None,
                    concurrency: int = 8, count: int = 100, duration: float = 60.0,
-                   timeout: float = 5.0, sockets: int | None = None) -> LoadReport:
+                   timeout: float = 5.0, sockets: int | None = None,
+                   rate: float | None = None) -> LoadReport:
     """Run ``count`` transactions, at most ``concurrency`` at a time, for at
     most ``duration`` seconds (no transaction starts later; those in flight
-    finish within their timeouts).
+    finish within their timeouts). With ``rate``, transactions start on a
+    fixed schedule of ``rate`` per second (open loop) instead of as fast as
+    the replies come back.
 
     Give either ``transaction`` (multi-step flows) or ``requests``: prepared
     packets (restamped with an id and a fresh authenticator each time) or a
@@ -379,35 +392,66 @@ async def run_load(target: Target | str, secret: bytes | str, *,
         raise LoadError(f"target {target}: refused, loopback addresses only")
     secret = secret.encode("utf-8") if isinstance(secret, str) else secret
     _check_bounds(concurrency, count, duration, timeout)
+    if rate is not None and not rate > 0:
+        raise LoadError("rate must be positive")
     transaction = _transaction_from(transaction, requests, secret)
     sockets = sockets or sockets_for(concurrency)
     if sockets * IDS_PER_SOCKET < concurrency:
         raise LoadError(f"{sockets} sockets carry at most {sockets * IDS_PER_SOCKET} requests in flight")
 
-    report = LoadReport(target=target, concurrency=concurrency, sockets=sockets)
+    report = LoadReport(target=target, concurrency=concurrency, sockets=sockets, offered_rate=rate)
     client = LoadClient(target, secret, timeout=timeout, report=report)
     await client.open(sockets)
     indices = iter(range(count))
     started = time.perf_counter()
     deadline = started + duration
 
+    async def one(index: int) -> None:
+        report.transactions += 1
+        try:
+            await transaction(index, client)
+        except LoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a flow's surprise is a result, not a crash
+            if len(report.failed) < 5:
+                report.failed.append(f"{type(exc).__name__}: {exc}")
+            return
+        report.completed += 1
+
     async def worker() -> None:
         for index in indices:                    # shared iterator: each index runs once
             if time.perf_counter() >= deadline:
                 return
-            report.transactions += 1
-            try:
-                await transaction(index, client)
-            except LoadError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a flow's surprise is a result, not a crash
-                if len(report.failed) < 5:
-                    report.failed.append(f"{type(exc).__name__}: {exc}")
-                continue
-            report.completed += 1
+            await one(index)
+
+    async def scheduler() -> None:
+        slots = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task] = set()
+        try:
+            for index in indices:
+                due = started + index / rate
+                if due >= deadline:
+                    break
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await slots.acquire()
+                if time.perf_counter() - due > LATE_START_SECONDS:
+                    report.late_starts += 1
+                task = asyncio.create_task(one(index))
+                tasks.add(task)
+                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, count) or 1)))
+        if rate is not None:
+            await scheduler()
+        else:
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, count) or 1)))
     finally:
         report.elapsed = time.perf_counter() - started
         client.close()
@@ -450,6 +494,9 @@ def format_report(report: LoadReport, title: str = "") -> str:
     lines = []
     if title:
         lines.append(title)
+    if report.offered_rate is not None:
+        lines.append(f"open loop: {report.offered_rate:g} transactions/s offered, "
+                     f"{report.late_starts} started late (>10 ms behind schedule)")
     lines.append(f"target {report.target}  concurrency {report.concurrency}  "
                  f"sockets {report.sockets}  elapsed {report.elapsed:.2f} s  "
                  f"transactions {report.completed}/{report.transactions} "
@@ -493,6 +540,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="start no request after this many seconds (default 60)")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for each reply; no retransmission (default 5)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="open loop: start this many requests per second, at most "
+                             "--concurrency in flight (default: closed loop, as fast as replies come)")
     parser.add_argument("--sockets", type=int, default=None,
                         help="UDP sockets to spread the requests over (default: enough for the concurrency)")
     return parser
@@ -526,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = asyncio.run(run_load(target, secret, requests=prepared,
                                       concurrency=args.concurrency, count=args.count,
                                       duration=args.duration, timeout=args.timeout,
-                                      sockets=args.sockets))
+                                      sockets=args.sockets, rate=args.rate))
     except (LoadError, LocalProtocolError, OSError) as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
