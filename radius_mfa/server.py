@@ -2,8 +2,8 @@
 
 One Access-Request: client lookup by source address (before decoding: the
 secret depends on it) → duplicate cache → decode → Message-Authenticator
-policy → ``engine.handle`` (async) → encode (Message-Authenticator first) →
-write → cache the reply → one audit record.
+policy → ``engine.handle`` (async) → one audit record → encode
+(Message-Authenticator first) → write → cache the reply.
 
 Nothing a client sends can raise out of ``datagramReceived``: every bad
 packet is dropped with a rate-limited log line, and an unexpected error while
@@ -184,24 +184,26 @@ class RadiusServer(DatagramProtocol):
     def _answer(self, decision: Decision, request, client: ClientConfig, key, addr,
                 started: float, request_id: str) -> None:
         response = response_for(decision)
-        if response is None:
-            self.duplicates.abandon(key)     # no reply: a retransmission is worked on afresh
-        else:
-            code, attributes = response
-            self._send(key, addr, codec.encode_response(request, code, attributes=attributes,
-                                                        secret=client.secret))
         host = self.transport.getHost() if self.transport is not None else None
         finished = Finished(
             decision=decision, client=client, client_ip=addr[0],
             server_ip=getattr(host, "host", ""), calling_station_id=request.calling_station_id,
             request_id=request_id,
             duration_ms=round((self.reactor.seconds() - started) * 1000.0, 3))
+        # the audit record first, in the same reactor turn as the reply: when
+        # the NAS has its answer, the record is in the audit file
         try:
             self.on_finished(finished)
         except Exception:
-            # the reply is sent and cached: a failing audit hook must not reach
-            # _lost, whose abandon() would let a retransmission decide again
+            # a failing audit hook must not reach _lost, whose abandon() would
+            # let a retransmission decide again: the reply still goes out
             log.exception("radius.finished_failed", request_id=request_id)
+        if response is None:
+            self.duplicates.abandon(key)     # no reply: a retransmission is worked on afresh
+        else:
+            code, attributes = response
+            self._send(key, addr, codec.encode_response(request, code, attributes=attributes,
+                                                        secret=client.secret))
 
     def _lost(self, failure, key) -> None:
         self.duplicates.abandon(key)
