@@ -105,3 +105,59 @@ class AuthRecord:
     """One finished authentication, as the audit log and `report auth` see it."""
     time: float
     fields: dict                      # the audit record of SPEC.md, JSON-serialisable
+
+
+# --- push approval -----------------------------------------------------------------
+
+#: A push's status. ``pending`` until the device answers or it expires;
+#: ``approved`` → ``used`` once an Access-Accept was sent for it (a later
+#: login attempt cannot join it then); the others are final.
+PUSH_STATUSES = ("pending", "approved", "used", "denied", "fraud", "wrong_number")
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """A one-time pairing link handed out by `device pair`: only the SHA-256
+    of its token is kept, so a copy of the store pairs nothing."""
+    token_digest: str                 # hex sha256 of the token in the pairing URL
+    user: str
+    created: float
+    expires: float
+
+
+@dataclass(frozen=True)
+class Device:
+    """A paired push device (a phone, or the reference authenticator)."""
+    id: str                           # random, "d" + 16 hex digits
+    user: str
+    name: str                         # what the device called itself when pairing
+    public_key: str                   # Ed25519 raw public key, 32 bytes, standard base64
+    created: float = 0.0
+    last_seen: float | None = None    # its last signed request
+
+    def public(self) -> dict:
+        """What `device list --json` shows."""
+        return {"id": self.id, "user": self.user, "name": self.name,
+                "created": self.created, "last_seen": self.last_seen}
+
+
+@dataclass(frozen=True)
+class Push:
+    """One login attempt waiting for (or answered by) the user's device."""
+    id: str                           # random hex, 32 digits
+    user: str
+    client: str                       # the NAS's configured name
+    calling_station_id: str | None
+    user_ip: str | None               # from Calling-Station-Id where it holds an address
+    created: float
+    expires: float                    # no answer is taken after this
+    number: int | None = None         # number matching: shown at the sign-in prompt, 10–99
+    status: str = "pending"           # one of PUSH_STATUSES
+    device: str | None = None         # the device that answered
+    answered: float | None = None
+
+    def public(self) -> dict:
+        """What the device API shows a device: never the number itself."""
+        return {"id": self.id, "user": self.user, "client": self.client,
+                "user_ip": self.user_ip, "created": self.created, "expires": self.expires,
+                "needs_number": self.number is not None}

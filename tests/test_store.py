@@ -16,7 +16,7 @@ import pytest
 
 from pg import StoreMaker, race, raw_rows
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import KEY_BYTES, SecretBox, is_sealed
 from radius_mfa.store.base import Store
 
@@ -600,6 +600,318 @@ def test_the_sent_code_key_is_derived_and_shared_by_the_store_key(make_store: St
     assert len(key) == 32 and key == second.sent_code_key()
     box = SecretBox(bytes(32))
     assert box.derive(b"sent codes") != box.derive(b"other") and bytes(32) not in box.derive(b"sent codes")
+
+
+# --- push devices and approvals ---------------------------------------------------
+
+
+def pairing(digest: str = "ab" * 32, user: str = "alice", expires: float = NOW + 600) -> Pairing:
+    return Pairing(token_digest=digest, user=user, created=NOW, expires=expires)
+
+
+def device(device_id: str = "d0123456789abcdef", name: str = "phone", created: float = NOW) -> Device:
+    return Device(id=device_id, user="", name=name, public_key="MCowBQYDK2VwAyEA" + "A" * 28, created=created)
+
+
+def push(push_id: str, user: str = "alice", created: float = NOW, station: str | None = "10.0.0.7",
+         **changes) -> Push:
+    fields = dict(id=push_id, user=user, client="vpn", calling_station_id=station, user_ip=station,
+                  created=created, expires=created + 60, number=42)
+    fields.update(changes)
+    return Push(**fields)
+
+
+@pytest.fixture
+def users(store: Store) -> Store:
+    """The store with alice and bob in it."""
+    for name in ("alice", "bob"):
+        store.add_user(User(name, created=NOW))
+    return store
+
+
+def test_a_pairing_pairs_one_device_for_its_user_once(users: Store) -> None:
+    users.add_pairing(pairing())
+    paired = users.complete_pairing("ab" * 32, device(), NOW + 10)
+    assert paired == Device("d0123456789abcdef", "alice", "phone", device().public_key, created=NOW)
+    assert users.get_device("d0123456789abcdef") == paired
+    assert users.complete_pairing("ab" * 32, device("d1111111111111111"), NOW + 11) is None
+    assert users.list_devices() == [paired]
+
+
+def test_a_device_without_a_created_time_is_paired_now(users: Store) -> None:
+    users.add_pairing(pairing())
+    assert users.complete_pairing("ab" * 32, device(created=0.0), NOW + 10).created == NOW + 10
+
+
+def test_an_unknown_pairing_token_pairs_nothing(users: Store) -> None:
+    assert users.complete_pairing("cd" * 32, device(), NOW) is None
+    assert users.list_devices() == []
+
+
+def test_an_expired_pairing_pairs_nothing_and_is_used_up(users: Store) -> None:
+    users.add_pairing(pairing(expires=NOW + 600))
+    assert users.complete_pairing("ab" * 32, device(), NOW + 600) is None
+    assert users.complete_pairing("ab" * 32, device(), NOW) is None      # deleted: not even in time now
+    assert users.list_devices() == []
+
+
+def test_a_pairing_for_an_unknown_user_is_refused(users: Store) -> None:
+    with pytest.raises(NotFoundError, match="nobody"):
+        users.add_pairing(pairing(user="nobody"))
+
+
+def test_a_pairing_token_is_kept_once(users: Store) -> None:
+    users.add_pairing(pairing())
+    with pytest.raises(AlreadyExistsError):
+        users.add_pairing(pairing(user="bob"))
+
+
+def test_a_taken_device_id_is_refused_and_the_pairing_is_used_up(users: Store) -> None:
+    users.add_pairing(pairing("01" * 32))
+    users.add_pairing(pairing("02" * 32, user="bob"))
+    users.complete_pairing("01" * 32, device(), NOW)
+    with pytest.raises(AlreadyExistsError):
+        users.complete_pairing("02" * 32, device(), NOW)
+    assert users.complete_pairing("02" * 32, device("d2222222222222222"), NOW) is None
+    assert [d.user for d in users.list_devices()] == ["alice"]
+
+
+def test_racing_threads_pair_one_device_per_token(users: Store) -> None:
+    for i in range(20):
+        digest = f"{i:064x}"
+        users.add_pairing(pairing(digest))
+        results = race([lambda n=n: users.complete_pairing(digest, device(f"d{i:02d}{n:014x}"), NOW)
+                        for n in range(4)])
+        assert sum(r is not None for r in results) == 1
+    assert len(users.list_devices("alice")) == 20
+
+
+def test_racing_instances_pair_one_device_per_token(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(3)]
+    stores[0].add_user(User("alice", created=NOW))
+    for i in range(20):
+        digest = f"{i:064x}"
+        stores[0].add_pairing(pairing(digest))
+        results = race([lambda s=s, n=n: s.complete_pairing(digest, device(f"d{i:02d}{n:014x}"), NOW)
+                        for n, s in enumerate(stores)])
+        assert sum(r is not None for r in results) == 1
+    assert len(stores[1].list_devices("alice")) == 20
+
+
+def test_a_user_removed_while_pairing_keeps_no_device(make_store: StoreMaker) -> None:
+    one, two = make_store(), make_store()
+    for i in range(20):
+        name = f"user{i}"
+        one.add_user(User(name, created=NOW))
+        one.add_pairing(pairing(f"{i:064x}", user=name))
+        race([lambda: one.remove_user(name),
+              lambda: two.complete_pairing(f"{i:064x}", device(f"d{i:016x}"), NOW)])
+    assert one.list_devices() == [] and one.list_users() == []
+
+
+def test_devices_are_listed_per_user_oldest_first(users: Store) -> None:
+    for digest, user, device_id, created in (("01", "alice", "d3", NOW + 3), ("02", "bob", "d2", NOW + 2),
+                                             ("03", "alice", "d1", NOW + 1)):
+        users.add_pairing(pairing(digest * 32, user=user))
+        users.complete_pairing(digest * 32, device(device_id, created=created), NOW)
+    assert [d.id for d in users.list_devices("alice")] == ["d1", "d3"]
+    assert [d.id for d in users.list_devices("bob")] == ["d2"]
+    assert [d.id for d in users.list_devices()] == ["d1", "d2", "d3"]
+    assert users.list_devices("carol") == []
+    assert users.get_device("d9") is None
+
+
+def test_a_device_is_removed_by_its_own_user_only(users: Store) -> None:
+    users.add_pairing(pairing())
+    users.complete_pairing("ab" * 32, device("d1"), NOW)
+    with pytest.raises(NotFoundError, match="d1"):
+        users.remove_device("bob", "d1")
+    with pytest.raises(NotFoundError):
+        users.remove_device("alice", "d9")
+    assert users.get_device("d1") is not None
+    users.remove_device("alice", "d1")
+    assert users.get_device("d1") is None
+
+
+def test_a_touched_device_remembers_its_latest_request(users: Store) -> None:
+    users.add_pairing(pairing())
+    users.complete_pairing("ab" * 32, device("d1"), NOW)
+    assert users.get_device("d1").last_seen is None
+    users.touch_device("d1", NOW + 20)
+    users.touch_device("d1", NOW + 10)     # a late report
+    assert users.get_device("d1").last_seen == NOW + 20
+    users.touch_device("d9", NOW)          # unknown: nothing happens
+
+
+def test_a_push_reads_back(store: Store) -> None:
+    stored = push("p1", station=None, number=None)
+    store.put_push(stored)
+    assert store.get_push("p1") == stored
+    assert store.get_push("p9") is None
+
+
+def test_a_taken_push_id_is_refused(store: Store) -> None:
+    store.put_push(push("p1"))
+    with pytest.raises(AlreadyExistsError):
+        store.put_push(push("p1", user="bob"))
+    assert store.get_push("p1").user == "alice"
+
+
+def test_a_push_with_an_unknown_status_is_refused(store: Store) -> None:
+    with pytest.raises(RefusedError, match="status"):
+        store.put_push(push("p1", status="maybe"))
+    assert store.get_push("p1") is None
+
+
+def test_pushes_by_ids_returns_those_that_exist(store: Store) -> None:
+    for push_id in ("p1", "p2", "p3"):
+        store.put_push(push(push_id))
+    assert sorted(p.id for p in store.pushes_by_ids(["p3", "p9", "p1", "p1"])) == ["p1", "p3"]
+    assert store.pushes_by_ids([]) == []
+    many = [f"x{i}" for i in range(1200)] + ["p2"]
+    assert [p.id for p in store.pushes_by_ids(many)] == ["p2"]
+
+
+def test_pending_pushes_are_the_users_unanswered_unexpired_ones_oldest_first(store: Store) -> None:
+    store.put_push(push("later", created=NOW + 5))
+    store.put_push(push("first", created=NOW))
+    store.put_push(push("answered", created=NOW + 1))
+    store.put_push(push("expired", created=NOW - 100))
+    store.put_push(push("bobs", user="bob"))
+    store.answer_push("answered", "denied", "d1", NOW + 2)
+    assert [p.id for p in store.pending_pushes("alice", NOW + 10)] == ["first", "later"]
+    assert [p.id for p in store.pending_pushes("alice", NOW + 60)] == ["later"]     # "first" expired at NOW + 60
+    assert store.pending_pushes("carol", NOW) == []
+
+
+def test_answer_push_sets_the_answer_once(store: Store) -> None:
+    store.put_push(push("p1"))
+    answered = store.answer_push("p1", "approved", "d1", NOW + 5)
+    assert answered == push("p1", status="approved", device="d1", answered=NOW + 5)
+    assert store.get_push("p1") == answered
+    assert store.answer_push("p1", "denied", "d2", NOW + 6) is None
+    assert store.get_push("p1") == answered
+
+
+@pytest.mark.parametrize("status", ["approved", "denied", "fraud", "wrong_number"])
+def test_each_answer_is_recorded(store: Store, status: str) -> None:
+    store.put_push(push("p1"))
+    assert store.answer_push("p1", status, "d1", NOW).status == status
+
+
+def test_an_expired_or_unknown_push_takes_no_answer(store: Store) -> None:
+    store.put_push(push("p1"))
+    assert store.answer_push("p1", "approved", "d1", NOW + 60) is None     # expires at NOW + 60
+    assert store.get_push("p1").status == "pending"
+    assert store.answer_push("p9", "approved", "d1", NOW) is None
+
+
+@pytest.mark.parametrize("status", ["pending", "used", "yes"])
+def test_an_answer_a_device_cannot_give_is_refused(store: Store, status: str) -> None:
+    store.put_push(push("p1"))
+    with pytest.raises(RefusedError):
+        store.answer_push("p1", status, "d1", NOW)
+    assert store.get_push("p1").status == "pending"
+
+
+def test_racing_answers_from_instances_have_one_winner(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(4)]
+    for i in range(30):
+        stores[0].put_push(push(f"p{i}"))
+        answers = ["approved", "denied", "fraud", "wrong_number"]
+        results = race([lambda s=s, a=a: s.answer_push(f"p{i}", a, "d1", NOW) for s, a in zip(stores, answers)])
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert stores[1].get_push(f"p{i}") == winners[0]
+
+
+def test_an_approved_push_is_used_once(store: Store) -> None:
+    store.put_push(push("p1"))
+    assert store.use_push("p1") is False           # pending: not approved yet
+    store.answer_push("p1", "approved", "d1", NOW)
+    assert store.use_push("p1") is True
+    assert store.use_push("p1") is False
+    assert store.get_push("p1").status == "used"
+    store.put_push(push("p2"))
+    store.answer_push("p2", "denied", "d1", NOW)
+    assert store.use_push("p2") is False
+    assert store.use_push("p9") is False
+
+
+def test_racing_instances_use_an_approved_push_once(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(3)]
+    for i in range(30):
+        stores[0].put_push(push(f"p{i}"))
+        stores[0].answer_push(f"p{i}", "approved", "d1", NOW)
+        assert sum(race([lambda s=s: s.use_push(f"p{i}") for s in stores])) == 1
+
+
+def test_joinable_push_matches_one_login_attempt(store: Store) -> None:
+    store.put_push(push("p1"))
+    store.put_push(push("nostation", station=None, created=NOW + 1))
+    assert store.joinable_push("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5).id == "p1"
+    assert store.joinable_push("vpn", "alice", None, NOW - 30, NOW + 5).id == "nostation"
+    assert store.joinable_push("wifi", "alice", "10.0.0.7", NOW - 30, NOW + 5) is None
+    assert store.joinable_push("vpn", "bob", "10.0.0.7", NOW - 30, NOW + 5) is None
+    assert store.joinable_push("vpn", "alice", "10.0.0.8", NOW - 30, NOW + 5) is None
+    assert store.joinable_push("vpn", "alice", "10.0.0.7", NOW + 1, NOW + 5) is None    # started too long ago
+    assert store.joinable_push("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 60) is None  # expired
+
+
+def test_joinable_push_is_the_newest_pending_or_approved_one(store: Store) -> None:
+    store.put_push(push("old", created=NOW))
+    store.put_push(push("new", created=NOW + 2))
+    assert store.joinable_push("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5).id == "new"
+    store.answer_push("new", "approved", "d1", NOW + 3)
+    assert store.joinable_push("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5).id == "new"
+    store.use_push("new")
+    assert store.joinable_push("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5).id == "old"
+    for status in ("denied", "fraud", "wrong_number"):
+        store.put_push(push(status, created=NOW + 4))
+        store.answer_push(status, status, "d1", NOW + 4)
+        assert store.joinable_push("vpn", "alice", "10.0.0.7", NOW - 30, NOW + 5).id == "old"
+
+
+def test_purge_removes_long_expired_pushes_and_expired_pairings(users: Store) -> None:
+    users.put_push(push("gone", created=NOW - 1000))          # expired at NOW - 940
+    users.put_push(push("kept", created=NOW - 900))           # expired at NOW - 840
+    users.put_push(push("live"))
+    users.add_pairing(pairing("01" * 32, expires=NOW - 1))
+    users.add_pairing(pairing("02" * 32, expires=NOW + 1))
+    assert users.purge_pushes(NOW, keep_seconds=900) == 1
+    assert sorted(p.id for p in users.pushes_by_ids(["gone", "kept", "live"])) == ["kept", "live"]
+    assert users.complete_pairing("01" * 32, device("d1"), NOW - 2) is None     # purged
+    assert users.complete_pairing("02" * 32, device("d2"), NOW) is not None
+    assert users.purge_pushes(NOW + 86400 + 61) == 2
+
+
+def test_reset_and_remove_user_drop_their_devices_pairings_and_pushes(users: Store) -> None:
+    users.add_user(User("carol", created=NOW))
+    for i, name in enumerate(("alice", "bob", "carol")):
+        users.add_pairing(pairing(f"{i}1" * 32, user=name))
+        users.complete_pairing(f"{i}1" * 32, device(f"d-{name}"), NOW)
+        users.add_pairing(pairing(f"{i}2" * 32, user=name))
+        users.put_push(push(f"p-{name}", user=name))
+    assert users.reset_user("alice") == 0
+    users.remove_user("bob")
+    assert [d.id for d in users.list_devices()] == ["d-carol"]
+    assert [p.id for p in users.pushes_by_ids(["p-alice", "p-bob", "p-carol"])] == ["p-carol"]
+    assert users.complete_pairing("02" * 32, device("d-alice-2"), NOW) is None
+    assert users.complete_pairing("12" * 32, device("d-bob-2"), NOW) is None
+    assert users.complete_pairing("22" * 32, device("d-carol-2"), NOW) is not None
+    assert users.get_user("alice") is not None
+
+
+def test_allow_send_counts_codes_and_pushes_apart(store: Store) -> None:
+    assert [store.allow_send("alice", NOW + i, 2, 300) for i in range(3)] == [True, True, False]
+    assert [store.allow_send("alice", NOW + i, 2, 300, kind="push") for i in range(3)] == [True, True, False]
+    assert store.allow_send("alice", NOW + 300, 2, 300, kind="push") is True   # its first send left the window
+    assert store.allow_send("alice", NOW + 299, 2, 300) is False
+
+
+def test_allow_send_refuses_a_kind_nobody_counts(store: Store) -> None:
+    with pytest.raises(RefusedError, match="sms"):
+        store.allow_send("alice", NOW, 2, 300, kind="sms")
 
 
 # --- clients -----------------------------------------------------------------

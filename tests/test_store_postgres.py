@@ -19,7 +19,7 @@ import pytest
 
 from pg import admin_connection, fresh_schema, race
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, StoreError
-from radius_mfa.model import Token, User
+from radius_mfa.model import Device, Pairing, Push, Token, User
 from radius_mfa.secretbox import SecretBox
 from radius_mfa.store import open_store
 from radius_mfa.store import postgres as postgres_module
@@ -107,29 +107,52 @@ def test_newer_schema_is_refused(pg_url, box, opened, admin) -> None:
 
 def test_migration_adds_a_table_and_keeps_data(pg_url, box, opened, admin, monkeypatch) -> None:
     open_pg(opened, pg_url, box).add_user(User("alice", created=NOW))
-    step = ('CREATE TABLE devices (id TEXT PRIMARY KEY, "user" TEXT REFERENCES users (name))',)
+    step = ('CREATE TABLE gadgets (id TEXT PRIMARY KEY, "user" TEXT REFERENCES users (name))',)
     monkeypatch.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS + (step,))
     store = open_pg(opened, pg_url, box)
     assert store.get_user("alice") == User("alice", created=NOW)
     schema = schema_of(pg_url)
     assert admin.execute(f"SELECT version FROM {schema}.schema_version").fetchone()[0] == schema_version()
-    assert admin.execute(f"SELECT count(*) FROM {schema}.devices").fetchone()[0] == 0
+    assert admin.execute(f"SELECT count(*) FROM {schema}.gadgets").fetchone()[0] == 0
 
 
 def test_failed_migration_changes_nothing(pg_url, box, opened, admin, monkeypatch) -> None:
     open_pg(opened, pg_url, box)
     before = len(postgres_module.MIGRATIONS)
-    step = ("CREATE TABLE devices (id TEXT PRIMARY KEY)", "THIS IS NOT SQL")
+    step = ("CREATE TABLE gadgets (id TEXT PRIMARY KEY)", "THIS IS NOT SQL")
     monkeypatch.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS + (step,))
     with pytest.raises(StoreError, match="open failed: syntax error"):
         PostgresStore(pg_url, box)
     schema = schema_of(pg_url)
     assert admin.execute(f"SELECT version FROM {schema}.schema_version").fetchone()[0] == before
-    assert admin.execute("SELECT to_regclass(%s)", (f"{schema}.devices",)).fetchone()[0] is None
+    assert admin.execute("SELECT to_regclass(%s)", (f"{schema}.gadgets",)).fetchone()[0] is None
+
+
+def test_a_store_of_the_previous_version_upgrades_to_push_approval(pg_url, box, opened, admin,
+                                                                   monkeypatch) -> None:
+    previous = postgres_module.MIGRATIONS[:-1]
+    with monkeypatch.context() as patch:
+        patch.setattr(postgres_module, "MIGRATIONS", previous)
+        open_pg(opened, pg_url, box).add_user(User("alice", created=NOW))
+    schema = schema_of(pg_url)
+    assert admin.execute(f"SELECT version FROM {schema}.schema_version").fetchone()[0] == len(previous)
+    admin.execute(f'INSERT INTO {schema}.code_sends ("user", time) VALUES (%s, %s)', ("alice", NOW))
+
+    store = open_pg(opened, pg_url, box)
+    assert admin.execute(f"SELECT version FROM {schema}.schema_version").fetchone()[0] == schema_version()
+    assert admin.execute(f'SELECT "user", kind, time FROM {schema}.code_sends').fetchall() == [("alice", "code", NOW)]
+    assert store.get_user("alice") == User("alice", created=NOW)
+    assert store.allow_send("alice", NOW + 1, 1, 300) is False              # the old send was a code
+    assert store.allow_send("alice", NOW + 1, 1, 300, kind="push") is True
+    store.add_pairing(Pairing("ab" * 32, "alice", NOW, NOW + 600))
+    device = store.complete_pairing("ab" * 32, Device("d0123456789abcdef", "", "phone", "a2V5"), NOW + 1)
+    assert store.list_devices("alice") == [device]
+    store.put_push(Push("0" * 32, "alice", "vpn", None, None, NOW, NOW + 60))
+    assert [p.id for p in store.pending_pushes("alice", NOW)] == ["0" * 32]
 
 
 def test_servers_starting_together_migrate_once(pg_url, box, opened, monkeypatch) -> None:
-    step = ("CREATE TABLE devices (id TEXT PRIMARY KEY)",)
+    step = ("CREATE TABLE gadgets (id TEXT PRIMARY KEY)",)
     monkeypatch.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS + (step,))
     stores = race([lambda: PostgresStore(pg_url, box)] * 6)
     opened.extend(stores)

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import open_sqlite
 from radius_mfa.errors import StoreError
-from radius_mfa.model import User
+from radius_mfa.model import Device, Pairing, Push, User
 from radius_mfa.secretbox import SecretBox
 from radius_mfa.store import open_store
 from radius_mfa.store import sqlite as sqlite_module
@@ -64,27 +64,55 @@ def test_migration_adds_a_table_and_keeps_data(db_path: str, monkeypatch: pytest
     first = open_sqlite(db_path)
     first.add_user(User("alice", created=NOW))
     first.close()
-    step = ("CREATE TABLE devices (id TEXT PRIMARY KEY, user TEXT REFERENCES users (name))",)
+    step = ("CREATE TABLE gadgets (id TEXT PRIMARY KEY, user TEXT REFERENCES users (name))",)
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (step,))
     second = open_sqlite(db_path)
     assert second.get_user("alice") == User("alice", created=NOW)
     conn = second._conn()
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == schema_version()
-    assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM gadgets").fetchone()[0] == 0
     second.close()
 
 
 def test_failed_migration_changes_nothing(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     open_sqlite(db_path).close()
     before = len(sqlite_module.MIGRATIONS)
-    step = ("CREATE TABLE devices (id TEXT PRIMARY KEY)", "THIS IS NOT SQL")
+    step = ("CREATE TABLE gadgets (id TEXT PRIMARY KEY)", "THIS IS NOT SQL")
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS + (step,))
     with pytest.raises(StoreError):
         open_sqlite(db_path)
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == before
-        assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'devices'").fetchone()[0] == 0
+        assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'gadgets'").fetchone()[0] == 0
     raw.close()
+
+
+def test_a_store_of_the_previous_version_upgrades_to_push_approval(
+        db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    previous = sqlite_module.MIGRATIONS[:-1]
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_module, "MIGRATIONS", previous)
+        old = open_sqlite(db_path)
+        old.add_user(User("alice", created=NOW))
+        old.close()
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == len(previous)
+        raw.execute("INSERT INTO code_sends (user, time) VALUES ('alice', ?)", (NOW,))   # a code sent before
+    raw.close()
+
+    store = open_sqlite(db_path)
+    conn = store._conn()
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == schema_version()
+    assert [tuple(row) for row in conn.execute("SELECT user, kind, time FROM code_sends")] == [("alice", "code", NOW)]
+    assert store.get_user("alice") == User("alice", created=NOW)
+    assert store.allow_send("alice", NOW + 1, 1, 300) is False              # the old send was a code
+    assert store.allow_send("alice", NOW + 1, 1, 300, kind="push") is True
+    store.add_pairing(Pairing("ab" * 32, "alice", NOW, NOW + 600))
+    device = store.complete_pairing("ab" * 32, Device("d0123456789abcdef", "", "phone", "a2V5"), NOW + 1)
+    assert store.list_devices("alice") == [device]
+    store.put_push(Push("0" * 32, "alice", "vpn", None, None, NOW, NOW + 60))
+    assert [p.id for p in store.pending_pushes("alice", NOW)] == ["0" * 32]
+    store.close()
 
 
 def test_file_and_directory_are_private(tmp_path: Path) -> None:

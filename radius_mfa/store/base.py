@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol, Sequence
 
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 
 
 class Store(Protocol):
@@ -32,15 +32,16 @@ class Store(Protocol):
         new record; NotFoundError when absent."""
 
     def remove_user(self, name: str) -> None:
-        """Delete the user, their software tokens and pending sent codes;
+        """Delete the user, their software tokens, pending sent codes, devices,
+        pairing links and pushes;
         their hardware (imported) tokens go back to the pool, unassigned;
         NotFoundError."""
 
     def reset_user(self, name: str) -> int:
         """Remove every factor of the user (software tokens deleted, hardware
-        tokens unassigned; pending sent codes dropped; devices and app
-        passwords as they come); returns how many tokens the user lost;
-        NotFoundError."""
+        tokens unassigned; pending sent codes, paired devices, pairing links
+        and pushes dropped; app passwords as they come); returns how many
+        tokens the user lost; NotFoundError."""
 
     def existing_user_names(self, names: Iterable[str]) -> set[str]:
         """Which of ``names`` are users already (an import checks its whole
@@ -149,13 +150,74 @@ class Store(Protocol):
     def remove_sent_code(self, code_id: str) -> None:
         """Forget a code that was never delivered."""
 
-    def allow_send(self, user: str, now: float, limit: int, window_seconds: float) -> bool:
+    def allow_send(self, user: str, now: float, limit: int, window_seconds: float,
+                   kind: str = "code") -> bool:
         """Rate limit, atomically: True and the send recorded when fewer than
-        ``limit`` sends to the user fall in the last ``window_seconds``."""
+        ``limit`` sends of ``kind`` to the user fall in the last
+        ``window_seconds``. Kinds count apart: ``"code"`` (SMS, voice, email)
+        and ``"push"``."""
 
     def purge_sent_codes(self, now: float, keep_sends_seconds: float = 86400.0) -> int:
         """Delete codes expired before ``now`` and send records older than
         ``keep_sends_seconds``; returns the number of codes deleted."""
+
+    # --- push devices and approvals ----------------------------------------
+    def add_pairing(self, pairing: Pairing) -> None:
+        """Remember a one-time pairing token (its digest) for a user;
+        NotFoundError when the user does not exist."""
+
+    def complete_pairing(self, token_digest: str, device: Device, now: float) -> Device | None:
+        """In one transaction: use the pairing up (deleted whatever happens
+        next) and, when it had not expired at ``now`` and its user still
+        exists, store ``device`` for that user (``device.user`` is replaced by
+        the pairing's). Returns the stored device; None for an unknown, used
+        or expired token or a user gone meanwhile."""
+
+    def get_device(self, device_id: str) -> Device | None: ...
+
+    def list_devices(self, user: str | None = None) -> list[Device]:
+        """All devices (user None) or the user's, oldest first."""
+
+    def remove_device(self, user: str, device_id: str) -> None:
+        """NotFoundError when the user has no such device."""
+
+    def touch_device(self, device_id: str, now: float) -> None:
+        """Record the device's last signed request."""
+
+    def put_push(self, push: Push) -> None:
+        """Store a new push; AlreadyExistsError for a taken id."""
+
+    def get_push(self, push_id: str) -> Push | None: ...
+
+    def pushes_by_ids(self, push_ids: Sequence[str]) -> list[Push]:
+        """The pushes of these ids that exist, in any order (the waiting
+        requests' poll: one query for all of them)."""
+
+    def pending_pushes(self, user: str, now: float) -> list[Push]:
+        """The user's pushes still ``pending`` and not expired at ``now``,
+        oldest first (what the device lists)."""
+
+    def joinable_push(self, client: str, user: str, calling_station_id: str | None,
+                      since: float, now: float) -> Push | None:
+        """The newest push created at ``since`` or later for this client, user
+        and Calling-Station-Id (None matches None), not expired at ``now``,
+        whose status is ``pending`` or ``approved``: a retried login attempt
+        joins it instead of starting another."""
+
+    def answer_push(self, push_id: str, status: str, device: str, now: float) -> Push | None:
+        """Compare-and-set: when the push is ``pending`` and not expired at
+        ``now``, set ``status`` (approved, denied, fraud or wrong_number),
+        ``device`` and ``answered = now``; returns the new record. None when
+        it is gone, answered already or expired (exactly one of racing
+        answers wins)."""
+
+    def use_push(self, push_id: str) -> bool:
+        """Compare-and-set ``approved`` → ``used`` (an Access-Accept went out
+        for it): True for the first caller only."""
+
+    def purge_pushes(self, now: float, keep_seconds: float = 86400.0) -> int:
+        """Delete pushes that expired more than ``keep_seconds`` before ``now``
+        and pairings expired before ``now``; returns the pushes deleted."""
 
     # --- clients -----------------------------------------------------------
     def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:

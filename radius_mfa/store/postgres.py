@@ -1,15 +1,15 @@
 """The PostgreSQL store: one database shared by every server and the commands.
 
 Several servers may answer for the same clients; whatever one of them starts
-(a challenge and its State, a code sent by SMS, an HOTP counter, a lockout
-count, a rate limit) another finishes, because all of it lives here. Races
+(a challenge and its State, a code sent by SMS, a push waiting for a device,
+an HOTP counter, a lockout count, a rate limit) another finishes, because all of it lives here. Races
 between them are closed in the database, never in process memory: every
 read-modify-write is one statement (compare-and-set ``UPDATE ... WHERE``,
 ``DELETE ... RETURNING``, ``INSERT ... ON CONFLICT``) or a short transaction
 that locks what it reads first (``SELECT ... FOR UPDATE``, or a transaction
 advisory lock for things that have no row to lock, such as a user's rate
-limit). Constraints (primary keys, the tokens' foreign key to users) refuse
-what slipped past.
+limit). Constraints (primary keys; the foreign keys of tokens, devices and
+pairing links to users) refuse what slipped past.
 
 Each thread gets its own connection (psycopg 3, autocommit), opened lazily.
 A connection the server closed (a restart, an administrator's
@@ -54,7 +54,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
 
@@ -157,13 +157,64 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         'CREATE TABLE code_sends ("user" TEXT NOT NULL, time DOUBLE PRECISION NOT NULL)',
         'CREATE INDEX code_sends_user ON code_sends ("user", time)',
     ),
+    (
+        # push approval. Sends are counted by kind ("code": SMS, voice, email;
+        # "push"), each kind against its own limit; the sends recorded before
+        # were all codes.
+        "ALTER TABLE code_sends ADD COLUMN kind TEXT NOT NULL DEFAULT 'code'",
+        "DROP INDEX code_sends_user",
+        'CREATE INDEX code_sends_user ON code_sends ("user", kind, time)',
+        # one-time pairing links: the SHA-256 of the token, never the token
+        """
+        CREATE TABLE pairings (
+            token_digest TEXT PRIMARY KEY,
+            "user"       TEXT COLLATE "C" NOT NULL REFERENCES users (name),
+            created      DOUBLE PRECISION NOT NULL,
+            expires      DOUBLE PRECISION NOT NULL
+        )
+        """,
+        'CREATE INDEX pairings_user ON pairings ("user")',
+        "CREATE INDEX pairings_expires ON pairings (expires)",
+        # paired devices: a device never outlives its user (the foreign key)
+        """
+        CREATE TABLE devices (
+            id         TEXT COLLATE "C" PRIMARY KEY,
+            "user"     TEXT COLLATE "C" NOT NULL REFERENCES users (name),
+            name       TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            created    DOUBLE PRECISION NOT NULL,
+            last_seen  DOUBLE PRECISION
+        )
+        """,
+        'CREATE INDEX devices_user ON devices ("user", created)',
+        # login attempts waiting for (or answered by) a device
+        """
+        CREATE TABLE pushes (
+            id                 TEXT COLLATE "C" PRIMARY KEY,
+            "user"             TEXT COLLATE "C" NOT NULL,
+            client             TEXT NOT NULL,
+            calling_station_id TEXT,
+            user_ip            TEXT,
+            created            DOUBLE PRECISION NOT NULL,
+            expires            DOUBLE PRECISION NOT NULL,
+            number             INTEGER,
+            status             TEXT NOT NULL CHECK (status IN
+                                   ('pending', 'approved', 'used', 'denied', 'fraud', 'wrong_number')),
+            device             TEXT,
+            answered           DOUBLE PRECISION
+        )
+        """,
+        'CREATE INDEX pushes_user_status ON pushes ("user", status, created)',
+        'CREATE INDEX pushes_client_user ON pushes (client, "user", created)',
+        "CREATE INDEX pushes_expires ON pushes (expires)",
+    ),
 )
 
 # The tables of the store: finding one of them in a schema without a
 # schema_version table means something else made it, and it is not ours to use.
 OUR_TABLES = frozenset({
     "schema_version", "users", "tokens", "challenges", "clients_seen", "auth_log", "meta",
-    "sent_codes", "code_sends",
+    "sent_codes", "code_sends", "pairings", "devices", "pushes",
 })
 
 
@@ -529,24 +580,28 @@ class PostgresStore:
         return _rows.user(rows[0])
 
     def remove_user(self, name: str) -> None:
-        """Delete the user and their software tokens; their hardware tokens
-        go back to the pool, unassigned; NotFoundError. The user's row is
-        locked first, so no token can be given to them meanwhile."""
+        """Delete the user, their software tokens, sent codes, devices,
+        pairing links and pushes; their hardware tokens go back to the pool,
+        unassigned; NotFoundError. The user's row is locked first, so no
+        token, device or pairing can be given to them meanwhile."""
         with self._write("remove user") as conn:
             if conn.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (name,)).fetchone() is None:
                 raise NotFoundError(f"no such user: {name}")
             _release_tokens(conn, name)
+            _drop_push_state(conn, name)    # before the user: devices and pairings refer to them
             conn.execute("DELETE FROM users WHERE name = %s", (name,))
             _drop_sent_codes(conn, name)
 
     def reset_user(self, name: str) -> int:
         """Remove every factor of the user (software tokens deleted, hardware
-        tokens unassigned; devices and app passwords as they come); returns
-        how many the user lost; NotFoundError."""
+        tokens unassigned; sent codes, devices, pairing links and pushes
+        dropped; app passwords as they come); returns how many tokens the
+        user lost; NotFoundError."""
         with self._write("reset user") as conn:
             if conn.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (name,)).fetchone() is None:
                 raise NotFoundError(f"no such user: {name}")
             _drop_sent_codes(conn, name)
+            _drop_push_state(conn, name)
             return _release_tokens(conn, name)
 
     # --- lockout -----------------------------------------------------------
@@ -794,18 +849,23 @@ class PostgresStore:
         """Forget a code that was never delivered (absent: nothing happens)."""
         self._change("remove sent code", "DELETE FROM sent_codes WHERE id = %s", (code_id,))
 
-    def allow_send(self, user: str, now: float, limit: int, window_seconds: float) -> bool:
+    def allow_send(self, user: str, now: float, limit: int, window_seconds: float,
+                   kind: str = "code") -> bool:
         """The rate limit: True, and the send recorded, when fewer than
-        ``limit`` codes were sent to the user in the last ``window_seconds``;
-        else False. One transaction holding an advisory lock on the user's
-        sends, so servers sharing the store cannot together exceed the limit."""
+        ``limit`` sends of ``kind`` ("code" or "push", counted apart) went to
+        the user in the last ``window_seconds``; else False. One transaction
+        holding an advisory lock on the user's sends, so servers sharing the
+        store cannot together exceed the limit."""
+        _rows.check_send_kind(kind)
         with self._write("rate limit") as conn:
             conn.execute(_SEND_LOCK, (user,))
-            conn.execute('DELETE FROM code_sends WHERE "user" = %s AND time <= %s', (user, now - window_seconds))
-            row = conn.execute('SELECT COUNT(*) AS n FROM code_sends WHERE "user" = %s', (user,)).fetchone()
+            conn.execute('DELETE FROM code_sends WHERE "user" = %s AND kind = %s AND time <= %s',
+                         (user, kind, now - window_seconds))
+            row = conn.execute('SELECT COUNT(*) AS n FROM code_sends WHERE "user" = %s AND kind = %s',
+                               (user, kind)).fetchone()
             if row["n"] >= limit:
                 return False
-            conn.execute('INSERT INTO code_sends ("user", time) VALUES (%s, %s)', (user, now))
+            conn.execute('INSERT INTO code_sends ("user", kind, time) VALUES (%s, %s, %s)', (user, kind, now))
             return True
 
     def purge_sent_codes(self, now: float, keep_sends_seconds: float = 86400.0) -> int:
@@ -814,6 +874,170 @@ class PostgresStore:
         with self._write("purge sent codes") as conn:
             conn.execute("DELETE FROM code_sends WHERE time < %s", (now - keep_sends_seconds,))
             return conn.execute("DELETE FROM sent_codes WHERE expires < %s", (now,)).rowcount
+
+    # --- push devices and approvals ----------------------------------------
+
+    def add_pairing(self, pairing: Pairing) -> None:
+        """Remember a one-time pairing token (its digest) for a user;
+        NotFoundError when the user does not exist (the foreign key decides,
+        so a user removed meanwhile cannot be paired)."""
+        try:
+            self._change(
+                "add pairing",
+                'INSERT INTO pairings (token_digest, "user", created, expires) VALUES (%s, %s, %s, %s)',
+                (pairing.token_digest, pairing.user, pairing.created, pairing.expires),
+            )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, pg_errors.ForeignKeyViolation):
+                raise NotFoundError(f"no such user: {pairing.user}") from None
+            if isinstance(exc.__cause__, pg_errors.UniqueViolation):
+                raise AlreadyExistsError("a pairing with this token exists already") from None
+            raise
+
+    def complete_pairing(self, token_digest: str, device: Device, now: float) -> Device | None:
+        """Use the pairing up and store ``device`` for its user, in one
+        transaction: of two callers racing with one token, one deletes the
+        pairing and pairs, the other waits for it and finds nothing. The
+        user's row is locked (key share) before the pairing, the order user
+        removal and reset take them in, so neither waits for the other in a
+        circle. The pairing is deleted whatever happens next; None for an
+        unknown, used or expired token or a user gone meanwhile.
+        AlreadyExistsError when the device id is taken (ids are random: that
+        would be a bug)."""
+        taken = False
+        with self._write("complete pairing") as conn:
+            found = conn.execute('SELECT "user" FROM pairings WHERE token_digest = %s', (token_digest,)).fetchone()
+            if found is None:
+                return None
+            user_exists = conn.execute("SELECT 1 FROM users WHERE name = %s FOR KEY SHARE",
+                                       (found["user"],)).fetchone() is not None
+            row = conn.execute("DELETE FROM pairings WHERE token_digest = %s RETURNING *", (token_digest,)).fetchone()
+            if row is None or not user_exists or row["user"] != found["user"] or row["expires"] <= now:
+                return None
+            try:
+                with conn.transaction():    # a savepoint: a taken id leaves the pairing deleted
+                    stored = conn.execute(
+                        'INSERT INTO devices (id, "user", name, public_key, created, last_seen)'
+                        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
+                        (device.id, row["user"], device.name, device.public_key, device.created or now,
+                         device.last_seen),
+                    ).fetchone()
+            except pg_errors.UniqueViolation:
+                taken = True
+        if taken:
+            raise AlreadyExistsError(f"device {device.id} exists already")
+        return _rows.device(stored)
+
+    def get_device(self, device_id: str) -> Device | None:
+        rows = self._read("read device", "SELECT * FROM devices WHERE id = %s", (device_id,))
+        return _rows.device(rows[0]) if rows else None
+
+    def list_devices(self, user: str | None = None) -> list[Device]:
+        """All devices (user None) or the user's, oldest first."""
+        if user is None:
+            rows = self._read("list devices", "SELECT * FROM devices ORDER BY created, id")
+        else:
+            rows = self._read("list devices", 'SELECT * FROM devices WHERE "user" = %s ORDER BY created, id',
+                              (user,))
+        return [_rows.device(row) for row in rows]
+
+    def remove_device(self, user: str, device_id: str) -> None:
+        """NotFoundError when the user has no such device (another user's
+        device is not theirs to remove)."""
+        changed = self._change("remove device", 'DELETE FROM devices WHERE id = %s AND "user" = %s',
+                               (device_id, user))
+        if changed == 0:
+            raise NotFoundError(f"user {user} has no device {device_id}")
+
+    def touch_device(self, device_id: str, now: float) -> None:
+        """Record the device's last signed request; the time only moves
+        forward (a late request cannot set it back)."""
+        self._change("touch device",
+                     "UPDATE devices SET last_seen = GREATEST(last_seen, %(now)s) WHERE id = %(id)s",
+                     {"now": float(now), "id": device_id})
+
+    def put_push(self, push: Push) -> None:
+        """Store a new push; AlreadyExistsError for a taken id (ids are
+        random: that would be a bug), RefusedError for an unknown status."""
+        _rows.check_push(push)
+        try:
+            self._change(
+                "put push",
+                'INSERT INTO pushes (id, "user", client, calling_station_id, user_ip, created, expires,'
+                " number, status, device, answered) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (push.id, push.user, push.client, push.calling_station_id, push.user_ip, push.created,
+                 push.expires, push.number, push.status, push.device, push.answered),
+            )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, pg_errors.UniqueViolation):
+                raise AlreadyExistsError("a push with this id exists already") from None
+            raise
+
+    def get_push(self, push_id: str) -> Push | None:
+        rows = self._read("read push", "SELECT * FROM pushes WHERE id = %s", (push_id,))
+        return _rows.push(rows[0]) if rows else None
+
+    def pushes_by_ids(self, push_ids: Sequence[str]) -> list[Push]:
+        """The pushes of these ids that exist, in any order: one query."""
+        ids = list(dict.fromkeys(push_ids))
+        if not ids:
+            return []
+        rows = self._read("read pushes", "SELECT * FROM pushes WHERE id = ANY(%s)", (ids,))
+        return [_rows.push(row) for row in rows]
+
+    def pending_pushes(self, user: str, now: float) -> list[Push]:
+        """The user's pushes still pending and not expired at ``now``, oldest first."""
+        rows = self._read(
+            "pending pushes",
+            'SELECT * FROM pushes WHERE "user" = %s AND status = \'pending\' AND expires > %s'
+            " ORDER BY created, id",
+            (user, now),
+        )
+        return [_rows.push(row) for row in rows]
+
+    def joinable_push(self, client: str, user: str, calling_station_id: str | None,
+                      since: float, now: float) -> Push | None:
+        """The newest push of this login attempt (client, user and
+        Calling-Station-Id, None matching None) created at ``since`` or
+        later, not expired at ``now``, pending or approved; None when there
+        is none."""
+        rows = self._read(
+            "joinable push",
+            'SELECT * FROM pushes WHERE client = %s AND "user" = %s'
+            " AND calling_station_id IS NOT DISTINCT FROM %s::text AND created >= %s AND expires > %s"
+            " AND status IN ('pending', 'approved') ORDER BY created DESC, id DESC LIMIT 1",
+            (client, user, calling_station_id, since, now),
+        )
+        return _rows.push(rows[0]) if rows else None
+
+    def answer_push(self, push_id: str, status: str, device: str, now: float) -> Push | None:
+        """Compare-and-set, one ``UPDATE ... WHERE status = 'pending' AND
+        expires > now RETURNING``: the new record for exactly one of racing
+        answers (the row lock orders them, and the losers see the status
+        the winner set); None when the push is gone, answered already or
+        expired. RefusedError for a status a device cannot answer with."""
+        _rows.check_answer(status)
+        rows = self._returning(
+            "answer push",
+            "UPDATE pushes SET status = %(status)s, device = %(device)s, answered = %(now)s"
+            " WHERE id = %(id)s AND status = 'pending' AND expires > %(now)s RETURNING *",
+            {"status": status, "device": device, "now": float(now), "id": push_id},
+        )
+        return _rows.push(rows[0]) if rows else None
+
+    def use_push(self, push_id: str) -> bool:
+        """Compare-and-set approved → used: True for the first caller only."""
+        changed = self._change(
+            "use push", "UPDATE pushes SET status = 'used' WHERE id = %s AND status = 'approved'", (push_id,)
+        )
+        return changed == 1
+
+    def purge_pushes(self, now: float, keep_seconds: float = 86400.0) -> int:
+        """Delete pushes that expired more than ``keep_seconds`` before
+        ``now`` and pairings expired before ``now``; returns the pushes deleted."""
+        with self._write("purge pushes") as conn:
+            conn.execute("DELETE FROM pairings WHERE expires < %s", (now,))
+            return conn.execute("DELETE FROM pushes WHERE expires < %s", (now - keep_seconds,)).rowcount
 
     # --- health --------------------------------------------------------------
 
@@ -927,6 +1151,14 @@ def _drop_sent_codes(conn: psycopg.Connection, name: str) -> None:
     """A user reset or removed: their pending codes and send history go too."""
     conn.execute('DELETE FROM sent_codes WHERE "user" = %s', (name,))
     conn.execute('DELETE FROM code_sends WHERE "user" = %s', (name,))
+
+
+def _drop_push_state(conn: psycopg.Connection, name: str) -> None:
+    """A user reset or removed: their devices, pairing links and pushes go
+    (the caller holds the user's row lock)."""
+    conn.execute('DELETE FROM devices WHERE "user" = %s', (name,))
+    conn.execute('DELETE FROM pairings WHERE "user" = %s', (name,))
+    conn.execute('DELETE FROM pushes WHERE "user" = %s', (name,))
 
 
 

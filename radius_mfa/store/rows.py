@@ -13,7 +13,8 @@ import json
 from typing import Any, Mapping
 
 from radius_mfa.errors import RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
+from radius_mfa.model import (PUSH_STATUSES, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode,
+                              Token, User)
 from radius_mfa.secretbox import SecretBox
 
 Row = Mapping[str, Any]
@@ -21,6 +22,12 @@ Row = Mapping[str, Any]
 TOKEN_TYPES = frozenset({"totp", "hotp"})
 ALGORITHMS = frozenset({"sha1", "sha256", "sha512"})
 USER_FIELDS = frozenset({"display_name", "email", "phone", "password_hash", "disabled"})
+
+#: What a device may answer a push with (``answer_push``).
+PUSH_ANSWERS = frozenset({"approved", "denied", "fraud", "wrong_number"})
+
+#: The kinds of sends ``allow_send`` counts, each apart from the other.
+SEND_KINDS = frozenset({"code", "push"})
 
 
 def check_token(token: Token) -> None:
@@ -42,6 +49,26 @@ def check_token(token: Token) -> None:
         problem = "the secret must not be empty"
     if problem:
         raise RefusedError(f"token {token.serial or '(no serial)'}: {problem}")
+
+
+def check_push(push: Push) -> None:
+    """Refuse a push the store could not keep as it is."""
+    if not push.id:
+        raise RefusedError("a push needs an id")
+    if push.status not in PUSH_STATUSES:
+        raise RefusedError(f"push {push.id}: status must be one of {', '.join(PUSH_STATUSES)}")
+
+
+def check_answer(status: str) -> None:
+    """Refuse an answer to a push that a device cannot give."""
+    if status not in PUSH_ANSWERS:
+        raise RefusedError(f"a push is answered with {', '.join(sorted(PUSH_ANSWERS))}, not {status!r}")
+
+
+def check_send_kind(kind: str) -> None:
+    """Refuse a rate-limit kind nobody counts (a typo would count apart silently)."""
+    if kind not in SEND_KINDS:
+        raise RefusedError(f"sends are counted as {' or '.join(sorted(SEND_KINDS))}, not {kind!r}")
 
 
 def to_json(value: Any, what: str) -> str:
@@ -116,4 +143,30 @@ def client_seen(row: Row) -> ClientSeen:
         last_seen=row["last_seen"],
         last_with_message_authenticator=row["last_with_ma"],
         last_without_message_authenticator=row["last_without_ma"],
+    )
+
+
+def pairing(row: Row) -> Pairing:
+    return Pairing(token_digest=row["token_digest"], user=row["user"], created=row["created"],
+                   expires=row["expires"])
+
+
+def device(row: Row) -> Device:
+    return Device(id=row["id"], user=row["user"], name=row["name"], public_key=row["public_key"],
+                  created=row["created"], last_seen=row["last_seen"])
+
+
+def push(row: Row) -> Push:
+    return Push(
+        id=row["id"],
+        user=row["user"],
+        client=row["client"],
+        calling_station_id=row["calling_station_id"],
+        user_ip=row["user_ip"],
+        created=row["created"],
+        expires=row["expires"],
+        number=row["number"],
+        status=row["status"],
+        device=row["device"],
+        answered=row["answered"],
     )

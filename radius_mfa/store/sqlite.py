@@ -37,7 +37,7 @@ import weakref
 from typing import Any, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, SentCode, Token, User
+from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
 
@@ -140,6 +140,57 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # one row per code sent, for the per-user rate limit
         "CREATE TABLE code_sends (user TEXT NOT NULL, time REAL NOT NULL)",
         "CREATE INDEX code_sends_user ON code_sends (user, time)",
+    ),
+    (
+        # push approval. Sends are counted by kind ("code": SMS, voice, email;
+        # "push"), each kind against its own limit; the sends recorded before
+        # were all codes.
+        "ALTER TABLE code_sends ADD COLUMN kind TEXT NOT NULL DEFAULT 'code'",
+        "DROP INDEX code_sends_user",
+        "CREATE INDEX code_sends_user ON code_sends (user, kind, time)",
+        # one-time pairing links: the SHA-256 of the token, never the token
+        """
+        CREATE TABLE pairings (
+            token_digest TEXT PRIMARY KEY NOT NULL,
+            user         TEXT NOT NULL REFERENCES users (name),
+            created      REAL NOT NULL,
+            expires      REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX pairings_user ON pairings (user)",
+        "CREATE INDEX pairings_expires ON pairings (expires)",
+        # paired devices: a device never outlives its user (the foreign key)
+        """
+        CREATE TABLE devices (
+            id         TEXT PRIMARY KEY NOT NULL,
+            user       TEXT NOT NULL REFERENCES users (name),
+            name       TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            created    REAL NOT NULL,
+            last_seen  REAL
+        )
+        """,
+        "CREATE INDEX devices_user ON devices (user, created)",
+        # login attempts waiting for (or answered by) a device
+        """
+        CREATE TABLE pushes (
+            id                 TEXT PRIMARY KEY NOT NULL,
+            user               TEXT NOT NULL,
+            client             TEXT NOT NULL,
+            calling_station_id TEXT,
+            user_ip            TEXT,
+            created            REAL NOT NULL,
+            expires            REAL NOT NULL,
+            number             INTEGER,
+            status             TEXT NOT NULL CHECK (status IN
+                                   ('pending', 'approved', 'used', 'denied', 'fraud', 'wrong_number')),
+            device             TEXT,
+            answered           REAL
+        )
+        """,
+        "CREATE INDEX pushes_user_status ON pushes (user, status, created)",
+        "CREATE INDEX pushes_client_user ON pushes (client, user, created)",
+        "CREATE INDEX pushes_expires ON pushes (expires)",
     ),
 )
 
@@ -421,22 +472,26 @@ class SqliteStore:
         return _rows.user(rows[0])
 
     def remove_user(self, name: str) -> None:
-        """Delete the user and their software tokens; their hardware tokens
-        go back to the pool, unassigned; NotFoundError."""
+        """Delete the user, their software tokens, sent codes, devices,
+        pairing links and pushes; their hardware tokens go back to the pool,
+        unassigned; NotFoundError."""
         with self._write("remove user") as conn:
             _release_tokens(conn, name)
+            _drop_push_state(conn, name)    # before the user: devices and pairings refer to them
             if conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFoundError(f"no such user: {name}")
             _drop_sent_codes(conn, name)
 
     def reset_user(self, name: str) -> int:
         """Remove every factor of the user (software tokens deleted, hardware
-        tokens unassigned; devices and app passwords as they come); returns
-        how many the user lost; NotFoundError."""
+        tokens unassigned; sent codes, devices, pairing links and pushes
+        dropped; app passwords as they come); returns how many tokens the
+        user lost; NotFoundError."""
         with self._write("reset user") as conn:
             if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
                 raise NotFoundError(f"no such user: {name}")
             _drop_sent_codes(conn, name)
+            _drop_push_state(conn, name)
             return _release_tokens(conn, name)
 
     # --- lockout -----------------------------------------------------------
@@ -656,17 +711,22 @@ class SqliteStore:
         """Forget a code that was never delivered (absent: nothing happens)."""
         self._change("remove sent code", "DELETE FROM sent_codes WHERE id = ?", (code_id,))
 
-    def allow_send(self, user: str, now: float, limit: int, window_seconds: float) -> bool:
+    def allow_send(self, user: str, now: float, limit: int, window_seconds: float,
+                   kind: str = "code") -> bool:
         """The rate limit: True, and the send recorded, when fewer than
-        ``limit`` codes were sent to the user in the last ``window_seconds``;
-        else False. One write transaction, so servers sharing the store
-        cannot together exceed the limit."""
+        ``limit`` sends of ``kind`` ("code" or "push", counted apart) went to
+        the user in the last ``window_seconds``; else False. One write
+        transaction, so servers sharing the store cannot together exceed the
+        limit."""
+        _rows.check_send_kind(kind)
         with self._write("rate limit") as conn:
-            conn.execute("DELETE FROM code_sends WHERE user = ? AND time <= ?", (user, now - window_seconds))
-            (count,) = conn.execute("SELECT COUNT(*) FROM code_sends WHERE user = ?", (user,)).fetchone()
+            conn.execute("DELETE FROM code_sends WHERE user = ? AND kind = ? AND time <= ?",
+                         (user, kind, now - window_seconds))
+            (count,) = conn.execute("SELECT COUNT(*) FROM code_sends WHERE user = ? AND kind = ?",
+                                    (user, kind)).fetchone()
             if count >= limit:
                 return False
-            conn.execute("INSERT INTO code_sends (user, time) VALUES (?, ?)", (user, now))
+            conn.execute("INSERT INTO code_sends (user, kind, time) VALUES (?, ?, ?)", (user, kind, now))
             return True
 
     def purge_sent_codes(self, now: float, keep_sends_seconds: float = 86400.0) -> int:
@@ -675,6 +735,165 @@ class SqliteStore:
         with self._write("purge sent codes") as conn:
             conn.execute("DELETE FROM code_sends WHERE time < ?", (now - keep_sends_seconds,))
             return conn.execute("DELETE FROM sent_codes WHERE expires < ?", (now,)).rowcount
+
+    # --- push devices and approvals ----------------------------------------
+
+    def add_pairing(self, pairing: Pairing) -> None:
+        """Remember a one-time pairing token (its digest) for a user;
+        NotFoundError when the user does not exist (the foreign key decides,
+        so a user removed meanwhile cannot be paired)."""
+        try:
+            self._change(
+                "add pairing",
+                "INSERT INTO pairings (token_digest, user, created, expires) VALUES (?, ?, ?, ?)",
+                (pairing.token_digest, pairing.user, pairing.created, pairing.expires),
+            )
+        except StoreError as exc:
+            if _is_constraint(exc, "SQLITE_CONSTRAINT_FOREIGNKEY"):
+                raise NotFoundError(f"no such user: {pairing.user}") from None
+            if _is_constraint(exc, "SQLITE_CONSTRAINT_PRIMARYKEY"):
+                raise AlreadyExistsError("a pairing with this token exists already") from None
+            raise
+
+    def complete_pairing(self, token_digest: str, device: Device, now: float) -> Device | None:
+        """Use the pairing up and store ``device`` for its user, in one write
+        transaction: of two callers racing with one token, one pairs. The
+        pairing is deleted whatever happens next; None for an unknown, used or
+        expired token or a user gone meanwhile. AlreadyExistsError when the
+        device id is taken (ids are random: that would be a bug)."""
+        taken = False
+        with self._write("complete pairing") as conn:
+            rows = conn.execute("DELETE FROM pairings WHERE token_digest = ? RETURNING *",
+                                (token_digest,)).fetchall()
+            if not rows or rows[0]["expires"] <= now:
+                return None
+            pairing = _rows.pairing(rows[0])
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (pairing.user,)).fetchone() is None:
+                return None
+            try:
+                # a failed INSERT undoes itself only: the pairing stays deleted
+                stored = conn.execute(
+                    "INSERT INTO devices (id, user, name, public_key, created, last_seen)"
+                    " VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+                    (device.id, pairing.user, device.name, device.public_key, device.created or now,
+                     device.last_seen),
+                ).fetchall()
+            except sqlite3.IntegrityError as exc:
+                if getattr(exc, "sqlite_errorname", "") != "SQLITE_CONSTRAINT_PRIMARYKEY":
+                    raise
+                taken = True
+        if taken:
+            raise AlreadyExistsError(f"device {device.id} exists already")
+        return _rows.device(stored[0])
+
+    def get_device(self, device_id: str) -> Device | None:
+        rows = self._read("read device", "SELECT * FROM devices WHERE id = ?", (device_id,))
+        return _rows.device(rows[0]) if rows else None
+
+    def list_devices(self, user: str | None = None) -> list[Device]:
+        """All devices (user None) or the user's, oldest first."""
+        if user is None:
+            rows = self._read("list devices", "SELECT * FROM devices ORDER BY created, id")
+        else:
+            rows = self._read("list devices", "SELECT * FROM devices WHERE user = ? ORDER BY created, id", (user,))
+        return [_rows.device(row) for row in rows]
+
+    def remove_device(self, user: str, device_id: str) -> None:
+        """NotFoundError when the user has no such device (another user's
+        device is not theirs to remove)."""
+        if self._change("remove device", "DELETE FROM devices WHERE id = ? AND user = ?", (device_id, user)) == 0:
+            raise NotFoundError(f"user {user} has no device {device_id}")
+
+    def touch_device(self, device_id: str, now: float) -> None:
+        """Record the device's last signed request; the time only moves
+        forward (a late request cannot set it back)."""
+        self._change("touch device",
+                     "UPDATE devices SET last_seen = max(coalesce(last_seen, ?), ?) WHERE id = ?",
+                     (now, now, device_id))
+
+    def put_push(self, push: Push) -> None:
+        """Store a new push; AlreadyExistsError for a taken id (ids are
+        random: that would be a bug), RefusedError for an unknown status."""
+        _rows.check_push(push)
+        try:
+            self._change(
+                "put push",
+                "INSERT INTO pushes (id, user, client, calling_station_id, user_ip, created, expires,"
+                " number, status, device, answered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (push.id, push.user, push.client, push.calling_station_id, push.user_ip, push.created,
+                 push.expires, push.number, push.status, push.device, push.answered),
+            )
+        except StoreError as exc:
+            if _is_constraint(exc, "SQLITE_CONSTRAINT_PRIMARYKEY"):
+                raise AlreadyExistsError("a push with this id exists already") from None
+            raise
+
+    def get_push(self, push_id: str) -> Push | None:
+        rows = self._read("read push", "SELECT * FROM pushes WHERE id = ?", (push_id,))
+        return _rows.push(rows[0]) if rows else None
+
+    def pushes_by_ids(self, push_ids: Sequence[str]) -> list[Push]:
+        """The pushes of these ids that exist, in any order; asked 500 at a
+        time (SQLite limits the parameters of one statement)."""
+        ids = list(dict.fromkeys(push_ids))
+        found: list[Push] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read("read pushes", f"SELECT * FROM pushes WHERE id IN ({marks})", chunk)
+            found.extend(_rows.push(row) for row in rows)
+        return found
+
+    def pending_pushes(self, user: str, now: float) -> list[Push]:
+        """The user's pushes still pending and not expired at ``now``, oldest first."""
+        rows = self._read(
+            "pending pushes",
+            "SELECT * FROM pushes WHERE user = ? AND status = 'pending' AND expires > ? ORDER BY created, id",
+            (user, now),
+        )
+        return [_rows.push(row) for row in rows]
+
+    def joinable_push(self, client: str, user: str, calling_station_id: str | None,
+                      since: float, now: float) -> Push | None:
+        """The newest push of this login attempt (client, user and
+        Calling-Station-Id, None matching None) created at ``since`` or
+        later, not expired at ``now``, pending or approved; None when there
+        is none."""
+        rows = self._read(
+            "joinable push",
+            "SELECT * FROM pushes WHERE client = ? AND user = ? AND calling_station_id IS ?"
+            " AND created >= ? AND expires > ? AND status IN ('pending', 'approved')"
+            " ORDER BY created DESC, id DESC LIMIT 1",
+            (client, user, calling_station_id, since, now),
+        )
+        return _rows.push(rows[0]) if rows else None
+
+    def answer_push(self, push_id: str, status: str, device: str, now: float) -> Push | None:
+        """Compare-and-set, one ``UPDATE ... WHERE status = 'pending' AND
+        expires > now RETURNING``: the new record for exactly one of racing
+        answers; None when the push is gone, answered already or expired.
+        RefusedError for a status a device cannot answer with."""
+        _rows.check_answer(status)
+        rows = self._returning(
+            "answer push",
+            "UPDATE pushes SET status = ?, device = ?, answered = ?"
+            " WHERE id = ? AND status = 'pending' AND expires > ? RETURNING *",
+            (status, device, now, push_id, now),
+        )
+        return _rows.push(rows[0]) if rows else None
+
+    def use_push(self, push_id: str) -> bool:
+        """Compare-and-set approved → used: True for the first caller only."""
+        changed = self._change("use push", "UPDATE pushes SET status = 'used' WHERE id = ? AND status = 'approved'",
+                               (push_id,))
+        return changed == 1
+
+    def purge_pushes(self, now: float, keep_seconds: float = 86400.0) -> int:
+        """Delete pushes that expired more than ``keep_seconds`` before
+        ``now`` and pairings expired before ``now``; returns the pushes deleted."""
+        with self._write("purge pushes") as conn:
+            conn.execute("DELETE FROM pairings WHERE expires < ?", (now,))
+            return conn.execute("DELETE FROM pushes WHERE expires < ?", (now - keep_seconds,)).rowcount
 
     # --- health --------------------------------------------------------------
 
@@ -814,4 +1033,11 @@ def _drop_sent_codes(conn: sqlite3.Connection, name: str) -> None:
     """A user reset or removed: their pending codes and send history go too."""
     conn.execute("DELETE FROM sent_codes WHERE user = ?", (name,))
     conn.execute("DELETE FROM code_sends WHERE user = ?", (name,))
+
+
+def _drop_push_state(conn: sqlite3.Connection, name: str) -> None:
+    """A user reset or removed: their devices, pairing links and pushes go."""
+    conn.execute("DELETE FROM devices WHERE user = ?", (name,))
+    conn.execute("DELETE FROM pairings WHERE user = ?", (name,))
+    conn.execute("DELETE FROM pushes WHERE user = ?", (name,))
 
