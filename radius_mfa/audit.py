@@ -25,6 +25,7 @@ SENSITIVE_KEYS = frozenset({
     "password", "passwd", "user_password", "secret", "shared_secret", "token_secret",
     "code", "otp", "answer", "state", "password_hash", "authenticator",
     "message_authenticator", "bind_password", "auth_token", "key",
+    "signature", "pairing_token", "private_key", "number",
 })
 REDACTED = "[redacted]"
 

@@ -571,6 +571,99 @@ def cmd_token_remove(args: argparse.Namespace, ctx: Context) -> int:
 
 
 # --------------------------------------------------------------------------
+# device … (push approval)
+# --------------------------------------------------------------------------
+
+
+def _push_config(ctx: Context):
+    """factors.push, or a usage error: pairing makes no sense without it."""
+    push = ctx.config().factors.push
+    if push is None:
+        raise UsageError(f"push is not configured: add a factors.push section to {ctx.config_path}")
+    return push
+
+
+def device_api_base_url(push) -> str:
+    """Where paired devices reach the device API: ``public_url``, or
+    ``https://<this host's FQDN>:<listen port>``."""
+    if push.public_url:
+        return push.public_url.rstrip("/")
+    import socket
+
+    host = socket.getfqdn()
+    return f"https://{host}:{push.listen.port}"
+
+
+def cmd_device_pair(args: argparse.Namespace, ctx: Context) -> int:
+    from urllib.parse import urlsplit
+
+    from radius_mfa.model import Pairing
+    from radius_mfa.push import crypto
+
+    push = _push_config(ctx)
+    store = ctx.store()
+    user = require_user(store, args.name)
+    names: tuple[str, ...] = ()
+    if push.public_url and urlsplit(push.public_url).hostname:
+        names = (urlsplit(push.public_url).hostname,)
+    try:
+        crypto.ensure_certificate(push.tls_cert, push.tls_key, names)
+    except OSError as exc:
+        raise RefusedError(f"cannot make the device API certificate {push.tls_cert}: "
+                           f"{exc.strerror or exc}") from None
+    try:
+        fingerprint = crypto.certificate_fingerprint(push.tls_cert)
+    except OSError as exc:
+        raise RefusedError(f"cannot read the device API certificate {push.tls_cert}: "
+                           f"{exc.strerror or exc}") from None
+    except ValueError:
+        raise RefusedError(f"{push.tls_cert} is not a PEM certificate") from None
+    token = crypto.new_pairing_token()
+    now = ctx.now()
+    expires = now + push.pairing_ttl
+    store.add_pairing(Pairing(token_digest=crypto.token_digest(token), user=user.name,
+                              created=now, expires=expires))
+    url = crypto.pairing_url(device_api_base_url(push), token, fingerprint)
+    if args.json:
+        ctx.json({"url": url, "expires": iso_time(expires)})
+        return EXIT_OK
+    ctx.out(f"pairing link for {quoted(user.name)}, valid once until {iso_time(expires)}:")
+    ctx.out(url)
+    ctx.out()
+    from radius_mfa.qr import write_terminal_qr
+
+    write_terminal_qr(url, ctx.stdout)
+    ctx.out("Scan it with the authenticator app, or run: radius-mfa-authenticator pair 'URL'")
+    return EXIT_OK
+
+
+def cmd_device_list(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    if args.name is not None:
+        require_user(store, args.name)
+    devices = store.list_devices(args.name)
+    if args.json:
+        ctx.json([d.public() for d in devices])
+        return EXIT_OK
+    rows = [(d.id, d.user, d.name, iso_time(d.created) if d.created else None, iso_time(d.last_seen))
+            for d in devices]
+    ctx.out(format_table(("ID", "USER", "NAME", "CREATED", "LAST SEEN"), rows))
+    return EXIT_OK
+
+
+def cmd_device_remove(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    try:
+        store.remove_device(args.name, args.device_id)
+    except NotFoundError:
+        raise NotFoundError(f"no such device: {quoted(args.name)} has no device "
+                            f"{quoted(args.device_id)}") from None
+    ctx.out(f"device {quoted(args.device_id)} of {quoted(args.name)} removed")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
 # report …
 # --------------------------------------------------------------------------
 
@@ -749,6 +842,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("code2", metavar="CODE2")
     p = add(tokens, "remove", cmd_token_remove, "delete a token")
     p.add_argument("serial", metavar="SERIAL")
+
+    devices = add_group("device", "manage push devices")
+    p = add(devices, "pair", cmd_device_pair,
+            "start pairing a push device: a one-time pairing link and its QR code")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true", help='print {"url", "expires"} only')
+    p = add(devices, "list", cmd_device_list, "list paired devices, all or one user's")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p = add(devices, "remove", cmd_device_remove, "unpair a device of a user")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("device_id", metavar="DEVICE_ID")
 
     reports = add_group("report", "reports from the store")
     p = add(reports, "clients", cmd_report_clients, "configured clients and what they sent")

@@ -161,6 +161,24 @@ class DeliveryFactorConfig:
     providers: tuple[ProviderConfig, ...] = ()
 
 
+#: What a notifier's url and body may carry (see radius_mfa.push.notify).
+NOTIFY_PLACEHOLDERS = ("user", "client", "push_id", "user_ip", "number_hint")
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    """One entry of factors.push.notify: a webhook called when a push starts,
+    so the user's phone (or chat, or pager) knows to open the authenticator.
+    ``type`` selects the notifier; ``webhook`` is the only one built in."""
+    name: str
+    url: str
+    type: str = "webhook"
+    method: str = "POST"
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # may hold API keys
+    body: str | None = None
+    timeout: float = 5.0
+
+
 @dataclass(frozen=True)
 class PushConfig:
     listen: ListenAddress = ListenAddress("0.0.0.0", 8443)
@@ -169,6 +187,9 @@ class PushConfig:
     public_url: str | None = None
     timeout: float = 50.0
     number_matching: bool = True
+    pairing_ttl: float = 600.0          # seconds a `device pair` link stays valid
+    rate_limit: RateLimit = RateLimit()  # pushes started per user (5 in 5 minutes)
+    notify: tuple[NotifierConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,6 +266,7 @@ class Config:
 import difflib
 import math
 import os
+import re
 import urllib.parse
 from typing import Any, Callable
 
@@ -1136,9 +1158,63 @@ def _push(r: _Reader, node: Node | None) -> PushConfig | None:
         public_url=sec.get("public_url", _url("https", "http")),
         timeout=sec.get("timeout", _seconds, default.timeout),
         number_matching=sec.get("number_matching", _boolean, default.number_matching),
+        pairing_ttl=sec.get("pairing_ttl", _seconds, default.pairing_ttl),
+        rate_limit=_rate_limit(r, sec.take("rate_limit"), sec.at("rate_limit")),
+        notify=_notifiers(r, sec.take("notify"), sec.at("notify")),
     )
     sec.finish()
     return config
+
+
+_NOTIFIER_TYPES = ("webhook",)
+_PLACEHOLDER_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _notifiers(r: _Reader, node: Node | None, path: str) -> tuple[NotifierConfig, ...]:
+    """factors.push.notify: a list of webhooks, each with a unique name."""
+    notifiers: list[NotifierConfig] = []
+    for item, item_path in _items(r, node, path):
+        sec = _section(r, item, item_path)
+        if sec is None:
+            continue
+        notifier = _notifier(sec)
+        if notifier is not None and any(n.name == notifier.name for n in notifiers):
+            r.problem(sec.take("name"), sec.at("name"), f"duplicate notifier name {notifier.name!r}")
+        elif notifier is not None:
+            notifiers.append(notifier)
+    return tuple(notifiers)
+
+
+def _notifier(sec: _Section) -> NotifierConfig | None:
+    name = sec.get("name", _string(), required=True)
+    ntype = sec.get("type", _choice(*_NOTIFIER_TYPES), "webhook")
+    url = sec.get("url", _known_placeholders(_url("http", "https")), required=True)
+    config_fields = {
+        "method": sec.get("method", _choice("POST", "GET", "PUT", "PATCH"), "POST"),
+        "headers": _headers(sec.r, sec.take("headers"), sec.at("headers")),
+        "body": sec.get("body", _known_placeholders(_string(nullable=True))),
+        "timeout": sec.get("timeout", _seconds, 5.0),
+    }
+    sec.finish()
+    if name is None or url is None:
+        return None
+    return NotifierConfig(name=name, url=url, type=ntype, **config_fields)
+
+
+def _known_placeholders(convert: Converter) -> Converter:
+    """A notifier template: a ``{word}`` that looks like a placeholder must be
+    one of NOTIFY_PLACEHOLDERS (a typo would otherwise be sent as is). Other
+    braces (a JSON body's) are left alone."""
+    def checked(r: _Reader, node: Node, path: str) -> Any:
+        value = convert(r, node, path)
+        if isinstance(value, str):
+            unknown = sorted({m.group(1) for m in _PLACEHOLDER_NAME.finditer(value)} - set(NOTIFY_PLACEHOLDERS))
+            if unknown:
+                known = " ".join(f"{{{p}}}" for p in NOTIFY_PLACEHOLDERS)
+                r.problem(node, path, f"unknown placeholder {{{unknown[0]}}} (known: {known})")
+                return _INVALID
+        return value
+    return checked
 
 
 def _policy(r: _Reader, node: Node | None) -> PolicyConfig:

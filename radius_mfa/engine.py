@@ -21,8 +21,9 @@ import structlog
 
 from radius_mfa.config import ClientConfig, DeliveryFactorConfig, Mode, PolicyConfig
 from radius_mfa.delivery.base import DeliveryFailed, Outgoing
+from radius_mfa.audit import user_ip_from
 from radius_mfa.masking import mask_email, mask_phone
-from radius_mfa.model import SentCode, Token, User
+from radius_mfa.model import Device, Push, SentCode, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
 from radius_mfa.sessions import Sessions
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
@@ -41,6 +42,10 @@ FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
 DELIVERY_CHANNELS = ("sms", "voice", "email")
 PHONE_CHANNELS = frozenset({"sms", "voice"})
 RATE_LIMITED_MESSAGE = "Too many codes were sent. Try again in a few minutes."
+PUSH_RATE_LIMITED_MESSAGE = "Too many sign-in requests were sent to your device. Try again in a few minutes."
+# What a push's outcome means for the sign-in waiting for it.
+PUSH_REJECTS = {"denied": Reason.DENIED, "fraud": Reason.FRAUD, "wrong_number": Reason.WRONG_NUMBER,
+                "pending": Reason.TIMEOUT}
 
 
 class Sender(Protocol):
@@ -61,6 +66,7 @@ class AuthRequest:
     request_id: str = ""
     mschap: bool = False             # an MS-CHAPv2 request: no password, nothing can carry a code
     forward: tuple[tuple[int, bytes], ...] = ()   # NAS attributes a proxying backend forwards
+    received: float | None = None    # engine clock when it arrived (set by Engine.handle)
 
 
 @dataclass(frozen=True)
@@ -110,10 +116,14 @@ class Engine:
     def __init__(self, *, store, primary: PrimaryBackend, verifiers: Sequence[CodeVerifier],
                  policy: PolicyConfig, sessions: Sessions, clock: Callable[[], float],
                  senders: Mapping[str, Sender] | None = None,
-                 delivery: Mapping[str, DeliveryFactorConfig] | None = None):
+                 delivery: Mapping[str, DeliveryFactorConfig] | None = None,
+                 push=None, number_matching: bool = True):
         """``delivery``: the configured code channels (``sms``, ``voice``,
         ``email``) and ``senders`` their providers; a channel is offered only
-        when it has both."""
+        when it has both. ``push``: the PushHub when factors.push is
+        configured (radius_mfa.push.hub)."""
+        self.push = push
+        self.number_matching = number_matching
         self.store = store                      # AsyncStore
         self.senders = dict(senders or {})
         self.delivery = {k: v for k, v in (delivery or {}).items() if k in self.senders}
@@ -128,6 +138,8 @@ class Engine:
 
     # --- entry point ----------------------------------------------------------
     async def handle(self, req: AuthRequest) -> Decision:
+        if req.received is None:
+            req = dataclasses.replace(req, received=self.clock())
         if not req.user_name:
             return self._reject(req, Reason.BAD_REQUEST)
         if req.state is not None and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
@@ -181,19 +193,30 @@ class Engine:
 
         tokens = await self._usable_tokens(user)
         channels = self._channels(user)
-        if (not tokens and not channels) or req.mschap:
-            # MS-CHAPv2 cannot carry a code: only an out-of-band factor could
-            # complete it, and none is available, so the policy for users
-            # without a usable factor decides
+        devices = await self._devices(user)
+        if req.mschap:
+            # MS-CHAPv2 cannot carry a code: only the device can complete it
+            # (approve/deny with the context); without one the policy for
+            # users without a usable factor decides
+            if devices:
+                return await self._push_and_wait(req, user, attributes, info)
+            return await self._unenrolled(req, user, attributes, info)
+        if not tokens and not channels and not devices:
             return await self._unenrolled(req, user, attributes, info)
         if answer is not None:
             return await self._check_answer(req, user, tokens, answer, attributes, info)
-        if not tokens and len(channels) == 1:
+        if not tokens and not channels:
+            # the one factor is the device: push at once, with the number
+            # at the prompt where the client can show one
+            if req.client.mode is Mode.INLINE:
+                return await self._push_and_wait(req, user, attributes, info)
+            return await self._push_challenge(req, user, attributes, info)
+        if not tokens and not devices and len(channels) == 1:
             # the one factor is a sent code: no menu, send it now
             return await self._send_code(req, user, channels[0], attributes, info)
         if req.client.mode is Mode.INLINE:
             return self._reject(req, Reason.NO_ANSWER, user=user, info=info)
-        return await self._challenge(req, user, tokens, attributes, info)
+        return await self._challenge(req, user, tokens, attributes, info, push=bool(devices))
 
     async def _relay_challenge(self, req: AuthRequest, user: User | None,
                                result: PrimaryResult) -> Decision:
@@ -211,6 +234,17 @@ class Engine:
         challenge, why_not = await self.sessions.take(req.state, req.user_name, req.client.name)
         user = await self.store.get_user(req.user_name)
         if challenge is None:
+            if why_not is Reason.BAD_STATE and user is not None and self.push is not None \
+                    and self._refusal(user) is None:
+                # a NAS retry (new identifier) of the answer to a push
+                # prompt, whose State the first copy used: it joins that push
+                now = self.clock()
+                push = await self.store.joinable_push(req.client.name, user.name,
+                                                      req.calling_station_id,
+                                                      now - req.client.timeout, now)
+                if push is not None:
+                    log.info("push.joined", user=user.name, client=req.client.name, push=push.id)
+                    return await self._await_push(req, user, push, (), {})
             return self._reject(req, why_not, user=user)
         answer = decode_password(req.password) if req.password is not None else ""
         if challenge.data.get("stage") == "upstream":
@@ -229,6 +263,12 @@ class Engine:
         info = challenge.data.get("info", {})
         if challenge.data.get("stage") == "sent_code":
             return await self._check_bound_code(req, user, challenge.data, answer, attributes, info)
+        if challenge.data.get("stage") == "push":
+            # any answer (an empty OK too): wait for the device's approval
+            push = await self.store.get_push(challenge.data.get("push_id", ""))
+            if push is None or push.user != user.name:
+                return self._reject(req, Reason.EXPIRED, user=user, factor="push", info=info)
+            return await self._await_push(req, user, push, attributes, info)
         tokens = await self._usable_tokens(user)
         return await self._check_answer(req, user, tokens, answer, attributes, info)
 
@@ -245,6 +285,9 @@ class Engine:
         answer = decode_password(req.password) if req.password else None
         if (tokens or self._channels(user)) and answer is not None and classify(answer) == "code":
             return await self._check_answer(req, user, tokens, answer, (), {})
+        if await self._devices(user):
+            # RD Gateway behind NPS: the request waits for the device
+            return await self._push_and_wait(req, user, (), {})
         if not tokens and not self._channels(user):
             return await self._unenrolled(req, user, (), {})
         # the out-of-band factors (push, voice) that this mode waits for are
@@ -279,24 +322,100 @@ class Engine:
             await self._count_failure(user, Reason.BAD_CODE)
             return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
                                 info=info)
+        if kind == "push" and await self._devices(user):
+            if req.client.mode is Mode.CHALLENGE:
+                return await self._push_challenge(req, user, attributes, info)
+            return await self._push_and_wait(req, user, attributes, info)
         if kind in FACTOR_WORDS:
             if kind in self._channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
                 return await self._send_code(req, user, kind, attributes, info)
-            # not configured, no number or address for it, or push (not in this build)
+            # not configured, or no number, address or device for it
             return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
         await self._count_failure(user, Reason.BAD_CODE)
         return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
                             info=info)
 
     async def _challenge(self, req: AuthRequest, user: User, tokens: Sequence[Token],
-                         attributes=(), info: dict | None = None) -> Decision:
+                         attributes=(), info: dict | None = None, push: bool = False) -> Decision:
         channels = self._channels(user)
-        factors = tuple(sorted({t.type for t in tokens})) + channels
+        factors = tuple(sorted({t.type for t in tokens})) + channels + (("push",) if push else ())
         state = await self.sessions.open(user.name, req.client.name, factors,
                                          challenge_data(attributes, info))
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
                         factor=self._code_factor(tokens), state=state,
-                        reply_message=menu_for(tokens, channels, user), user_info=dict(info or {}))
+                        reply_message=menu_for(tokens, channels, user, push=push),
+                        user_info=dict(info or {}))
+
+    # --- push approval ----------------------------------------------------------
+    async def _devices(self, user: User) -> list[Device]:
+        if self.push is None:
+            return []
+        return await self.store.list_devices(user.name)
+
+    async def _start_push(self, req: AuthRequest, user: User, number_matching: bool,
+                          lifetime: float | None = None):
+        return await self.push.start(user, req.client.name, req.client.timeout,
+                                     req.calling_station_id, user_ip_from(req.calling_station_id),
+                                     number_matching, lifetime)
+
+    def _remaining(self, req: AuthRequest) -> float:
+        """Seconds this request may still wait: the client's timeout, less
+        what it has used and the margin for our answer to reach it."""
+        now = self.clock()
+        received = req.received if req.received is not None else now
+        return req.client.timeout - DEADLINE_MARGIN - (now - received)
+
+    async def _push_challenge(self, req: AuthRequest, user: User, attributes,
+                              info: dict) -> Decision:
+        """Challenge mode: the push goes out now; the prompt shows its number
+        (number matching) and the answer to it waits for the approval."""
+        started = await self._start_push(req, user, self.number_matching)
+        if started is None:
+            return self._reject(req, Reason.RATE_LIMITED, user=user, factor="push", info=info,
+                                reply_message=PUSH_RATE_LIMITED_MESSAGE)
+        push = started.push
+        data = challenge_data(attributes, info)
+        data.update({"stage": "push", "push_id": push.id})
+        state = await self.sessions.open(user.name, req.client.name, ("push",), data)
+        if push.number is not None:
+            prompt = (f"Approve the sign-in on your device and enter the number {push.number} "
+                      f"there. Then press OK.")
+        else:
+            prompt = "Approve the sign-in on your device. Then press OK."
+        return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
+                        factor="push", state=state, reply_message=prompt,
+                        user_info=dict(info or {}))
+
+    async def _push_and_wait(self, req: AuthRequest, user: User, attributes,
+                             info: dict) -> Decision:
+        """No prompt possible (second-factor-only, MS-CHAPv2, inline): the
+        device shows approve/deny with the context, and this request waits."""
+        # the push lives as long as this request waits: a late answer changes nothing
+        started = await self._start_push(req, user, number_matching=False,
+                                         lifetime=self._remaining(req))
+        if started is None:
+            # the instruction only where a password was checked first
+            message = None if req.client.mode is Mode.SECOND_FACTOR_ONLY else PUSH_RATE_LIMITED_MESSAGE
+            return self._reject(req, Reason.RATE_LIMITED, user=user, factor="push", info=info,
+                                reply_message=message)
+        return await self._await_push(req, user, started.push, attributes, info)
+
+    async def _await_push(self, req: AuthRequest, user: User, push: Push, attributes,
+                          info: dict) -> Decision:
+        """Wait for the device's answer, within the client's timeout (less
+        what this request has used already) and the push's own."""
+        remaining = min(self._remaining(req), push.expires - self.clock())
+        outcome = await self.push.wait(push.id, remaining)
+        if outcome is None:
+            return self._reject(req, Reason.EXPIRED, user=user, factor="push", info=info)
+        if outcome.status in ("approved", "used"):
+            await self.push.use(outcome)
+            await self._clear_failures(user)
+            return self._accept(req, user, factor="push", device=outcome.device,
+                                attributes=attributes, info=info)
+        reason = PUSH_REJECTS.get(outcome.status, Reason.TIMEOUT)
+        log.info("push.rejected", user=user.name, push=push.id, reason=str(reason))
+        return self._reject(req, reason, user=user, factor="push", device=outcome.device, info=info)
 
     # --- sent codes (SMS, voice, email) ---------------------------------------
     async def _send_code(self, req: AuthRequest, user: User, channel: str, attributes,
@@ -548,11 +667,17 @@ def mask_destination(channel: str, destination: str | None) -> str:
     return masked or "***"
 
 
-def menu_for(tokens: Sequence[Token], channels: Sequence[str], user: User) -> str:
+def menu_for(tokens: Sequence[Token], channels: Sequence[str], user: User,
+             push: bool = False) -> str:
     """The Reply-Message of the first challenge: the code prompt, and the
-    words that send a code, each with its masked destination."""
+    words that send a code, each with its masked destination, and ``push``
+    when the user has a paired device."""
     if not channels:
-        return prompt_for(tokens)
+        if not push:
+            return prompt_for(tokens)
+        if not tokens:
+            return "Type push to approve the sign-in on your device"
+        return f"{prompt_for(tokens)}, or type push to approve on your device"
     choices = []
     phone = [c for c in channels if c in PHONE_CHANNELS]
     if phone:
@@ -560,6 +685,9 @@ def menu_for(tokens: Sequence[Token], channels: Sequence[str], user: User) -> st
     if "email" in channels:
         choices.append(f"email ({mask_email(user.email)})")
     words = " or ".join(choices)
+    if push:
+        head = f"{prompt_for(tokens)}, or type push" if tokens else "Type push"
+        return f"{head} to approve on your device, or {words} to get a code"
     if not tokens:
         return f"Type {words} to get a code"
     return f"{prompt_for(tokens)}, or type {words}"

@@ -84,9 +84,10 @@ def stop_primary(primary) -> None:
 
 
 def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[], float],
-                 *, reactor=None) -> Engine:
+                 *, reactor=None, push=None) -> Engine:
     """The engine for ``config``; ``reactor`` drives the code senders (SMS,
-    voice, email), which exist only where their factors are configured."""
+    voice, email), which exist only where their factors are configured;
+    ``push`` is the PushHub where factors.push is configured."""
     delivery = {channel: section for channel in CHANNELS
                 if (section := getattr(config.factors, channel)) is not None}
     senders = build_senders(config.factors, reactor=reactor) if delivery and reactor is not None else {}
@@ -101,6 +102,8 @@ def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[],
         clock=clock,
         senders=senders,
         delivery=delivery,
+        push=push if config.factors.push is not None else None,
+        number_matching=config.factors.push.number_matching if config.factors.push else True,
     )
 
 
@@ -121,6 +124,8 @@ class Service:
         self.metrics = None
         self.health = None
         self.http_port = None
+        self.push_hub = None             # factors.push: the waiting requests and the device API
+        self.push_port = None
 
     def start(self) -> None:
         """Open the store and the listeners; raises ConfigError, StoreError or
@@ -140,11 +145,12 @@ class Service:
         self.hash_runner = thread_runner(reactor, self.hash_pool)
         self.ldap_runner = thread_runner(reactor, self.ldap_pool)
         self.dictionary = load_dictionary()
+        self.audit_rows = AuditBatcher(self.store, reactor, reactor.seconds)
+        self.audit = AuditLog(config.audit.file, keep=self.audit_rows.keep)
+        self._start_push(config)
 
         runtime = self._runtime(config)
         self.activity = ClientActivity(self.store, self.sync_store.list_clients_seen())
-        self.audit_rows = AuditBatcher(self.store, reactor, reactor.seconds)
-        self.audit = AuditLog(config.audit.file, keep=self.audit_rows.keep)
         dictionary = self.dictionary
         duplicates = DuplicateCache(reactor)
         droplog = DropLogger(structlog.get_logger("radius_mfa.drop"), reactor,
@@ -207,7 +213,8 @@ class Service:
     def _runtime(self, config: Config) -> Runtime:
         primary = build_primary(config, reactor=self.reactor, hash_runner=self.hash_runner,
                                 ldap_runner=self.ldap_runner, dictionary=self.dictionary)
-        engine = build_engine(config, self.store, primary, self.reactor.seconds, reactor=self.reactor)
+        engine = build_engine(config, self.store, primary, self.reactor.seconds, reactor=self.reactor,
+                              push=self.push_hub)
         return Runtime(clients=ClientTable(config.clients), engine=engine)
 
     # --- per request -------------------------------------------------------------
@@ -220,6 +227,46 @@ class Service:
                  result=record["result"], reason=record["reason"], factor=record["factor"],
                  duration_ms=record["duration_ms"], request_id=record["request_id"])
 
+    # --- push approval -----------------------------------------------------------
+    def _start_push(self, config: Config) -> None:
+        """factors.push: the hub every engine shares (it outlives a SIGHUP,
+        with the requests waiting in it) and the device API, served by a
+        single process or by worker 0 (the others learn of answers through
+        the store)."""
+        push = config.factors.push
+        if push is None:
+            return
+        from radius_mfa.push.api import DeviceApi, listen_device_api
+        from radius_mfa.push.hub import PushHub
+        from radius_mfa.push.notify import notifiers_from_config
+
+        self.push_hub = PushHub(self.store, config=push, clock=self.reactor.seconds,
+                                reactor=self.reactor,
+                                notifier=notifiers_from_config(push, self.reactor),
+                                on_fraud=self._fraud_reported)
+        if self.worker is None or self.worker.index == 0:
+            api = DeviceApi(self.push_hub, self.store, self.reactor.seconds, config.server.name)
+            self.push_port = listen_device_api(self.reactor, push, api)
+            host = self.push_port.getHost()
+            log.info("push.listening", address=f"{host.host}:{host.port}")
+
+    def _fraud_reported(self, push, device) -> None:
+        """The audit record of a push the user reported as fraud."""
+        from radius_mfa.audit import iso_time
+
+        client = next((c for c in self.config.clients if c.name == push.client), None)
+        self.audit.write({
+            "time": iso_time(self.reactor.seconds()), "server": self.config.server.name,
+            "server_ip": None, "client": push.client, "client_ip": None,
+            "user_ip": push.user_ip, "calling_station_id": push.calling_station_id,
+            "user": push.user, "display_name": None, "email": None, "phone": None,
+            "device": device.id, "primary": None, "factor": "push", "provider": None,
+            "result": "reject", "reason": "fraud",
+            "mode": client.mode.value if client is not None else None,
+            "duration_ms": round((self.reactor.seconds() - push.created) * 1000.0, 3),
+            "request_id": push.id,
+        })
+
     async def _purge(self) -> None:
         now = self.reactor.seconds()
         removed = await self.store.purge_challenges(now)
@@ -228,6 +275,10 @@ class Service:
         codes = await self.store.purge_sent_codes(now)
         if codes:
             log.debug("sent_codes.purged", count=codes)
+        if self.push_hub is not None:
+            pushes = await self.store.purge_pushes(now)
+            if pushes:
+                log.debug("pushes.purged", count=pushes)
 
     def _loop_failed(self, failure) -> None:
         log.error("service.loop_failed", exception=failure.getTraceback())
@@ -312,10 +363,18 @@ class Service:
         except ConfigError as exc:
             log.error("config.reload_failed", problems=exc.problems)
             return
+        old_push, new_push = self.config.factors.push, config.factors.push
         if (config.store != self.config.store or config.server.listen != self.config.server.listen
-                or config.metrics != self.config.metrics or config.server.workers != self.config.server.workers):
+                or config.metrics != self.config.metrics or config.server.workers != self.config.server.workers
+                or (old_push is None) != (new_push is None)
+                or (old_push is not None and new_push is not None
+                    and (old_push.listen, old_push.tls_cert, old_push.tls_key)
+                    != (new_push.listen, new_push.tls_cert, new_push.tls_key))):
             log.warning("config.reload_partial",
-                        detail="store, listen and metrics addresses and workers change only with a restart")
+                        detail="store, listen and metrics addresses, workers, and whether and where "
+                               "the device API listens change only with a restart")
+        if self.push_hub is not None and new_push is not None:
+            self.push_hub.config = new_push     # timeout, rate limit, number matching
         retired = self.protocols[0].runtime.engine.primary if self.protocols else None
         for protocol in self.protocols:
             protocol.runtime = runtime
@@ -355,12 +414,18 @@ class Service:
             port.stopListening()
         if self.http_port is not None:
             self.http_port.stopListening()
+        if self.push_port is not None:
+            self.push_port.stopListening()
         for pool in (getattr(self, "store_pool", None), getattr(self, "hash_pool", None),
                      getattr(self, "ldap_pool", None)):
             if pool is not None and pool.started:
                 pool.stop()
 
     def _close(self) -> None:
+        if self.push_port is not None:
+            self.push_port.stopListening()
+        if self.push_hub is not None:
+            self.push_hub.stop()
         if self.protocols:
             stop_primary(self.protocols[0].runtime.engine.primary)
         self.audit.close()

@@ -29,7 +29,8 @@ class Reason(str, enum.Enum):
     TIMEOUT = "timeout"
     UPSTREAM_DOWN = "upstream_down"
     DENIED = "denied"
-    FRAUD = "fraud"
+    FRAUD = "fraud"                  # the push was reported as fraud from the device
+    WRONG_NUMBER = "wrong_number"    # the push was approved with another number than the prompt's
     RATE_LIMITED = "rate_limited"
     CODE_SENT = "code_sent"          # inline: a code was sent, sign in again with password,CODE
     DELIVERY_FAILED = "delivery_failed"  # no provider delivered the code

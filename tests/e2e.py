@@ -38,7 +38,8 @@ def command() -> list[str]:
 def write_config(directory: Path, port: int, *, clients: str | None = None, policy: str = "",
                  extra: str = "", primary: str = "  backend: local",
                  store: str = "sqlite:///radius-mfa.db", workers: int = 1,
-                 name: str = "mfa-test") -> Path:
+                 name: str = "mfa-test", factors: str = "") -> Path:
+    """``factors``: more of the factors section (indented two spaces)."""
     clients = clients or f"""
   - name: local
     address: 127.0.0.1
@@ -59,6 +60,7 @@ primary:
 {primary}
 factors:
   totp: {{window: 1}}
+{factors}
 policy:
   lockout: {{failures: 3, minutes: 15}}
 {policy}

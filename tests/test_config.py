@@ -95,7 +95,11 @@ def test_every_commented_example_in_the_sample_is_valid(tmp_path: Path):
     assert email is not None and email.subject == "Your sign-in code"
     assert email.providers[0].from_address == "mfa@example.org"
     assert email.providers[0].port == 587 and email.providers[0].starttls
-    assert config.factors.push is not None and config.factors.push.listen == ListenAddress("0.0.0.0", 8443)
+    push = config.factors.push
+    assert push is not None and push.listen == ListenAddress("0.0.0.0", 8443)
+    assert (push.pairing_ttl, push.rate_limit.sends, push.rate_limit.minutes) == (600.0, 5, 5.0)
+    assert [(n.name, n.type, n.method, n.timeout) for n in push.notify] == [("chat", "webhook", "POST", 5.0)]
+    assert "{number_hint}" in push.notify[0].body
     assert config.metrics is not None and config.metrics.listen == ListenAddress("127.0.0.1", 9812)
 
 
@@ -536,6 +540,80 @@ log:
     assert (push.public_url, push.timeout, push.number_matching) == ("https://mfa.example.org:8443", 55.0, False)
     assert config.metrics is not None and config.metrics.listen == ListenAddress("127.0.0.1", 9812)
     assert (config.log.level, config.log.format) == ("debug", "json")
+
+
+def test_push_defaults_for_pairing_rate_limit_and_notify(tmp_path: Path):
+    push = load_config(write(tmp_path, "factors:\n  push: {}\n")).factors.push
+    assert push is not None
+    assert push.pairing_ttl == 600.0
+    assert (push.rate_limit.sends, push.rate_limit.minutes) == (5, 5.0)
+    assert push.notify == ()
+    assert push.public_url is None and push.number_matching
+
+
+def test_push_notify_webhooks_are_read_whole(tmp_path: Path):
+    path = write(tmp_path, """\
+factors:
+  push:
+    pairing_ttl: 120
+    rate_limit: {sends: 3, minutes: 10}
+    notify:
+      - name: chat
+        url: "https://chat.example.org/hook?u={user}"
+        headers: {Authorization: "Bearer hook-secret"}
+        body: '{"text": "{user} on {client} from {user_ip} ({push_id}). {number_hint}"}'
+      - {name: pager, type: webhook, url: "http://127.0.0.1:9/p", method: PUT, timeout: 2.5}
+""")
+    push = load_config(path).factors.push
+    assert (push.pairing_ttl, push.rate_limit.sends, push.rate_limit.minutes) == (120.0, 3, 10.0)
+    chat, pager = push.notify
+    assert (chat.name, chat.type, chat.method, chat.timeout) == ("chat", "webhook", "POST", 5.0)
+    assert chat.url == "https://chat.example.org/hook?u={user}"
+    assert chat.headers == (("Authorization", "Bearer hook-secret"),)
+    assert "hook-secret" not in repr(chat)
+    assert (pager.name, pager.method, pager.timeout, pager.body) == ("pager", "PUT", 2.5, None)
+
+
+def test_push_notify_problems_have_line_and_path(tmp_path: Path):
+    path = write(tmp_path, """\
+factors:
+  push:
+    pairing_ttl: 0
+    rate_limit: {sends: 0}
+    notify:
+      - name: a
+        url: "ftp://example.org/"
+      - name: b
+        url: "https://example.org/{usr}"
+        body: '{"n": "{number}"}'
+        method: DELETE
+        type: fcm
+        colour: red
+      - {name: c, url: "https://example.org/"}
+      - {name: c, url: "https://example.org/"}
+      - url: "https://example.org/"
+        headers: {X-Key: 12345}
+""")
+    assert problems_of(path) == [
+        f"{path}:3: factors.push.pairing_ttl: must be greater than 0, got 0",
+        f"{path}:4: factors.push.rate_limit.sends: must be at least 1, got 0",
+        f"{path}:7: factors.push.notify[0].url: expected a URL like http://HOST or https://HOST",
+        f"{path}:9: factors.push.notify[1].url: unknown placeholder {{usr}} "
+        "(known: {user} {client} {push_id} {user_ip} {number_hint})",
+        f"{path}:10: factors.push.notify[1].body: unknown placeholder {{number}} "
+        "(known: {user} {client} {push_id} {user_ip} {number_hint})",
+        f"{path}:11: factors.push.notify[1].method: 'DELETE' is not one of POST, GET, PUT, PATCH",
+        f"{path}:12: factors.push.notify[1].type: 'fcm' is not one of webhook",
+        f"{path}:13: factors.push.notify[1].colour: unknown key",
+        f"{path}:15: factors.push.notify[3].name: duplicate notifier name 'c'",
+        f"{path}:16: factors.push.notify[4].name: missing (required)",
+        f"{path}:17: factors.push.notify[4].headers.X-Key: expected a string, got an integer (quote it)",
+    ]
+
+
+def test_push_notify_must_be_a_list(tmp_path: Path):
+    path = write(tmp_path, "factors:\n  push:\n    notify: {name: a}\n")
+    assert problems_of(path) == [f"{path}:3: factors.push.notify: expected a list, got a mapping"]
 
 
 def test_ldap_backend_needs_a_way_to_find_users(tmp_path: Path):
