@@ -1,4 +1,5 @@
 import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -46,3 +47,32 @@ def alice_store(make_store):
     sync = make_store()
     sync.add_user(User(name="alice"))
     return AsyncStore(sync, immediate_runner)
+
+
+# --- the commands, run in process (tests/test_cli*.py define ``config_file``) ----------
+@pytest.fixture
+def run(config_file, capsys, monkeypatch):
+    """run(*words, stdin="") → (exit code, stdout, stderr), ``-c FILE`` first."""
+
+    from radius_mfa.cli import main as cli_main
+
+    def run_(*words: str, stdin: str = "", config: str | None = config_file):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        argv = (["-c", config] if config else []) + list(words)
+        code = cli_main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run_
+
+
+@pytest.fixture
+def store(config_file):
+    """The same store the commands use, opened directly for setup and checks."""
+    from radius_mfa.config import load_config
+    from radius_mfa.store import open_store
+
+    config = load_config(config_file)
+    s = open_store(config.store, config.store_key_file)
+    yield s
+    s.close()

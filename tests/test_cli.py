@@ -53,30 +53,6 @@ def config_file(tmp_path, monkeypatch):
     return str(path)
 
 
-@pytest.fixture
-def run(config_file, capsys, monkeypatch):
-    """run(*words, stdin="") → (exit code, stdout, stderr), ``-c FILE`` first."""
-
-    def run_(*words: str, stdin: str = "", config: str | None = config_file):
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        argv = (["-c", config] if config else []) + list(words)
-        code = cli.main(argv)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run_
-
-
-@pytest.fixture
-def store(config_file):
-    """The same store the commands use, opened directly for setup and checks."""
-    from radius_mfa.config import load_config
-    from radius_mfa.store import open_store
-
-    config = load_config(config_file)
-    s = open_store(config.store, config.store_key_file)
-    yield s
-    s.close()
 
 
 def add_user(run, name="alice", *extra):

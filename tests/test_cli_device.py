@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -54,28 +53,6 @@ def config_file(tmp_path, monkeypatch):
     return write_config(tmp_path)
 
 
-@pytest.fixture
-def run(config_file, capsys, monkeypatch):
-    """run(*words, config=…) → (exit code, stdout, stderr)."""
-
-    def run_(*words: str, config: str = config_file):
-        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        code = cli.main(["-c", config, *words])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run_
-
-
-@pytest.fixture
-def store(config_file):
-    from radius_mfa.config import load_config
-    from radius_mfa.store import open_store
-
-    config = load_config(config_file)
-    s = open_store(config.store, config.store_key_file)
-    yield s
-    s.close()
 
 
 def add_users(run, *names: str) -> None:

@@ -278,6 +278,13 @@ class SignedRequests(DeviceApiTestCase):
         self.assertEqual((status, body), (200, {"device_id": phone.device_id, "user": "alice",
                                                 "name": "alice's phone"}))
         self.assertEqual(self.sync.get_device(phone.device_id).last_seen, NOW + 5)
+        # to the minute: the next calls within it write nothing
+        self.clock.advance(30)
+        yield self.signed_get(phone, "/v1/device")
+        self.assertEqual(self.sync.get_device(phone.device_id).last_seen, NOW + 5)
+        self.clock.advance(30)
+        yield self.signed_get(phone, "/v1/device")
+        self.assertEqual(self.sync.get_device(phone.device_id).last_seen, NOW + 65)
 
     @defer.inlineCallbacks
     def test_an_unsigned_request_is_refused(self):

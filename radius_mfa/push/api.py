@@ -73,6 +73,8 @@ INTERNAL = "internal error"
 _INTEGER = re.compile(r"-?[0-9]{1,15}")
 _MAX_TOKEN = 512              # longer than any token `device pair` makes
 _MAX_DEVICE_ID = 64
+#: Seconds between two records of a device's last signed request.
+TOUCH_SECONDS = 60.0
 
 
 class ApiError(Exception):
@@ -271,7 +273,9 @@ class DeviceApi(Resource):
         now = self.clock()
         if abs(when - now) > crypto.MAX_SKEW:
             raise ApiError(401, CLOCK_OFF)
-        await self.store.touch_device(device.id, now)
+        if device.last_seen is None or now - device.last_seen >= TOUCH_SECONDS:
+            # last seen to the minute: not one write per long-poll and answer
+            await self.store.touch_device(device.id, now)
         return device
 
     # --- GET /v1/pending ---------------------------------------------------------------
