@@ -140,34 +140,47 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(directory: Path, port: int, secret: str) -> Path:
+LOCAL_PRIMARY = "primary:\n  backend: local\n"
+TOTP_FACTORS = f"  totp: {{window: {TOTP_WINDOW}}}\n"
+# the reject scenario sends many wrong passwords; it measures the
+# bad-password path, not the lockout path
+NO_LOCKOUT = "policy:\n  lockout: {failures: 1000000, minutes: 15}\n"
+
+
+def write_config(directory: Path, port: int, secret: str, *, workers: int = 1,
+                 store: str | None = None, key_file: Path | None = None,
+                 client: str = "bench", mode: str = "challenge", client_extra: str = "",
+                 primary: str = LOCAL_PRIMARY, factors: str = TOTP_FACTORS,
+                 policy: str = NO_LOCKOUT) -> Path:
+    """The radius-mfa config every benchmark starts from: one client on
+    127.0.0.1 with Message-Authenticator required, the audit file in
+    ``directory``, log level warning. ``primary`` and ``policy`` are whole
+    sections, ``factors`` the lines below ``factors:``, ``client_extra``
+    more lines of the client (indented four spaces). Mode 0600: it holds
+    the shared secret."""
+    key_line = f'store_key_file: "{key_file}"\n' if key_file is not None else ""
     path = directory / "radius-mfa.yaml"
     path.write_text(f"""\
 server:
   name: bench
   listen:
     - udp: "127.0.0.1:{port}"
-store: "{store_url(directory)}"
-clients:
-  - name: bench
+  workers: {workers}
+store: "{store or store_url(directory)}"
+{key_line}clients:
+  - name: {client}
     address: 127.0.0.1
     secret: "{secret}"
     require_message_authenticator: true
-    mode: challenge
-primary:
-  backend: local
-factors:
-  totp: {{window: {TOTP_WINDOW}}}
-policy:
-  # the reject scenario sends many wrong passwords; it measures the
-  # bad-password path, not the lockout path
-  lockout: {{failures: 1000000, minutes: 15}}
-audit:
+    mode: {mode}
+{client_extra}{primary}factors:
+{factors}{policy}audit:
   file: "{directory / 'audit.jsonl'}"
 log:
   level: warning
   format: json
 """)
+    path.chmod(0o600)
     return path
 
 
@@ -175,10 +188,11 @@ def store_url(directory: Path) -> str:
     return f"sqlite:///{directory / 'bench.db'}"
 
 
-def server_command(config: Path) -> list[str]:
+def radius_mfa_command(config: Path, *words: str) -> list[str]:
+    """``radius-mfa -c CONFIG WORDS…``: the installed script, or the module."""
     script = shutil.which("radius-mfa")
     base = [script] if script else [sys.executable, "-m", "radius_mfa"]
-    return base + ["-c", str(config), "serve"]
+    return base + ["-c", str(config), *words]
 
 
 class ServerProcess:
@@ -200,7 +214,7 @@ class ServerProcess:
             with open(self.log_path, "wb") as log:
                 # a session of its own: Ctrl-C reaches the benchmark, which
                 # then stops the server itself
-                self.proc = subprocess.Popen(server_command(self.config), stdin=subprocess.DEVNULL,
+                self.proc = subprocess.Popen(radius_mfa_command(self.config, "serve"), stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL, stderr=log, env=env,
                                              start_new_session=True)
             self._wait_ready(notify)

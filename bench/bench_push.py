@@ -64,7 +64,8 @@ sys.path.insert(1, str(BENCH_DIR.parent))
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from bench_core import (BenchError, ServerProcess, cpu_model, free_udp_port,  # noqa: E402
-                        run_in_temporary_directory)
+                        radius_mfa_command, run_in_temporary_directory, store_url,
+                        write_config)
 from bench_vs_freeradius import RssSampler, tree_cpu_seconds, tree_rss_bytes  # noqa: E402
 
 from radius_mfa.model import Pairing, User  # noqa: E402
@@ -94,10 +95,6 @@ def user_name(index: int) -> str:
     return f"push{index:05d}"
 
 
-def store_url(directory: Path) -> str:
-    return f"sqlite:///{directory / 'bench.db'}"
-
-
 def make_users_and_pairings(directory: Path, count: int, pairing_ttl: float) -> list[str | None]:
     """``count`` users without a password and a pairing token for each but
     the first (that one is paired through ``radius-mfa device pair``);
@@ -117,26 +114,11 @@ def make_users_and_pairings(directory: Path, count: int, pairing_ttl: float) -> 
     return tokens
 
 
-def write_config(directory: Path, *, port: int, push_port: int, secret: str, timeout: float,
-                 workers: int) -> Path:
-    path = directory / "radius-mfa.yaml"
-    path.write_text(f"""\
-server:
-  name: bench
-  listen:
-    - udp: "127.0.0.1:{port}"
-  workers: {workers}
-store: "{store_url(directory)}"
-clients:
-  - name: rdgw
-    address: 127.0.0.1
-    secret: "{secret}"
-    require_message_authenticator: true
-    mode: second-factor-only
-    timeout: {timeout:g}
-primary:
-  backend: local
-factors:
+def write_push_config(directory: Path, *, port: int, push_port: int, secret: str, timeout: float,
+                      workers: int) -> Path:
+    return write_config(directory, port, secret, workers=workers, client="rdgw",
+                        mode="second-factor-only", client_extra=f"    timeout: {timeout:g}\n",
+                        policy="", factors=f"""\
   push:
     listen: "127.0.0.1:{push_port}"
     tls_cert: "{directory / 'push.crt'}"
@@ -144,25 +126,13 @@ factors:
     public_url: "https://127.0.0.1:{push_port}"
     timeout: {timeout:g}
     number_matching: true
-audit:
-  file: "{directory / 'audit.jsonl'}"
-log:
-  level: warning
-  format: json
 """)
-    return path
-
-
-def cli_command(config: Path, *words: str) -> list[str]:
-    script = shutil.which("radius-mfa")
-    base = [script] if script else [sys.executable, "-m", "radius_mfa"]
-    return base + ["-c", str(config), *words]
 
 
 def pair_through_cli(config: Path, name: str) -> tuple[crypto.PairingLink, float]:
     """``radius-mfa device pair NAME --json``: the link and the seconds it took."""
     started = time.perf_counter()
-    result = subprocess.run(cli_command(config, "device", "pair", name, "--json"),
+    result = subprocess.run(radius_mfa_command(config, "device", "pair", name, "--json"),
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
@@ -694,7 +664,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     raise_open_files_limit(2 * args.count + 256)
     secret = secrets.token_hex(16)
     port, push_port = free_udp_port(), free_tcp_port()
-    config = write_config(directory, port=port, push_port=push_port, secret=secret,
+    config = write_push_config(directory, port=port, push_port=push_port, secret=secret,
                           timeout=args.timeout, workers=args.workers)
     started = time.perf_counter()
     tokens = make_users_and_pairings(directory, args.count, pairing_ttl=600.0)

@@ -60,8 +60,8 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(1, str(BENCH_DIR.parent))
 
 import loadgen  # noqa: E402
-from bench_core import (BenchError, BenchUser, CodeBook, ServerProcess, cpu_model,  # noqa: E402
-                        free_udp_port, run_in_temporary_directory)
+from bench_core import (LOCAL_PRIMARY, BenchError, BenchUser, CodeBook, ServerProcess,  # noqa: E402
+                        cpu_model, free_udp_port, run_in_temporary_directory, write_config)
 from loadgen import LoadClient, LoadReport  # noqa: E402
 
 from radius_mfa.model import Token, User  # noqa: E402
@@ -328,39 +328,14 @@ def write_radius_mfa_config(directory: Path, *, port: int, secret: str, store: P
     """Challenge-mode client (which takes ``password,CODE`` too), the local
     backend or the slow upstream, log level warning."""
     if upstream is None:
-        primary = "primary:\n  backend: local\n"
+        primary = LOCAL_PRIMARY
     else:
         home_port, home_secret = upstream
         primary = (f"primary:\n  backend: radius\n  radius:\n    servers:\n"
                    f"      - {{address: \"127.0.0.1:{home_port}\", secret: \"{home_secret}\"}}\n"
                    f"    timeout: 5\n    retries: 0\n")
-    path = directory / "radius-mfa.yaml"
-    path.write_text(f"""\
-server:
-  name: bench
-  listen:
-    - udp: "127.0.0.1:{port}"
-  workers: {workers}
-store: "sqlite:///{store}"
-store_key_file: "{key_file}"
-clients:
-  - name: bench
-    address: 127.0.0.1
-    secret: "{secret}"
-    require_message_authenticator: true
-    mode: challenge
-{primary}factors:
-  totp: {{window: 1}}
-policy:
-  lockout: {{failures: 1000000, minutes: 15}}
-audit:
-  file: "{directory / 'audit.jsonl'}"
-log:
-  level: warning
-  format: json
-""")
-    path.chmod(0o600)
-    return path
+    return write_config(directory, port, secret, workers=workers, store=f"sqlite:///{store}",
+                        key_file=key_file, primary=primary, factors="  totp: {window: 1}\n")
 
 
 # --------------------------------------------------------------------------
