@@ -120,21 +120,8 @@ class PushHub:
         push = await self.store.get_push(push_id)
         if push is None or push.status in ANSWERED or timeout <= 0:
             return push
-        waiter: defer.Deferred = defer.Deferred()
-        self._waiters.setdefault(push_id, []).append(waiter)
-        timer = self.reactor.callLater(timeout, lambda: waiter.called or waiter.callback(None))
         self._ensure_polling()
-        try:
-            answered = await waiter
-        finally:
-            if timer.active():
-                timer.cancel()
-            waiting = self._waiters.get(push_id)
-            if waiting is not None:
-                if waiter in waiting:
-                    waiting.remove(waiter)
-                if not waiting:
-                    del self._waiters[push_id]
+        answered = await self._wait_in(self._waiters, push_id, timeout)
         if answered is not None:
             return answered
         return await self.store.get_push(push_id)       # the timeout: as it stands now
@@ -155,21 +142,7 @@ class PushHub:
             remaining = deadline - self.clock()
             if pending or remaining <= 0:
                 return pending
-            waiter: defer.Deferred = defer.Deferred()
-            self._devices.setdefault(device.user, []).append(waiter)
-            timer = self.reactor.callLater(min(LONG_POLL_CHECK, remaining),
-                                           lambda: waiter.called or waiter.callback(None))
-            try:
-                await waiter
-            finally:
-                if timer.active():
-                    timer.cancel()
-                waiting = self._devices.get(device.user)
-                if waiting is not None:
-                    if waiter in waiting:
-                        waiting.remove(waiter)
-                    if not waiting:
-                        del self._devices[device.user]
+            await self._wait_in(self._devices, device.user, min(LONG_POLL_CHECK, remaining))
 
     async def answer(self, push_id: str, device: Device, decision: str,
                      number: int | None) -> Push:
@@ -209,9 +182,7 @@ class PushHub:
 
     def answered(self, push: Push) -> None:
         """Wake the requests of this process that wait for ``push``."""
-        for waiter in self._waiters.pop(push.id, []):
-            if not waiter.called:
-                waiter.callback(push)
+        _wake(self._waiters, push.id, push)
 
     async def _fraud(self, push: Push, device: Device) -> None:
         """The user says they did not start this sign-in: deny it (done),
@@ -230,9 +201,27 @@ class PushHub:
 
     # --- waking -------------------------------------------------------------------
     def _wake_devices(self, user: str) -> None:
-        for waiter in self._devices.pop(user, []):
-            if not waiter.called:
-                waiter.callback(None)
+        _wake(self._devices, user, None)
+
+    async def _wait_in(self, registry: dict[str, list[defer.Deferred]], key: str,
+                       timeout: float):
+        """Wait under ``registry[key]`` until woken (the value it was woken
+        with) or ``timeout`` seconds (None); a cancelled wait (a device
+        that hung up) leaves no trace in the registry."""
+        waiter: defer.Deferred = defer.Deferred()
+        registry.setdefault(key, []).append(waiter)
+        timer = self.reactor.callLater(timeout, lambda: waiter.called or waiter.callback(None))
+        try:
+            return await waiter
+        finally:
+            if timer.active():
+                timer.cancel()
+            waiting = registry.get(key)
+            if waiting is not None:
+                if waiter in waiting:
+                    waiting.remove(waiter)
+                if not waiting:
+                    del registry[key]
 
     def _ensure_polling(self) -> None:
         if self._poller is None or not self._poller.running:
@@ -262,3 +251,10 @@ class PushHub:
     def stop(self) -> None:
         if self._poller is not None and self._poller.running:
             self._poller.stop()
+
+
+def _wake(registry: dict[str, list[defer.Deferred]], key: str, value) -> None:
+    """Fire every wait registered under ``key`` with ``value``."""
+    for waiter in registry.pop(key, []):
+        if not waiter.called:
+            waiter.callback(value)
