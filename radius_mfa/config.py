@@ -46,6 +46,9 @@ class ClientConfig:
     mode: Mode = Mode.CHALLENGE
     timeout: float = 30.0
     exempt: bool = False
+    # drop an Access-Request carrying Proxy-State without a valid
+    # Message-Authenticator (draft-ietf-radext-deprecating-radius)
+    limit_proxy_state: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,8 +212,25 @@ class LockoutConfig:
 
 
 @dataclass(frozen=True)
+class UsernameConfig:
+    """How user names are compared: after Unicode NFC and trimming, and
+    case-insensitively by default, as directories match them."""
+    case: str = "insensitive"           # insensitive | sensitive
+    strip_realm: bool = False           # CORP\\alice and alice@corp → alice
+
+
+@dataclass(frozen=True)
+class PasswordsConfig:
+    """The local backend's hash for new and upgraded passwords, and the
+    timing floor of every password check."""
+    scheme: str = "scrypt"              # scrypt (N=2^14, r=8, p=1) | pbkdf2-sha256
+    pbkdf2_iterations: int = 600_000
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
-    unenrolled: str = "reject"          # reject | allow
+    unenrolled: str = "reject"          # reject | allow | enrol
+    username: UsernameConfig = UsernameConfig()
     exempt_users: tuple[str, ...] = ()
     exempt_groups: tuple[str, ...] = ()
     lockout: LockoutConfig = LockoutConfig()
@@ -247,6 +267,7 @@ class Config:
     primary: PrimaryConfig = PrimaryConfig()
     factors: FactorsConfig = FactorsConfig()
     policy: PolicyConfig = PolicyConfig()
+    passwords: PasswordsConfig = PasswordsConfig()
     audit: AuditConfig = AuditConfig()
     metrics: MetricsConfig | None = None
     log: LogConfig = LogConfig()
