@@ -216,7 +216,7 @@ class UsernameConfig:
     """How user names are compared: after Unicode NFC and trimming, and
     case-insensitively by default, as directories match them."""
     case: str = "insensitive"           # insensitive | sensitive
-    strip_realm: bool = False           # CORP\\alice and alice@corp → alice
+    strip_realm: bool = False           # CORP\alice and alice@corp → alice
 
 
 @dataclass(frozen=True)
