@@ -37,7 +37,10 @@ class Reason(str, enum.Enum):
     EXPIRED = "expired"
     EXPIRED_STATE = "expired_state"  # the State was ours but its time ran out
     BAD_STATE = "bad_state"          # unknown or already used State, or bound to another user/client
-    BAD_REQUEST = "bad_request"      # no User-Name, CHAP where PAP is needed, …
+    BAD_REQUEST = "bad_request"      # no User-Name, no password where one is needed, …
+    UNSUPPORTED_METHOD = "unsupported_method"   # CHAP, MS-CHAP v1, EAP, or MS-CHAPv2 the backend cannot check
+    ENROL = "enrol"                  # policy.unenrolled: enrol — a one-time enrolment link was sent
+    OVERLOADED = "overloaded"        # queued longer than the client waits: dropped unanswered
     ERROR = "error"                  # our fault: a store or code failure (fails closed)
 
     def __str__(self) -> str:

@@ -166,6 +166,10 @@ class Store(Protocol):
         """Remember a one-time pairing token (its digest) for a user;
         NotFoundError when the user does not exist."""
 
+    def get_pairing(self, token_digest: str) -> Pairing | None:
+        """The pairing of this token digest, expired ones too; reads only (a
+        pairing attempt with a wrong token takes no write lock)."""
+
     def complete_pairing(self, token_digest: str, device: Device, now: float) -> Device | None:
         """In one transaction: use the pairing up (deleted whatever happens
         next) and, when it had not expired at ``now`` and its user still

@@ -894,6 +894,10 @@ class PostgresStore:
                 raise AlreadyExistsError("a pairing with this token exists already") from None
             raise
 
+    def get_pairing(self, token_digest: str) -> Pairing | None:
+        rows = self._read("read pairing", "SELECT * FROM pairings WHERE token_digest = %s", (token_digest,))
+        return _rows.pairing(rows[0]) if rows else None
+
     def complete_pairing(self, token_digest: str, device: Device, now: float) -> Device | None:
         """Use the pairing up and store ``device`` for its user, in one
         transaction: of two callers racing with one token, one deletes the

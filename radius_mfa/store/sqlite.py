@@ -755,6 +755,10 @@ class SqliteStore:
                 raise AlreadyExistsError("a pairing with this token exists already") from None
             raise
 
+    def get_pairing(self, token_digest: str) -> Pairing | None:
+        rows = self._read("read pairing", "SELECT * FROM pairings WHERE token_digest = ?", (token_digest,))
+        return _rows.pairing(rows[0]) if rows else None
+
     def complete_pairing(self, token_digest: str, device: Device, now: float) -> Device | None:
         """Use the pairing up and store ``device`` for its user, in one write
         transaction: of two callers racing with one token, one pairs. The
