@@ -68,6 +68,7 @@ class Challenge:
     expires: float
     factors: tuple[str, ...] = ()     # what the user may answer with
     data: dict = field(default_factory=dict)  # factor-specific, JSON-serialisable
+    used: float | None = None         # when its State was answered (a State is honoured once)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,19 @@ class ClientSeen:
     last_seen: float | None = None
     last_with_message_authenticator: float | None = None
     last_without_message_authenticator: float | None = None
+    drops: tuple[tuple[str, int], ...] = ()   # (reason, count): requests dropped unanswered
+    last_drop: float | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One answer the lockout let through to be checked (``take_attempt``).
+
+    ``failures`` counts this attempt; ``locked_until`` is set when this was
+    the last attempt the period allows: the user is locked from now on unless
+    this very answer turns out right."""
+    failures: int
+    locked_until: float | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 
 from pg import StoreMaker, race, raw_rows
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import KEY_BYTES, SecretBox, is_sealed
 from radius_mfa.store.base import Store
 
@@ -166,6 +166,61 @@ def test_concurrent_failures_are_all_counted(make_store: StoreMaker) -> None:
     stores[0].add_user(User("alice", created=NOW))
     race([lambda s=s: s.record_failure("alice", NOW, limit=100, lock_seconds=60) for s in stores for _ in range(3)])
     assert stores[0].get_user("alice").failures == 12
+
+
+def test_attempts_are_counted_when_taken_and_the_last_one_locks(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    assert store.take_attempt("alice", NOW, limit=3, lock_seconds=900) == Attempt(1, None)
+    assert store.take_attempt("alice", NOW, limit=3, lock_seconds=900) == Attempt(2, None)
+    assert store.take_attempt("alice", NOW, limit=3, lock_seconds=900) == Attempt(3, NOW + 900)
+    assert store.take_attempt("alice", NOW + 1, limit=3, lock_seconds=900) is None
+    assert store.get_user("alice").locked_until == NOW + 900
+
+
+def test_a_lock_that_ran_out_starts_a_new_count(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    for _ in range(2):
+        store.take_attempt("alice", NOW, limit=2, lock_seconds=60)
+    assert store.take_attempt("alice", NOW + 61, limit=2, lock_seconds=60) == Attempt(1, None)
+
+
+def test_attempt_of_unknown_user_is_none(store: Store) -> None:
+    assert store.take_attempt("nobody", NOW, limit=3, lock_seconds=60) is None
+
+
+def test_a_right_last_answer_lifts_the_lock_it_set(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.take_attempt("alice", NOW, limit=2, lock_seconds=60)
+    last = store.take_attempt("alice", NOW, limit=2, lock_seconds=60)
+    store.finish_attempt("alice", last, success=True)
+    user = store.get_user("alice")
+    assert (user.failures, user.locked_until) == (0, None)
+
+
+def test_a_given_back_attempt_counts_one_less(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.take_attempt("alice", NOW, limit=5, lock_seconds=60)
+    second = store.take_attempt("alice", NOW, limit=5, lock_seconds=60)
+    store.finish_attempt("alice", second, success=False)
+    assert store.get_user("alice").failures == 1
+
+
+def test_finishing_an_attempt_keeps_a_lock_it_did_not_set(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    first = store.take_attempt("alice", NOW, limit=2, lock_seconds=60)
+    store.take_attempt("alice", NOW, limit=2, lock_seconds=60)      # wrong, and locks
+    store.finish_attempt("alice", first, success=False)
+    assert store.get_user("alice").locked_until == NOW + 60
+
+
+def test_burst_of_attempts_from_many_servers_lets_through_only_the_limit(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(4)]
+    stores[0].add_user(User("alice", created=NOW))
+    results = race([lambda s=s: s.take_attempt("alice", NOW, limit=5, lock_seconds=60)
+                    for s in stores for _ in range(10)])
+    taken = [r for r in results if r is not None]
+    assert sorted(a.failures for a in taken) == [1, 2, 3, 4, 5]
+    assert [a.locked_until for a in taken if a.locked_until is not None] == [NOW + 60]
 
 
 def test_clear_failures_keeps_the_lock(store: Store) -> None:
@@ -447,8 +502,30 @@ def challenge(digest: str = "ab" * 32, expires: float = NOW + 300) -> Challenge:
 
 def test_challenge_is_taken_once(store: Store) -> None:
     store.put_challenge(challenge())
-    assert store.take_challenge("ab" * 32) == challenge()
-    assert store.take_challenge("ab" * 32) is None
+    taken = store.take_challenge("ab" * 32, NOW + 1)
+    assert taken == Challenge(**{**challenge().__dict__, "used": NOW + 1})
+    assert store.take_challenge("ab" * 32, NOW + 2) is None
+
+
+def test_used_challenge_is_kept_until_it_expires(store: Store) -> None:
+    store.put_challenge(challenge())
+    assert store.used_challenge("ab" * 32) is None
+    store.take_challenge("ab" * 32, NOW + 1)
+    assert store.used_challenge("ab" * 32).used == NOW + 1
+    assert store.count_challenges(NOW) == 0
+    store.purge_challenges(NOW + 301)
+    assert store.used_challenge("ab" * 32) is None
+
+
+def test_open_challenges_per_user_are_capped_oldest_first(store: Store) -> None:
+    for i in range(5):
+        store.put_challenge(Challenge(state_digest=f"{i:02x}" * 32, user="alice", client="vpn",
+                                      created=NOW + i, expires=NOW + 300), max_open=3)
+    store.put_challenge(Challenge(state_digest="ff" * 32, user="bob", client="vpn",
+                                  created=NOW, expires=NOW + 300), max_open=3)
+    assert [store.take_challenge(f"{i:02x}" * 32) is not None for i in range(5)] == \
+        [False, False, True, True, True]
+    assert store.take_challenge("ff" * 32) is not None
 
 
 def test_unknown_challenge_is_none(store: Store) -> None:
@@ -940,6 +1017,19 @@ def test_concurrent_client_counts_add_up(make_store: StoreMaker) -> None:
     stores = [make_store() for _ in range(3)]
     race([lambda s=s: [s.note_client_request("vpn", NOW, True) for _ in range(20)] for s in stores])
     assert stores[0].list_clients_seen()[0].requests == 60
+
+
+def test_drops_are_counted_per_client_and_reason(store: Store) -> None:
+    store.note_client_request("vpn", NOW, with_message_authenticator=True)
+    store.note_client_drops([("vpn", "bad_message_authenticator", 2, NOW + 5),
+                             ("pam", "missing_message_authenticator", 3, NOW + 7)])
+    store.note_client_drops([("pam", "missing_message_authenticator", 1, NOW + 6)])
+    seen = {c.name: c for c in store.list_clients_seen()}
+    assert seen["vpn"].requests == 1
+    assert seen["vpn"].drops == (("bad_message_authenticator", 2),)
+    assert seen["pam"].requests == 0                      # never answered, still listed
+    assert seen["pam"].drops == (("missing_message_authenticator", 4),)
+    assert seen["pam"].last_drop == NOW + 7
 
 
 # --- authentication log ------------------------------------------------------

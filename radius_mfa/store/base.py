@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol, Sequence
 
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 
 
 class Store(Protocol):
@@ -59,6 +59,21 @@ class Store(Protocol):
         """Atomically count one more bad answer in a row; when the count
         reaches ``limit`` set ``locked_until = now + lock_seconds`` and start
         counting again from zero. Returns the new record (None: no such user)."""
+
+    def take_attempt(self, name: str, now: float, limit: int, lock_seconds: float) -> Attempt | None:
+        """Before an answer is checked: take one attempt and count it as a
+        failure, in one atomic statement. None when the user is locked (or
+        unknown): the answer must not be checked at all. The attempt that
+        reaches ``limit`` locks the user until ``now + lock_seconds`` (its
+        ``locked_until`` says so); a lock that ran out starts a new count.
+        However many answers arrive at once, at most ``limit`` are let
+        through per lockout period."""
+
+    def finish_attempt(self, name: str, attempt: Attempt, success: bool) -> None:
+        """The answer of ``attempt`` was not wrong: ``success`` ends the run
+        of failures (count 0); otherwise the attempt is given back (count
+        − 1). A lock that this attempt set is lifted; a wrong answer needs no
+        call, it was counted when taken."""
 
     def clear_failures(self, name: str) -> None:
         """A success: the run of bad answers ends (lock untouched)."""
@@ -108,12 +123,19 @@ class Store(Protocol):
         than every step used before (atomic compare-and-set), else False."""
 
     # --- challenges (pending Access-Challenges) ---------------------------
-    def put_challenge(self, challenge: Challenge) -> None: ...
+    def put_challenge(self, challenge: Challenge, max_open: int | None = None) -> None:
+        """Store a challenge; with ``max_open`` the user's oldest open
+        challenges beyond that many are dropped in the same transaction."""
 
-    def take_challenge(self, state_digest: str) -> Challenge | None:
-        """Delete and return the challenge (single use: of two callers racing
-        for it, exactly one gets it). Expired ones are returned too: the
-        caller decides, so that the audit can say ``expired_state``."""
+    def take_challenge(self, state_digest: str, now: float | None = None) -> Challenge | None:
+        """Mark the challenge used (at ``now``) and return it (single use: of
+        two callers racing for it, exactly one gets it). Expired ones are
+        returned too: the caller decides, so that the audit can say
+        ``expired_state``. None for an unknown or used State."""
+
+    def used_challenge(self, state_digest: str) -> Challenge | None:
+        """The challenge of a State that was answered already (kept until it
+        expires): a NAS retry of a push answer joins only its own push."""
 
     def purge_challenges(self, now: float) -> int:
         """Delete the challenges that expired before ``now``; returns the count."""
@@ -227,7 +249,11 @@ class Store(Protocol):
     def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:
         """Count ``count`` requests from the client, seen last at ``now``."""
 
-    def list_clients_seen(self) -> list[ClientSeen]: ...
+    def note_client_drops(self, drops: Sequence[tuple[str, str, int, float]]) -> None:
+        """Count requests dropped unanswered: (client, reason, count, last time) each."""
+
+    def list_clients_seen(self) -> list[ClientSeen]:
+        """Every client that sent a request or had one dropped, by name."""
 
     # --- authentication log ------------------------------------------------
     def add_auth_record(self, record: AuthRecord) -> None: ...

@@ -54,9 +54,10 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
+from radius_mfa.store.sql import _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP, _TAKE_ATTEMPT
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -208,13 +209,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         'CREATE INDEX pushes_client_user ON pushes (client, "user", created)',
         "CREATE INDEX pushes_expires ON pushes (expires)",
     ),
+    (
+        # a State is honoured once: an answered challenge is kept (used) until
+        # it expires, so a NAS retry of the answer to a push prompt can be
+        # told from a made-up State
+        "ALTER TABLE challenges ADD COLUMN used DOUBLE PRECISION",
+        'CREATE INDEX challenges_user ON challenges ("user", created)',
+        # requests dropped unanswered, per client and reason (`report clients`)
+        """
+        CREATE TABLE client_drops (
+            client TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count  BIGINT NOT NULL DEFAULT 0,
+            last   DOUBLE PRECISION,
+            PRIMARY KEY (client, reason)
+        )
+        """,
+    ),
 )
 
 # The tables of the store: finding one of them in a schema without a
 # schema_version table means something else made it, and it is not ours to use.
 OUR_TABLES = frozenset({
     "schema_version", "users", "tokens", "challenges", "clients_seen", "auth_log", "meta",
-    "sent_codes", "code_sends", "pairings", "devices", "pushes",
+    "sent_codes", "code_sends", "pairings", "devices", "pushes", "client_drops",
 })
 
 
@@ -623,6 +641,24 @@ class PostgresStore:
         )
         return _rows.user(rows[0]) if rows else None
 
+    def take_attempt(self, name: str, now: float, limit: int, lock_seconds: float) -> Attempt | None:
+        """Take one attempt at an answer and count it as a failure, in one
+        statement (its row lock orders servers taking at once), before the
+        answer is checked: None when the user is locked (or unknown). See
+        the SQLite store for the whole contract."""
+        if limit < 1:
+            raise ValueError("take_attempt: limit must be at least 1")
+        now = float(now)
+        rows = self._returning("take attempt", _TAKE_ATTEMPT,
+                               (now, now, limit, float(now + lock_seconds), now, name, now))
+        return Attempt(rows[0]["failures"], rows[0]["locked_until"]) if rows else None
+
+    def finish_attempt(self, name: str, attempt: Attempt, success: bool) -> None:
+        """The answer of ``attempt`` was not a wrong one: ``success`` ends
+        the run of failures, else the attempt is given back; a lock this
+        attempt set is lifted."""
+        self._change("finish attempt", _FINISH_ATTEMPT, (int(success), attempt.locked_until, name))
+
     def clear_failures(self, name: str) -> None:
         """A success: the run of bad answers ends (lock untouched)."""
         self._change("clear failures", "UPDATE users SET failures = 0 WHERE name = %s AND failures != 0", (name,))
@@ -757,30 +793,44 @@ class PostgresStore:
 
     # --- challenges --------------------------------------------------------
 
-    def put_challenge(self, challenge: Challenge) -> None:
+    def put_challenge(self, challenge: Challenge, max_open: int | None = None) -> None:
         """Store a pending challenge; AlreadyExistsError when its digest is
-        stored already (States are random: that would be a bug)."""
+        stored already (States are random: that would be a bug). With
+        ``max_open``, the user's oldest open challenges beyond that many are
+        dropped in the same transaction."""
         factors = _rows.to_json(list(challenge.factors), "challenge factors")
         data = _rows.to_json(challenge.data, "challenge data")
         try:
-            self._change(
-                "put challenge",
-                'INSERT INTO challenges (state_digest, "user", client, created, expires, factors, data)'
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (challenge.state_digest, challenge.user, challenge.client,
-                 challenge.created, challenge.expires, factors, data),
-            )
+            with self._write("put challenge") as conn:
+                conn.execute(
+                    'INSERT INTO challenges (state_digest, "user", client, created, expires, factors, data)'
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (challenge.state_digest, challenge.user, challenge.client,
+                     challenge.created, challenge.expires, factors, data),
+                )
+                if max_open is not None:
+                    conn.execute(_EVICT_CHALLENGES, (challenge.user, max_open))
         except StoreError as exc:
             if isinstance(exc.__cause__, pg_errors.UniqueViolation):
                 raise AlreadyExistsError("a challenge with this State exists already") from None
             raise
 
-    def take_challenge(self, state_digest: str) -> Challenge | None:
-        """Delete and return the challenge, expired or not; of two callers
-        racing for it exactly one gets it (one ``DELETE ... RETURNING``)."""
+    def take_challenge(self, state_digest: str, now: float | None = None) -> Challenge | None:
+        """Mark the challenge used and return it, expired or not; of two
+        callers racing for it exactly one gets it (one ``UPDATE ...
+        RETURNING``). A used challenge is kept until it expires."""
         rows = self._returning(
-            "take challenge", "DELETE FROM challenges WHERE state_digest = %s RETURNING *", (state_digest,)
+            "take challenge",
+            "UPDATE challenges SET used = %s WHERE state_digest = %s AND used IS NULL RETURNING *",
+            (float(time.time() if now is None else now), state_digest),
         )
+        return _rows.challenge(rows[0]) if rows else None
+
+    def used_challenge(self, state_digest: str) -> Challenge | None:
+        """The challenge of this State if it was answered already."""
+        rows = self._read("read used challenge",
+                          "SELECT * FROM challenges WHERE state_digest = %s AND used IS NOT NULL",
+                          (state_digest,))
         return _rows.challenge(rows[0]) if rows else None
 
     def purge_challenges(self, now: float) -> int:
@@ -788,8 +838,9 @@ class PostgresStore:
         return self._change("purge challenges", "DELETE FROM challenges WHERE expires < %s", (now,))
 
     def count_challenges(self, now: float) -> int:
-        """How many challenges are pending (not expired at ``now``)."""
-        rows = self._read("count challenges", "SELECT COUNT(*) AS n FROM challenges WHERE expires >= %s", (now,))
+        """How many challenges are pending (not used, not expired at ``now``)."""
+        rows = self._read("count challenges",
+                          "SELECT COUNT(*) AS n FROM challenges WHERE expires >= %s AND used IS NULL", (now,))
         return int(rows[0]["n"])
 
     # --- sent codes (SMS, voice, email) -----------------------------------
@@ -1065,10 +1116,16 @@ class PostgresStore:
             (name, count, now, now),
         )
 
+    def note_client_drops(self, drops: Sequence[tuple[str, str, int, float]]) -> None:
+        """Count requests dropped unanswered: (client, reason, count, last time)."""
+        with self._write("note client drops") as conn:
+            conn.cursor().executemany(_NOTE_DROP, [(c, r, n, float(t)) for c, r, n, t in drops])
+
     def list_clients_seen(self) -> list[ClientSeen]:
-        """Every client that sent something, sorted by name."""
+        """Every client that sent something, sorted by name, with its drops."""
         rows = self._read("list clients", "SELECT * FROM clients_seen ORDER BY name")
-        return [_rows.client_seen(row) for row in rows]
+        drops = self._read("list client drops", "SELECT * FROM client_drops ORDER BY client, reason")
+        return _rows.clients_seen(rows, drops)
 
     # --- authentication log ------------------------------------------------
 

@@ -9,8 +9,9 @@ rows both index by column name), so reading them is done once, here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from radius_mfa.errors import RefusedError, StoreError
 from radius_mfa.model import (PUSH_STATUSES, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode,
@@ -133,6 +134,7 @@ def challenge(row: Row) -> Challenge:
         expires=row["expires"],
         factors=tuple(json.loads(row["factors"])),
         data=json.loads(row["data"]),
+        used=row["used"],
     )
 
 
@@ -144,6 +146,22 @@ def client_seen(row: Row) -> ClientSeen:
         last_with_message_authenticator=row["last_with_ma"],
         last_without_message_authenticator=row["last_without_ma"],
     )
+
+
+def clients_seen(seen: Sequence[Row], drops: Sequence[Row]) -> list[ClientSeen]:
+    """The clients_seen rows joined with their client_drops rows; a client
+    that only ever had requests dropped is listed too. Sorted by name."""
+    by_name = {row["name"]: client_seen(row) for row in seen}
+    counts: dict[str, list[tuple[str, int]]] = {}
+    last: dict[str, float] = {}
+    for row in drops:
+        counts.setdefault(row["client"], []).append((row["reason"], row["count"]))
+        if row["last"] is not None:
+            last[row["client"]] = max(last.get(row["client"], row["last"]), row["last"])
+    for name, reasons in counts.items():
+        base = by_name.get(name) or ClientSeen(name=name)
+        by_name[name] = dataclasses.replace(base, drops=tuple(reasons), last_drop=last.get(name))
+    return [by_name[name] for name in sorted(by_name)]
 
 
 def pairing(row: Row) -> Pairing:

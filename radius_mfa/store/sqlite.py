@@ -37,9 +37,10 @@ import weakref
 from typing import Any, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
+from radius_mfa.store.sql import _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP, _TAKE_ATTEMPT
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -191,6 +192,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX pushes_user_status ON pushes (user, status, created)",
         "CREATE INDEX pushes_client_user ON pushes (client, user, created)",
         "CREATE INDEX pushes_expires ON pushes (expires)",
+    ),
+    (
+        # a State is honoured once: an answered challenge is kept (used) until
+        # it expires, so a NAS retry of the answer to a push prompt can be
+        # told from a made-up State
+        "ALTER TABLE challenges ADD COLUMN used REAL",
+        "CREATE INDEX challenges_user ON challenges (user, created)",
+        # requests dropped unanswered, per client and reason (`report clients`)
+        """
+        CREATE TABLE client_drops (
+            client TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count  INTEGER NOT NULL DEFAULT 0,
+            last   REAL,
+            PRIMARY KEY (client, reason)
+        )
+        """,
     ),
 )
 
@@ -516,6 +534,26 @@ class SqliteStore:
                 conn.execute("UPDATE users SET failures = ? WHERE name = ?", (failures, name))
             return _rows.user(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
 
+    def take_attempt(self, name: str, now: float, limit: int, lock_seconds: float) -> Attempt | None:
+        """Take one attempt at an answer and count it as a failure, in one
+        statement, before the answer is checked: None when the user is locked
+        (or unknown). The attempt that reaches ``limit`` locks the user until
+        ``now + lock_seconds``; ``finish_attempt`` undoes that lock only if
+        this very answer was right. A lock that ran out starts a new count."""
+        if limit < 1:
+            raise ValueError("take_attempt: limit must be at least 1")
+        rows = self._returning("take attempt", _TAKE_ATTEMPT.replace("%s", "?"),
+                               (now, now, limit, now + lock_seconds, now, name, now))
+        return Attempt(rows[0]["failures"], rows[0]["locked_until"]) if rows else None
+
+    def finish_attempt(self, name: str, attempt: Attempt, success: bool) -> None:
+        """The answer of ``attempt`` was not a wrong one: ``success`` (the
+        sign-in goes on or is accepted) ends the run of failures; otherwise
+        (nobody's fault: an upstream down, a code sent) the attempt is given
+        back. Either way a lock this attempt set is lifted."""
+        self._change("finish attempt", _FINISH_ATTEMPT.replace("%s", "?"),
+                     (int(success), attempt.locked_until, name))
+
     def clear_failures(self, name: str) -> None:
         """A success: the run of bad answers ends (lock untouched)."""
         self._change("clear failures", "UPDATE users SET failures = 0 WHERE name = ? AND failures != 0", (name,))
@@ -619,30 +657,48 @@ class SqliteStore:
 
     # --- challenges --------------------------------------------------------
 
-    def put_challenge(self, challenge: Challenge) -> None:
+    def put_challenge(self, challenge: Challenge, max_open: int | None = None) -> None:
         """Store a pending challenge; AlreadyExistsError when its digest is
-        stored already (States are random: that would be a bug)."""
+        stored already (States are random: that would be a bug). With
+        ``max_open``, the user's oldest open challenges beyond that many are
+        dropped in the same transaction."""
         factors = _rows.to_json(list(challenge.factors), "challenge factors")
         data = _rows.to_json(challenge.data, "challenge data")
         try:
-            self._change(
-                "put challenge",
-                "INSERT INTO challenges (state_digest, user, client, created, expires, factors, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (challenge.state_digest, challenge.user, challenge.client,
-                 challenge.created, challenge.expires, factors, data),
-            )
+            with self._write("put challenge") as conn:
+                conn.execute(
+                    "INSERT INTO challenges (state_digest, user, client, created, expires, factors, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (challenge.state_digest, challenge.user, challenge.client,
+                     challenge.created, challenge.expires, factors, data),
+                )
+                if max_open is not None:
+                    conn.execute(_EVICT_CHALLENGES.replace("%s", "?"), (challenge.user, max_open))
         except StoreError as exc:
             if _is_constraint(exc, "SQLITE_CONSTRAINT_PRIMARYKEY"):
                 raise AlreadyExistsError("a challenge with this State exists already") from None
             raise
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError("a challenge with this State exists already") from None
 
-    def take_challenge(self, state_digest: str) -> Challenge | None:
-        """Delete and return the challenge, expired or not; of two callers
-        racing for it exactly one gets it (one ``DELETE ... RETURNING``)."""
+    def take_challenge(self, state_digest: str, now: float | None = None) -> Challenge | None:
+        """Mark the challenge used and return it, expired or not; of two
+        callers racing for it exactly one gets it (one ``UPDATE ...
+        RETURNING``). A used challenge is kept until it expires
+        (``used_challenge``)."""
         rows = self._returning(
-            "take challenge", "DELETE FROM challenges WHERE state_digest = ? RETURNING *", (state_digest,)
+            "take challenge",
+            "UPDATE challenges SET used = ? WHERE state_digest = ? AND used IS NULL RETURNING *",
+            (time.time() if now is None else now, state_digest),
         )
+        return _rows.challenge(rows[0]) if rows else None
+
+    def used_challenge(self, state_digest: str) -> Challenge | None:
+        """The challenge of this State if it was answered already (its
+        ``used`` time set); None for an unknown or still open one."""
+        rows = self._read("read used challenge",
+                          "SELECT * FROM challenges WHERE state_digest = ? AND used IS NOT NULL",
+                          (state_digest,))
         return _rows.challenge(rows[0]) if rows else None
 
     def purge_challenges(self, now: float) -> int:
@@ -650,8 +706,9 @@ class SqliteStore:
         return self._change("purge challenges", "DELETE FROM challenges WHERE expires < ?", (now,))
 
     def count_challenges(self, now: float) -> int:
-        """How many challenges are pending (not expired at ``now``)."""
-        rows = self._read("count challenges", "SELECT COUNT(*) FROM challenges WHERE expires >= ?", (now,))
+        """How many challenges are pending (not used, not expired at ``now``)."""
+        rows = self._read("count challenges",
+                          "SELECT COUNT(*) FROM challenges WHERE expires >= ? AND used IS NULL", (now,))
         return int(rows[0][0])
 
     # --- sent codes (SMS, voice, email) -----------------------------------
@@ -921,10 +978,16 @@ class SqliteStore:
             (name, count, now, now),
         )
 
+    def note_client_drops(self, drops: Sequence[tuple[str, str, int, float]]) -> None:
+        """Count requests dropped unanswered: (client, reason, count, last time)."""
+        with self._write("note client drops") as conn:
+            conn.executemany(_NOTE_DROP.replace("%s", "?").replace("greatest(", "max("), drops)
+
     def list_clients_seen(self) -> list[ClientSeen]:
-        """Every client that sent something, sorted by name."""
+        """Every client that sent something, sorted by name, with its drops."""
         rows = self._read("list clients", "SELECT * FROM clients_seen ORDER BY name")
-        return [_rows.client_seen(row) for row in rows]
+        drops = self._read("list client drops", "SELECT * FROM client_drops ORDER BY client, reason")
+        return _rows.clients_seen(rows, drops)
 
     # --- authentication log ------------------------------------------------
 
