@@ -23,9 +23,10 @@ from radius_mfa.config import ClientConfig, DeliveryFactorConfig, Mode, PolicyCo
 from radius_mfa.delivery.base import DeliveryFailed, Outgoing
 from radius_mfa.audit import user_ip_from
 from radius_mfa.masking import mask_email, mask_phone
-from radius_mfa.model import Device, Push, SentCode, Token, User
+from radius_mfa.model import Attempt, Device, Push, SentCode, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
 from radius_mfa.sessions import Sessions
+from radius_mfa.usernames import canonical
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
 from radius_mfa.verifiers.base import CodeVerifier
 
@@ -43,6 +44,8 @@ DELIVERY_CHANNELS = ("sms", "voice", "email")
 PHONE_CHANNELS = frozenset({"sms", "voice"})
 RATE_LIMITED_MESSAGE = "Too many codes were sent. Try again in a few minutes."
 PUSH_RATE_LIMITED_MESSAGE = "Too many sign-in requests were sent to your device. Try again in a few minutes."
+# Methods no backend here can verify (RFC 1994 CHAP, MS-CHAP v1, EAP).
+UNSUPPORTED_METHODS = frozenset({"chap", "mschap", "eap"})
 # What a push's outcome means for the sign-in waiting for it.
 PUSH_REJECTS = {"denied": Reason.DENIED, "fraud": Reason.FRAUD, "wrong_number": Reason.WRONG_NUMBER,
                 "pending": Reason.TIMEOUT}
@@ -65,8 +68,11 @@ class AuthRequest:
     calling_station_id: str | None = None
     request_id: str = ""
     mschap: bool = False             # an MS-CHAPv2 request: no password, nothing can carry a code
+    method: str = "pap"              # pap | chap | mschap | mschapv2 | eap | none (the audit's `method`)
+    name_invalid: bool = False       # User-Name was not UTF-8: user_name holds it escaped, for the audit
     forward: tuple[tuple[int, bytes], ...] = ()   # NAS attributes a proxying backend forwards
     received: float | None = None    # engine clock when it arrived (set by Engine.handle)
+    sent_name: str | None = None     # User-Name as the NAS sent it (user_name is canonical once handled)
 
 
 @dataclass(frozen=True)
@@ -140,8 +146,17 @@ class Engine:
     async def handle(self, req: AuthRequest) -> Decision:
         if req.received is None:
             req = dataclasses.replace(req, received=self.clock())
-        if not req.user_name:
+        if req.name_invalid:
+            # RFC 2865 names are octets: answered (not dropped, so a proxy in
+            # front keeps us alive), and no different from an unknown user
+            await self.primary.equalize(req.password or b"")
+            return self._reject(req, Reason.UNKNOWN_USER)
+        if req.method in UNSUPPORTED_METHODS:
+            return self._reject(req, Reason.UNSUPPORTED_METHOD)
+        name = canonical(req.user_name or "", self.policy.username)
+        if not name:
             return self._reject(req, Reason.BAD_REQUEST)
+        req = dataclasses.replace(req, user_name=name, sent_name=req.sent_name or req.user_name)
         if req.state is not None and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
             return await self._answer_challenge(req)
         user = await self.store.get_user(req.user_name)
@@ -155,7 +170,7 @@ class Engine:
     async def _first_round(self, req: AuthRequest, user: User | None) -> Decision:
         if req.mschap:
             if not self.primary.supports_mschap:
-                return self._reject(req, Reason.BAD_REQUEST, user=user)
+                return self._reject(req, Reason.UNSUPPORTED_METHOD, user=user)
             password, answer, secret = None, None, b""
         else:
             text = decode_password(req.password)
@@ -163,25 +178,40 @@ class Engine:
             secret = password.encode("utf-8", "surrogateescape")
 
         refusal = self._refusal(user)
+        attempt = None
+        if refusal is None and user is not None:
+            # the password is an answer too: taken and counted before it is checked
+            attempt = await self._take_attempt(user)
+            if attempt is None:
+                refusal = Reason.LOCKED
         if refusal is not None:
             await self.primary.equalize(secret)
             return self._reject(req, refusal, user=user)
 
         result = await self.primary.authenticate(self._primary_request(
             req, user, None if req.mschap else secret))
-        return await self._after_primary(req, user, result, answer)
+        return await self._after_primary(req, user, result, answer, attempt)
 
     async def _after_primary(self, req: AuthRequest, user: User | None, result: PrimaryResult,
-                             answer: str | None) -> Decision:
+                             answer: str | None, attempt: Attempt | None = None) -> Decision:
         """The password was checked (or the upstream asks for more): the second factor."""
         info = dict(result.user_info)
+        if result.reason is Reason.OVERLOADED:
+            # queued longer than the client waits: no answer, the NAS has given up
+            await self._settle(user, attempt, Reason.OVERLOADED)
+            return Decision(Verdict.FAIL, req.user_name, self.primary.name,
+                            reason=Reason.OVERLOADED, user=user)
+        # a right password (or an upstream that could not decide) gives its
+        # attempt back; a wrong one stays counted
+        await self._settle(user, attempt, None if result.ok or result.challenge is not None
+                           else result.reason, accepted=False)
         if result.challenge is not None:
             return await self._relay_challenge(req, user, result)
         if not result.ok:
-            await self._count_failure(user, result.reason)
             return self._reject(req, result.reason, user=user, info=info)
         attributes = result.attributes
         user = await self._refresh_from_directory(user, info)
+        info = self._pinned(user, info)
         if self._exempt(req, user, info):
             if user is not None:
                 await self._clear_failures(user)
@@ -196,10 +226,13 @@ class Engine:
         devices = await self._devices(user)
         if req.mschap:
             # MS-CHAPv2 cannot carry a code: only the device can complete it
-            # (approve/deny with the context); without one the policy for
-            # users without a usable factor decides
+            # (approve/deny with the context). A user who holds a factor that
+            # must be typed is refused, whatever `unenrolled` says: choosing
+            # MS-CHAPv2 must not skip the token
             if devices:
                 return await self._push_and_wait(req, user, attributes, info)
+            if tokens or channels:
+                return self._reject(req, Reason.NO_FACTOR, user=user, info=info)
             return await self._unenrolled(req, user, attributes, info)
         if not tokens and not channels and not devices:
             return await self._unenrolled(req, user, attributes, info)
@@ -236,26 +269,25 @@ class Engine:
         if challenge is None:
             if why_not is Reason.BAD_STATE and user is not None and self.push is not None \
                     and self._refusal(user) is None:
-                # a NAS retry (new identifier) of the answer to a push
-                # prompt, whose State the first copy used: it joins that push
-                now = self.clock()
-                push = await self.store.joinable_push(req.client.name, user.name,
-                                                      req.calling_station_id,
-                                                      now - req.client.timeout, now)
-                if push is not None:
-                    log.info("push.joined", user=user.name, client=req.client.name, push=push.id)
-                    return await self._await_push(req, user, push, (), {})
+                joined = await self._join_push_of_used_state(req, user)
+                if joined is not None:
+                    return joined
             return self._reject(req, why_not, user=user)
         answer = decode_password(req.password) if req.password is not None else ""
         if challenge.data.get("stage") == "upstream":
             refusal = self._refusal(user)
+            attempt = None
+            if refusal is None and user is not None:
+                attempt = await self._take_attempt(user)
+                if attempt is None:
+                    refusal = Reason.LOCKED
             if refusal is not None:
                 return self._reject(req, refusal, user=user)
             upstream_state = challenge.data.get("upstream_state")
             result = await self.primary.authenticate(self._primary_request(
                 req, user, answer.encode("utf-8", "surrogateescape"),
                 bytes.fromhex(upstream_state) if upstream_state else None))
-            return await self._after_primary(req, user, result, None)
+            return await self._after_primary(req, user, result, None, attempt)
         refusal = Reason.UNKNOWN_USER if user is None else self._refusal(user)
         if refusal is not None:
             return self._reject(req, refusal, user=user)
@@ -271,6 +303,24 @@ class Engine:
             return await self._await_push(req, user, push, attributes, info)
         tokens = await self._usable_tokens(user)
         return await self._check_answer(req, user, tokens, answer, attributes, info)
+
+    async def _join_push_of_used_state(self, req: AuthRequest, user: User) -> Decision | None:
+        """A NAS retry (new identifier) of the answer to a push prompt, whose
+        State the first copy used: it joins that push, and only that one.
+        The State must be one we issued to this user and client, answered
+        within the client's timeout; an unknown or made-up State joins
+        nothing, and the push's compare-and-set still allows one Accept."""
+        used = await self.sessions.used(req.state)
+        if used is None or used.user != user.name or used.client != req.client.name \
+                or used.data.get("stage") != "push" \
+                or used.used is None or used.used < self.clock() - req.client.timeout:
+            return None
+        push = await self.store.get_push(used.data.get("push_id", ""))
+        if push is None or push.user != user.name:
+            return None
+        log.info("push.joined", user=user.name, client=req.client.name, push=push.id)
+        return await self._await_push(req, user, push, unpack_attributes(used.data.get("attributes", [])),
+                                      used.data.get("info", {}))
 
     async def _second_factor_only(self, req: AuthRequest, user: User | None) -> Decision:
         """NPS has checked the password; only the second factor runs here."""
@@ -297,13 +347,36 @@ class Engine:
     async def _check_answer(self, req: AuthRequest, user: User, tokens: Sequence[Token],
                             answer: str, attributes, info: dict) -> Decision:
         kind = classify(answer)
+        if kind not in FACTOR_WORDS:
+            # a typed answer: an attempt is taken and counted before it is
+            # checked, so a burst of guesses gets no further than the lockout
+            attempt = await self._take_attempt(user)
+            if attempt is None:
+                return self._reject(req, Reason.LOCKED, user=user, factor=self._code_factor(tokens),
+                                    info=info)
+            decision = await self._check_typed(req, user, tokens, answer, attributes, info)
+            await self._settle(user, attempt, decision.reason,
+                               accepted=decision.verdict is Verdict.ACCEPT)
+            return decision
+        if kind == "push" and await self._devices(user):
+            if req.client.mode is Mode.CHALLENGE:
+                return await self._push_challenge(req, user, attributes, info)
+            return await self._push_and_wait(req, user, attributes, info)
+        if kind in self._channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
+            return await self._send_code(req, user, kind, attributes, info)
+        # not configured, or no number, address or device for it
+        return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
+
+    async def _check_typed(self, req: AuthRequest, user: User, tokens: Sequence[Token],
+                           answer: str, attributes, info: dict) -> Decision:
+        """A typed answer, its attempt taken: a sent code, else the tokens."""
         if is_digits(answer) and self.delivery:
             # a sent code may be shorter or longer than a token's (code_digits);
             # without a code channel configured there is none to look up
             sent = await self._check_sent_codes(req, user, answer.strip(), attributes, info)
             if sent is not None:
                 return sent
-        if kind == "code":
+        if classify(answer) == "code":
             code = answer.strip()
             for verifier in self.verifiers:
                 mine = [t for t in tokens if verifier.handles(t)]
@@ -313,25 +386,10 @@ class Engine:
                 if result is None:
                     continue
                 if result.ok:
-                    await self._clear_failures(user)
                     return self._accept(req, user, factor=result.factor, device=result.device,
                                         attributes=attributes, info=info)
-                await self._count_failure(user, result.reason)
                 return self._reject(req, result.reason, user=user, factor=result.factor,
                                     device=result.device, info=info)
-            await self._count_failure(user, Reason.BAD_CODE)
-            return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
-                                info=info)
-        if kind == "push" and await self._devices(user):
-            if req.client.mode is Mode.CHALLENGE:
-                return await self._push_challenge(req, user, attributes, info)
-            return await self._push_and_wait(req, user, attributes, info)
-        if kind in FACTOR_WORDS:
-            if kind in self._channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
-                return await self._send_code(req, user, kind, attributes, info)
-            # not configured, or no number, address or device for it
-            return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
-        await self._count_failure(user, Reason.BAD_CODE)
         return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
                             info=info)
 
@@ -409,7 +467,11 @@ class Engine:
         if outcome is None:
             return self._reject(req, Reason.EXPIRED, user=user, factor="push", info=info)
         if outcome.status in ("approved", "used"):
-            await self.push.use(outcome)
+            # one approval, one Accept: the compare-and-set decides which of
+            # the requests waiting for this push (NAS retries) gets it
+            if not await self.push.use(outcome):
+                return self._reject(req, Reason.REPLAY, user=user, factor="push",
+                                    device=outcome.device, info=info)
             await self._clear_failures(user)
             return self._accept(req, user, factor="push", device=outcome.device,
                                 attributes=attributes, info=info)
@@ -511,14 +573,19 @@ class Engine:
                                 attributes, info: dict) -> Decision:
         """The answer to a challenge that named where a code went: that code only."""
         channel = data.get("channel")
+        attempt = await self._take_attempt(user)
+        if attempt is None:
+            return self._reject(req, Reason.LOCKED, user=user, factor=channel, info=info)
+        decision = self._reject(req, Reason.BAD_CODE, user=user, factor=channel, info=info)
         code = answer.strip()
         if is_digits(code):
             mac = await self._code_mac(user.name, code)
             for sent in await self.store.sent_codes_for(user.name):
                 if sent.id == data.get("code_id") and hmac.compare_digest(sent.code_mac, mac):
-                    return await self._use_sent_code(req, user, sent, attributes, info)
-        await self._count_failure(user, Reason.BAD_CODE)
-        return self._reject(req, Reason.BAD_CODE, user=user, factor=channel, info=info)
+                    decision = await self._use_sent_code(req, user, sent, attributes, info)
+                    break
+        await self._settle(user, attempt, decision.reason, accepted=decision.verdict is Verdict.ACCEPT)
+        return decision
 
     async def _use_sent_code(self, req: AuthRequest, user: User, sent: SentCode, attributes,
                              info: dict) -> Decision:
@@ -529,10 +596,8 @@ class Engine:
                                 provider=sent.provider)
         if not await self.store.take_sent_code(sent.id):
             # another request (or server) used it a moment ago
-            await self._count_failure(user, Reason.REPLAY)
             return self._reject(req, Reason.REPLAY, user=user, factor=sent.channel, info=info,
                                 provider=sent.provider)
-        await self._clear_failures(user)
         return self._accept(req, user, factor=sent.channel, attributes=attributes, info=info,
                             provider=sent.provider)
 
@@ -587,21 +652,46 @@ class Engine:
         return any(g in self.exempt_groups for g in groups)
 
     async def _refresh_from_directory(self, user: User | None, info: dict) -> User | None:
-        """Keep the store's record of the user in step with the directory: the
-        display name, mail address and phone number it reports (for the audit
-        and for codes sent by SMS or mail). Written only when they changed."""
+        """Keep the store's record of the user in step with the directory:
+        the display name it reports, always; a mail address or phone number
+        only where none is enrolled yet. An enrolled destination is pinned:
+        one the directory reports differently (a user may edit `mobile` in AD)
+        is logged and not used, or codes could be moved to another phone; only
+        `user update` or the self-service page changes it."""
         if user is None:
             return None
-        changes = {key: info[key] for key in DIRECTORY_FIELDS
-                   if info.get(key) and info[key] != getattr(user, key)}
+        changes = {}
+        for key in DIRECTORY_FIELDS:
+            value, enrolled = info.get(key), getattr(user, key)
+            if not value or value == enrolled:
+                continue
+            if key == "display_name" or not enrolled:
+                changes[key] = value
+            else:
+                masked = mask_email if key == "email" else mask_phone
+                log.warning("user.destination_differs", user=user.name, field=key,
+                            directory=masked(value), enrolled=masked(enrolled))
         if not changes:
             return user
         return await self.store.update_user(user.name, **changes)
 
+    @staticmethod
+    def _pinned(user: User | None, info: dict) -> dict:
+        """The backend's facts with the enrolled destinations in place of the
+        directory's (what the audit and the sent codes use)."""
+        if user is None:
+            return info
+        return {**info, **{key: getattr(user, key) for key in ("email", "phone")
+                           if getattr(user, key)}}
+
     def _primary_request(self, req: AuthRequest, user: User | None, password: bytes | None,
                          upstream_state: bytes | None = None) -> PrimaryRequest:
+        # an upstream RADIUS server gets the name as the NAS sent it (NPS
+        # wants its own form, CORP\alice); the store and the directory the
+        # canonical one
+        name = req.sent_name if self.primary.name == "radius" and req.sent_name else req.user_name
         return PrimaryRequest(
-            user_name=req.user_name, user=user, password=password, client=req.client.name,
+            user_name=name, user=user, password=password, client=req.client.name,
             forward=req.forward, upstream_state=upstream_state,
             deadline=max(1.0, req.client.timeout - DEADLINE_MARGIN))
 
@@ -609,15 +699,27 @@ class Engine:
         tokens = await self.store.list_tokens(user.name)
         return [t for t in tokens if any(v.handles(t) for v in self.verifiers)]
 
-    async def _count_failure(self, user: User | None, reason: Reason | None) -> None:
-        if user is None or reason not in COUNTS_AS_FAILURE:
-            return
+    async def _take_attempt(self, user: User) -> Attempt | None:
+        """One attempt at an answer, taken and counted in one store step
+        before the answer is checked; None: the user is locked."""
         lockout = self.policy.lockout
-        updated = await self.store.record_failure(user.name, self.clock(), lockout.failures,
-                                                  lockout.minutes * 60.0)
-        if updated is not None and updated.locked_until is not None \
-                and updated.locked_until > self.clock() and updated.failures == 0:
-            log.warning("auth.locked", user=user.name, minutes=lockout.minutes)
+        return await self.store.take_attempt(user.name, self.clock(), lockout.failures,
+                                             lockout.minutes * 60.0)
+
+    async def _settle(self, user: User | None, attempt: Attempt | None, reason: Reason | None,
+                      accepted: bool = False) -> None:
+        """What the answer of ``attempt`` turned out to be. A wrong one
+        (``reason`` counts as a failure) was counted when it was taken; an
+        accepted one ends the run of failures; anything else (a right
+        password, a code sent, an upstream down) gives the attempt back. A
+        lock the attempt set stays only for a wrong answer."""
+        if user is None or attempt is None:
+            return
+        if not accepted and reason in COUNTS_AS_FAILURE:
+            if attempt.locked_until is not None:
+                log.warning("auth.locked", user=user.name, minutes=self.policy.lockout.minutes)
+            return
+        await self.store.finish_attempt(user.name, attempt, success=accepted)
 
     @staticmethod
     def _code_factor(tokens: Sequence[Token]) -> str | None:

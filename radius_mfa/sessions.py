@@ -3,7 +3,8 @@
 A State is 16 random bytes from the OS. The store keeps only its SHA-256
 digest, so a copy of the database does not let anyone answer a pending
 challenge, and ``take`` deletes the row as it reads it: of two requests
-racing with one State, exactly one gets it.
+racing with one State, exactly one gets it. A used State is kept until it
+expires, so that a NAS retry of an answer is told from a made-up State.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from radius_mfa.model import Challenge
 from radius_mfa.verdicts import Reason
 
 STATE_BYTES = 16
+# Open challenges kept per user: opening another drops the oldest, so a
+# stolen password cannot hold dozens of challenges to guess through at once.
+MAX_OPEN_CHALLENGES = 5
 
 
 def state_digest(state: bytes) -> str:
@@ -34,7 +38,8 @@ class Sessions:
         now = self.clock()
         await self.store.put_challenge(Challenge(
             state_digest=state_digest(state), user=user, client=client,
-            created=now, expires=now + self.ttl, factors=factors, data=data or {}))
+            created=now, expires=now + self.ttl, factors=factors, data=data or {}),
+            max_open=MAX_OPEN_CHALLENGES)
         return state
 
     async def take(self, state: bytes, user: str, client: str) -> tuple[Challenge | None, Reason | None]:
@@ -42,7 +47,7 @@ class Sessions:
         valid for this user and client, else (None, why not)."""
         if len(state) != STATE_BYTES:
             return None, Reason.BAD_STATE
-        challenge = await self.store.take_challenge(state_digest(state))
+        challenge = await self.store.take_challenge(state_digest(state), self.clock())
         if challenge is None:
             return None, Reason.BAD_STATE
         if challenge.expires <= self.clock():
@@ -50,3 +55,10 @@ class Sessions:
         if challenge.user != user or challenge.client != client:
             return None, Reason.BAD_STATE
         return challenge, None
+
+    async def used(self, state: bytes) -> Challenge | None:
+        """The challenge of ``state`` if it was answered already (the caller
+        checks user, client and time)."""
+        if len(state) != STATE_BYTES:
+            return None
+        return await self.store.used_challenge(state_digest(state))

@@ -302,24 +302,33 @@ def test_upstream_down_is_a_reject_with_its_reason(tmp_path):
     assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.UPSTREAM_DOWN)
 
 
-def test_mschap_follows_the_policy_for_users_without_an_out_of_band_factor(tmp_path):
+def test_mschap_follows_the_policy_only_for_users_without_any_factor(tmp_path):
     success = (("MS-CHAP2-Success", b"\x01S=ABC"), ("MS-MPPE-Send-Key", b"k" * 16))
     strict = proxied(tmp_path / "s" if (tmp_path / "s").mkdir() is None else tmp_path,
                      ScriptedBackend(PrimaryResult(True, attributes=success)))
-    strict.add_user()
+    strict.add_user(token=False)
     d = mschap_request(strict)
     assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.NO_FACTOR)
     assert strict.engine.primary.requests[0].password is None
     assert strict.engine.primary.requests[0].forward == ((26, b"\x00\x00\x01\x37\x19\x03x"),)
     lenient = proxied(tmp_path / "l" if (tmp_path / "l").mkdir() is None else tmp_path,
                       ScriptedBackend(PrimaryResult(True, attributes=success)), unenrolled="allow")
-    lenient.add_user()
+    lenient.add_user(token=False)
     d = mschap_request(lenient)
     assert (d.verdict, d.factor, d.attributes) == (Verdict.ACCEPT, "none", success)
 
 
-def test_mschap_with_a_backend_that_cannot_check_it_is_a_bad_request(h):
-    assert mschap_request(h).reason is Reason.BAD_REQUEST
+def test_mschap_downgrade_does_not_skip_a_totp_token_even_when_unenrolled_may_pass(tmp_path):
+    success = (("MS-CHAP2-Success", b"\x01S=ABC"),)
+    lenient = proxied(tmp_path, ScriptedBackend(PrimaryResult(True, attributes=success)),
+                      unenrolled="allow")
+    lenient.add_user()                                    # holds a TOTP token, no device
+    d = mschap_request(lenient)
+    assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.NO_FACTOR)
+
+
+def test_mschap_with_a_backend_that_cannot_check_it_is_an_unsupported_method(h):
+    assert mschap_request(h).reason is Reason.UNSUPPORTED_METHOD
 
 
 def test_directory_groups_decide_who_needs_a_second_factor(tmp_path):

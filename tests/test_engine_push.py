@@ -167,7 +167,10 @@ def test_a_retry_of_the_same_login_attempt_joins_the_pending_push(h):
     assert len(pushes) == 2
     mine = next(p for p in pushes if p.calling_station_id == "192.0.2.7")
     decided(h.answer(mine.id))
-    assert decided(first).verdict is Verdict.ACCEPT and decided(retry).verdict is Verdict.ACCEPT
+    # one approval, one Accept: the request that uses the push first
+    verdicts = sorted(decided(d).verdict.value for d in (first, retry))
+    assert verdicts == ["accept", "reject"]
+    assert {decided(d).reason for d in (first, retry)} == {None, Reason.REPLAY}
     assert not other.called
 
 
@@ -244,13 +247,34 @@ def test_an_answer_through_another_process_is_seen_by_polling_the_store(h):
     assert decided(d).verdict is Verdict.ACCEPT
 
 
+def test_a_made_up_state_with_a_wrong_password_does_not_join_an_approved_push(h):
+    first = decided(h.handle(PASSWORD))
+    (push,) = h.pending()
+    waiting = h.handle("", state=first.state)
+    forged = h.handle("wrong password", state=b"\x00" * 16)     # an attacker's made-up State
+    decided(h.answer(push.id, number=push.number))
+    assert decided(waiting).verdict is Verdict.ACCEPT
+    assert (decided(forged).verdict, decided(forged).reason) == (Verdict.REJECT, Reason.BAD_STATE)
+
+
+def test_a_state_of_another_user_does_not_join_their_push(h):
+    first = decided(h.handle(PASSWORD))
+    (push,) = h.pending()
+    waiting = h.handle("", state=first.state)
+    h.sync.add_user(User("mallory"))
+    other = h.handle("", state=first.state, user="mallory")   # alice's used State, another name
+    decided(h.answer(push.id, number=push.number))
+    assert decided(waiting).verdict is Verdict.ACCEPT
+    assert (decided(other).verdict, decided(other).reason) == (Verdict.REJECT, Reason.BAD_STATE)
+
+
 def test_a_retry_with_the_used_state_joins_the_push_of_its_prompt(h):
     first = decided(h.handle(PASSWORD))
     (push,) = h.pending()
     waiting = h.handle("", state=first.state)
     retry = h.handle("", state=first.state)           # a NAS retry: the State is used up
     decided(h.answer(push.id, number=push.number))
-    assert decided(waiting).verdict is Verdict.ACCEPT
-    assert decided(retry).verdict is Verdict.ACCEPT
+    # one approval, one Accept (the compare-and-set decides), the other a replay
+    assert sorted(decided(d).verdict.value for d in (waiting, retry)) == ["accept", "reject"]
     late = decided(h.handle("", state=first.state))    # after the Accept: nothing to join
     assert late.verdict is Verdict.REJECT

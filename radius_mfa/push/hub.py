@@ -126,11 +126,13 @@ class PushHub:
             return answered
         return await self.store.get_push(push_id)       # the timeout: as it stands now
 
-    async def use(self, push: Push) -> None:
-        """An Access-Accept goes out for this approved push: a later login
-        attempt may not join it any more."""
-        if push.status == "approved":
-            await self.store.use_push(push.id)
+    async def use(self, push: Push) -> bool:
+        """An Access-Accept may go out for this approved push: True for the
+        first caller only (compare-and-set approved → used), so one approval
+        yields one Accept however many requests waited for it."""
+        if push.status != "approved":
+            return False
+        return await self.store.use_push(push.id)
 
     # --- the device's side ------------------------------------------------------
     async def pending_for(self, device: Device, wait: float) -> list[Push]:

@@ -34,12 +34,14 @@ _FINISH_ATTEMPT = (
     " WHERE name = %s"
 )
 
-# A cap on a user's open challenges: the oldest beyond the newest N go.
+# A cap on a user's open challenges: the oldest beyond the newest N go
+# (challenges opened in the same instant are ordered by digest).
 # Params: user, N.
 _EVICT_CHALLENGES = (
     'DELETE FROM challenges WHERE "user" = %s AND used IS NULL AND'
     ' (SELECT COUNT(*) FROM challenges AS newer WHERE newer."user" = challenges."user"'
-    "  AND newer.used IS NULL AND newer.created > challenges.created) >= %s"
+    "  AND newer.used IS NULL AND (newer.created > challenges.created"
+    "   OR (newer.created = challenges.created AND newer.state_digest > challenges.state_digest))) >= %s"
 )
 
 # Requests dropped unanswered, per client and reason. Params: client,
