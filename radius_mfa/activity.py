@@ -33,6 +33,7 @@ class ClientActivity:
     def __init__(self, store, seen: Iterable[ClientSeen] = ()):
         self.store = store                    # AsyncStore
         self._pending: dict[str, _Pending] = {}
+        self._drops: dict[tuple[str, str], tuple[int, float]] = {}
         self._sends_ma: set[str] = {s.name for s in seen
                                     if s.last_with_message_authenticator is not None}
 
@@ -45,12 +46,27 @@ class ClientActivity:
             pending.count_without += 1
         pending.last = now
 
+    def note_drop(self, client: str, reason: str, now: float) -> None:
+        """A request from ``client`` dropped unanswered (`report clients`)."""
+        count, last = self._drops.get((client, reason), (0, now))
+        self._drops[(client, reason)] = (count + 1, max(last, now))
+
     def has_sent_message_authenticator(self, client: str) -> bool:
         return client in self._sends_ma
 
     async def flush(self) -> None:
         """Write what gathered since the last flush; a store error keeps it for the next."""
         pending, self._pending = self._pending, {}
+        drops, self._drops = self._drops, {}
+        if drops:
+            try:
+                await self.store.note_client_drops(
+                    [(client, reason, count, last) for (client, reason), (count, last) in drops.items()])
+            except Exception as exc:   # the store is down: keep the counts for the next flush
+                log.warning("activity.flush_failed", error=str(exc))
+                for key, (count, last) in drops.items():
+                    more, later = self._drops.get(key, (0, last))
+                    self._drops[key] = (count + more, max(last, later))
         for client, p in pending.items():
             try:
                 if p.count_with:

@@ -81,6 +81,25 @@ def response_for(decision: Decision) -> tuple[int, list[tuple[str, object]]] | N
     return code, attributes
 
 
+def _name_and_method(request) -> dict:
+    """The AuthRequest fields for the User-Name as octets (RFC 2865: one that
+    is not UTF-8 is answered, escaped for the audit) and the method used."""
+    fields = {"method": method_of(request)}
+    if getattr(request, "user_name_invalid", False):
+        fields.update(user_name=codec.escape_user_name(request.user_name_raw), name_invalid=True)
+    return fields
+
+
+def method_of(request) -> str:
+    if hasattr(codec, "method_of"):
+        return codec.method_of(request)
+    if codec.is_mschapv2(request):
+        return "mschapv2"
+    if request.chap:
+        return "chap"
+    return "pap" if request.password is not None else "none"
+
+
 class RadiusServer(DatagramProtocol):
     def __init__(self, runtime: Runtime, *, dictionary, reactor, activity,
                  on_finished: Callable[[Finished], None], droplog: DropLogger,
@@ -111,14 +130,16 @@ class RadiusServer(DatagramProtocol):
         try:
             header = codec.peek(data)
         except RemoteProtocolError as exc:
-            self.droplog.drop("malformed", host, client=client.name, detail=str(exc))
+            self._drop("malformed", host, client, detail=str(exc))
             return
         if header.code not in (codec.ACCESS_REQUEST, codec.STATUS_SERVER):
-            self.droplog.drop("unsupported_code", host, client=client.name, detail=str(header.code))
+            self._drop("unsupported_code", host, client, detail=str(header.code))
             return
 
+        # read only until the packet is authenticated: a spoofed copy of a
+        # real request must not empty or replace its slot
         key = (host, port, header.id, header.authenticator)
-        seen = self.duplicates.check(key)
+        seen = self.duplicates.lookup(key)
         if seen.kind is Lookup.CACHED:
             self.transport.write(seen.response, addr)
             return
@@ -128,12 +149,11 @@ class RadiusServer(DatagramProtocol):
         try:
             request = codec.decode_request(data, client.secret, self.dictionary)
         except RemoteProtocolError as exc:
-            self.duplicates.abandon(key)
-            self.droplog.drop("malformed", host, client=client.name, detail=str(exc))
+            self._drop("malformed", host, client, detail=str(exc))
             return
         if not self._authentic(request, client, host):
-            self.duplicates.abandon(key)
             return
+        self.duplicates.claim(key)
         self.activity.note(client.name, self.wall_clock(), request.has_message_authenticator)
 
         if request.code == codec.STATUS_SERVER:
@@ -142,12 +162,20 @@ class RadiusServer(DatagramProtocol):
             return
         self._start(request, client, key, addr)
 
+    def _drop(self, reason: str, host: str, client: ClientConfig, detail: str | None = None) -> None:
+        """A request from a known client dropped unanswered: logged (rate
+        limited) and counted per client for `report clients`."""
+        self.droplog.drop(reason, host, client=client.name, detail=detail)
+        self.activity.note_drop(client.name, reason, self.wall_clock())
+
     def _authentic(self, request, client: ClientConfig, host: str) -> bool:
         """The Message-Authenticator policy (BlastRADIUS): a wrong one always
-        drops; a missing one drops when the client must send one."""
+        drops; a missing one drops when the client must send one, or when
+        the request carries Proxy-State and the client is set to
+        ``limit_proxy_state`` (draft-ietf-radext-deprecating-radius)."""
         if request.has_message_authenticator:
             if not request.message_authenticator_ok:
-                self.droplog.drop("bad_message_authenticator", host, client=client.name)
+                self._drop("bad_message_authenticator", host, client)
                 return False
             return True
         required = (
@@ -155,9 +183,10 @@ class RadiusServer(DatagramProtocol):
             or client.require_message_authenticator is RequireMA.TRUE
             or (client.require_message_authenticator is RequireMA.AUTO
                 and self.activity.has_sent_message_authenticator(client.name))
+            or (client.limit_proxy_state and bool(request.proxy_states))
         )
         if required:
-            self.droplog.drop("missing_message_authenticator", host, client=client.name)
+            self._drop("missing_message_authenticator", host, client)
             return False
         return True
 
@@ -168,7 +197,7 @@ class RadiusServer(DatagramProtocol):
         auth = AuthRequest(client=client, user_name=request.user_name, password=request.password,
                            state=request.state, calling_station_id=request.calling_station_id,
                            request_id=request_id, mschap=codec.is_mschapv2(request),
-                           forward=codec.forwardable(request))
+                           forward=codec.forwardable(request), **_name_and_method(request))
         d = defer.Deferred.fromCoroutine(self.runtime.engine.handle(auth))
         d.addErrback(self._fail_closed, auth)
         d.addCallback(self._answer, request, client, key, addr, started, request_id)

@@ -549,3 +549,72 @@ def test_a_failing_audit_hook_does_not_undo_the_cached_reply(h):
     assert h.send(raw) == [(first, NAS)]
     assert h.counting.calls == 1
     assert codec.decode_response(first, SECRET, raw[4:20]).code == codec.ACCESS_ACCEPT
+
+
+# --- attacks on state before authentication ------------------------------------
+
+
+def forged_copy(raw: bytes) -> bytes:
+    """The same source, Identifier and Request Authenticator as ``raw``, a
+    Message-Authenticator made without the secret: what an off-path attacker
+    who spoofs the NAS's address can send."""
+    return codec.build_access_request(b"not the secret", "alice", "guess",
+                                      id=raw[1], authenticator=raw[4:20])
+
+
+def test_a_spoofed_copy_cannot_empty_the_slot_of_a_request_in_progress(h):
+    held = HeldEngine(h.engine)
+    h.use_engine(held)
+    raw = request(password=f"{PASSWORD},{h.code()}", id=9)
+    assert h.send(raw) == []
+    assert h.send(forged_copy(raw)) == []                 # dropped: bad Message-Authenticator
+    assert h.send(raw) == []                              # still in progress: not decided again
+    assert held.calls == 1
+    held.gates[0].callback(None)
+    assert answer(raw, h.transport.written).code == codec.ACCESS_ACCEPT
+
+
+def test_a_spoofed_copy_cannot_empty_the_cached_reply_so_the_factor_runs_again(h):
+    raw = request(password=f"{PASSWORD},{h.code()}", id=9)
+    [(first, _)] = h.send(raw)
+    h.send(forged_copy(raw))
+    h.send(codec.build_access_request(b"not the secret", "alice", "guess", id=9))   # new authenticator
+    assert h.send(raw) == [(first, NAS)]                  # the cached Accept, not a replay reject
+    assert h.counting.calls == 1 and len(h.finished) == 1
+    assert h.sync.get_user("alice").failures == 0
+
+
+def test_a_spoofed_request_with_a_new_authenticator_does_not_replace_the_slot(h):
+    held = HeldEngine(h.engine)
+    h.use_engine(held)
+    raw = request(password=f"{PASSWORD},{h.code()}", id=9)
+    h.send(raw)
+    h.send(codec.build_access_request(b"not the secret", "alice", "guess", id=9))
+    assert h.send(raw) == [] and held.calls == 1
+
+
+def test_drops_are_counted_per_client_and_reason(h):
+    raw = request(id=5)
+    h.send(forged_copy(raw))
+    h.send(request(id=6, message_authenticator=False))
+    run_flush(h)
+    (vpn,) = [c for c in h.sync.list_clients_seen() if c.name == "vpn"]
+    assert dict(vpn.drops) == {"bad_message_authenticator": 1, "missing_message_authenticator": 1}
+
+
+def run_flush(h) -> None:
+    from helpers import run
+    run(h.activity.flush())
+
+
+def test_limit_proxy_state_drops_proxy_state_without_message_authenticator(tmp_path):
+    strict_proxy = ClientConfig(name="legacy", network=ipaddress.ip_network(f"{LENIENT_IP}/32"),
+                                secret=SECRET, require_message_authenticator=RequireMA.FALSE,
+                                limit_proxy_state=True)
+    h = Harness(tmp_path, clients=(strict_proxy,))
+    padded = request(id=3, message_authenticator=False, attributes=[("Proxy-State", b"ps")])
+    assert h.send(padded, source=LENIENT) == []
+    assert h.drops("missing_message_authenticator")
+    plain = request(id=4, message_authenticator=False)
+    assert answer(plain, h.send(plain, source=LENIENT), to=LENIENT).code == codec.ACCESS_CHALLENGE
+    h.sync.close()

@@ -10,6 +10,11 @@ A request from the same source and Identifier with a *different* Request
 Authenticator is a new request (the NAS has wrapped its Identifiers or
 given up on the old one): it replaces the old entry.
 
+Nothing changes before a packet is authenticated: the server calls
+:meth:`DuplicateCache.lookup` first (read only) and :meth:`DuplicateCache.claim`
+only once the packet has passed its checks, so a forged copy of a real
+request (spoofed source, no secret) can neither replace nor empty its slot.
+
 Dropped requests: :meth:`DuplicateCache.abandon` forgets the entry, so a
 retransmission is processed afresh. A drop happens before any factor runs
 (bad Message-Authenticator, malformed) or because something failed on our
@@ -91,19 +96,35 @@ class DuplicateCache:
         self._pending: OrderedDict[_Slot, _Entry] = OrderedDict()
         self._done: OrderedDict[_Slot, _Entry] = OrderedDict()
 
-    def check(self, key: DuplicateKey) -> Seen:
-        """Classify a received request; a NEW one is marked in progress."""
-        now = self._expire()
+    def lookup(self, key: DuplicateKey) -> Seen:
+        """Classify a received request without changing anything: a packet
+        that has not been authenticated yet must not touch the cache (a
+        spoofed copy could otherwise empty the slot of a real request)."""
+        self._expire()
         slot, authenticator = key[:3], key[3]
         entry = self._find(slot)
         if entry is not None and entry.authenticator == authenticator:
             if entry.response is None:
                 return _IN_PROGRESS
             return Seen(Lookup.CACHED, entry.response)
+        return _NEW
+
+    def claim(self, key: DuplicateKey) -> None:
+        """Mark an authenticated NEW request in progress; it replaces what
+        the slot held (the NAS has moved on from that request)."""
+        now = self._expire()
+        slot, authenticator = key[:3], key[3]
         self._remove(slot)
         self._pending[slot] = _Entry(authenticator, now + self._in_progress_ttl, None)
         self._evict()
-        return _NEW
+
+    def check(self, key: DuplicateKey) -> Seen:
+        """``lookup``, and a NEW request claimed at once (for callers that
+        have authenticated the packet already)."""
+        seen = self.lookup(key)
+        if seen.kind is Lookup.NEW:
+            self.claim(key)
+        return seen
 
     def finish(self, key: DuplicateKey, response: bytes) -> None:
         """Cache the reply sent for ``key``.
