@@ -4,7 +4,10 @@ The contract (paths, statuses, error sentences) is docs/device-api.yaml, a
 copy of which is served at ``GET /v1/openapi.yaml``:
 
 - ``POST /v1/pair``: a device pairs with a one-time token (the token is the
-  credential; only its digest is looked up).
+  credential; only its digest is looked up). Attempts are rate-limited per
+  source address (:class:`PairingLimiter`, 429 with ``Retry-After``), and a
+  token is read first: only one that exists and has not expired reaches the
+  store's write transaction, so a flood of wrong tokens takes no write lock.
 - ``GET /v1/pending?wait=S`` and ``GET /v1/device``: signed requests
   (``X-Device-Id``, ``X-Time``, ``X-Signature`` over
   :func:`radius_mfa.push.crypto.request_message`).
@@ -16,18 +19,21 @@ This module is the HTTP side only: the answer logic lives in
 request is handled by one coroutine (``ensureDeferred`` at the edge, the
 twisted.web ``NOT_DONE_YET`` protocol), ends in one JSON answer and one
 ``push.api`` log line (method, path, status, device id, duration), and never
-shows a traceback to the client. Nothing secret is logged: no pairing token,
+shows a traceback to the client. The one exception to the line: of a run of
+429s to one source, only the first is logged (with its ``source``). Nothing secret is logged: no pairing token,
 signature or key.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
 import secrets
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -68,6 +74,8 @@ CLOCK_OFF = (f"the request's time is more than {crypto.MAX_SKEW:g} s off the ser
              "check this device's clock")
 PAIRING_INVALID = ("this pairing link is not valid: it was used already or has expired; "
                    "ask for a new one")
+PAIRING_LIMITED = ("too many pairing attempts from this address; "
+                   "try again after the Retry-After seconds")
 INTERNAL = "internal error"
 
 _INTEGER = re.compile(r"-?[0-9]{1,15}")
@@ -75,16 +83,115 @@ _MAX_TOKEN = 512              # longer than any token `device pair` makes
 _MAX_DEVICE_ID = 64
 #: Seconds between two records of a device's last signed request.
 TOUCH_SECONDS = 60.0
+#: Pairing attempts a source address may make per PAIRING_PERIOD seconds.
+PAIRING_LIMIT = 10
+PAIRING_PERIOD = 60.0
+#: Source addresses the pairing limiter remembers at most; beyond, new sources
+#: share one bucket (a flood of addresses neither grows memory nor escapes).
+PAIRING_SOURCES = 10_000
 
 
 class ApiError(Exception):
     """A refusal with its HTTP status and one clear sentence for the device."""
 
-    def __init__(self, status: int, message: str, *, allow: tuple[str, ...] = ()):
+    def __init__(self, status: int, message: str, *, allow: tuple[str, ...] = (),
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.allow = allow
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+    refused: bool = False      # refused since its last allowed attempt
+
+
+class PairingLimiter:
+    """At most ``limit`` pairing attempts per ``period`` seconds per source
+    (a token bucket: a burst of ``limit``, then one every period/limit s).
+
+    Sources are IPv4 addresses and IPv6 /64 prefixes (one host's share of a
+    network; an IPv4-mapped address counts as IPv4). At most ``max_sources``
+    are remembered: a source idle for a whole period is forgotten (its bucket
+    would be full again), and when the table is full of live sources, every
+    new one shares a single overflow bucket, so a flood from many addresses
+    costs bounded memory and still gets ``limit`` attempts per period in all.
+    Pure logic: ``clock()`` is epoch seconds, nothing else is read.
+    """
+
+    def __init__(self, clock: Callable[[], float], *, limit: int = PAIRING_LIMIT,
+                 period: float = PAIRING_PERIOD, max_sources: int = PAIRING_SOURCES):
+        if limit < 1 or period <= 0 or max_sources < 1:
+            raise ValueError("limit, period and max_sources must be positive")
+        self.clock = clock
+        self.limit = limit
+        self.period = float(period)
+        self.max_sources = max_sources
+        self._rate = limit / self.period
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()   # oldest touched first
+        self._overflow: _Bucket | None = None
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, address: str) -> tuple[float, bool]:
+        """Count one attempt from ``address``: ``(0.0, False)`` when it may
+        go on; else ``(seconds until the next attempt may, first)`` where
+        ``first`` says this is the first refusal since the source's last
+        allowed attempt (log that one, not the flood behind it)."""
+        now = self.clock()
+        self._forget_idle(now)
+        key = source_key(address)
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            self._buckets.move_to_end(key)
+        elif len(self._buckets) < self.max_sources:
+            bucket = self._buckets[key] = _Bucket(tokens=float(self.limit), at=now)
+        else:
+            if self._overflow is None:
+                self._overflow = _Bucket(tokens=float(self.limit), at=now)
+            bucket = self._overflow
+        bucket.tokens = min(float(self.limit),
+                            bucket.tokens + max(0.0, now - bucket.at) * self._rate)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            bucket.refused = False
+            return 0.0, False
+        first = not bucket.refused
+        bucket.refused = True
+        return (1.0 - bucket.tokens) / self._rate, first
+
+    def _forget_idle(self, now: float) -> None:
+        # the table is in touch order: stop at the first source still refilling
+        while self._buckets:
+            key, bucket = next(iter(self._buckets.items()))
+            if now - bucket.at < self.period:
+                break
+            del self._buckets[key]
+
+
+def source_key(address: str) -> str:
+    """What the pairing limit counts by: the IPv4 address, or the /64 of an
+    IPv6 address; anything else (a UNIX socket) as itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _client_host(request: Request) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or address)
 
 
 @dataclass
@@ -97,6 +204,8 @@ class _Call:
     started: float
     device: str | None = None
     user: str | None = None
+    source: str | None = None     # logged only with a 429 (an address is no secret)
+    quiet: bool = False           # a refusal repeating the one logged: no line
     gone: bool = False
     _on_gone: list[Callable[[], None]] = field(default_factory=list)
 
@@ -130,16 +239,20 @@ class DeviceApi(Resource):
 
     ``hub``: the PushHub; ``store``: the AsyncStore; ``clock()``: epoch
     seconds (the signed times are checked against it); ``server_name``: what
-    a paired device is told it paired with (``server.name``).
+    a paired device is told it paired with (``server.name``);
+    ``pairing_limiter``: the per-address limit on ``POST /v1/pair`` (default:
+    PAIRING_LIMIT per PAIRING_PERIOD on ``clock``).
     """
     isLeaf = True
 
-    def __init__(self, hub, store, clock: Callable[[], float], server_name: str):
+    def __init__(self, hub, store, clock: Callable[[], float], server_name: str, *,
+                 pairing_limiter: PairingLimiter | None = None):
         super().__init__()
         self.hub = hub
         self.store = store
         self.clock = clock
         self.server_name = server_name
+        self.pairing_limiter = pairing_limiter or PairingLimiter(clock)
         self._openapi: bytes | None = None
         # exact paths → {method: handler}; /v1/approvals/{id} is matched apart
         self._routes: dict[str, dict[str, Handler]] = {
@@ -180,6 +293,8 @@ class DeviceApi(Resource):
             status, payload = refused.status, _json({"error": refused.message})
             if refused.allow:
                 headers[b"allow"] = ", ".join(refused.allow).encode("ascii")
+            if refused.retry_after is not None:
+                headers[b"retry-after"] = str(refused.retry_after).encode("ascii")
         except Exception as exc:
             if isinstance(exc, defer.CancelledError) and call.gone:
                 status, payload = CLIENT_GONE, b""      # the long-poll of a client that left
@@ -201,9 +316,13 @@ class DeviceApi(Resource):
         request.finish()
 
     def _log(self, call: _Call, status: int, exc_info: Any) -> None:
+        if call.quiet and exc_info is None:
+            return
         fields = {"method": call.method, "path": call.path, "status": status,
                   "device": call.device, "user": call.user,
                   "duration_ms": round((time.monotonic() - call.started) * 1000.0, 3)}
+        if call.source is not None:
+            fields["source"] = call.source
         if exc_info is not None:
             log.error("push.api", **fields, exc_info=exc_info)
         else:
@@ -223,6 +342,11 @@ class DeviceApi(Resource):
 
     # --- POST /v1/pair ---------------------------------------------------------------
     async def _pair(self, call: _Call) -> tuple[int, Any]:
+        source = _client_host(call.request)
+        wait, first = self.pairing_limiter.take(source)
+        if wait > 0:
+            call.source, call.quiet = source, not first
+            raise ApiError(429, PAIRING_LIMITED, retry_after=max(1, math.ceil(wait)))
         body = _json_body(call.request)
         token = body.get("token")
         if not isinstance(token, str) or not token:
@@ -234,10 +358,16 @@ class DeviceApi(Resource):
         name = _device_name(body.get("name"))
         if len(token) > _MAX_TOKEN:
             raise ApiError(403, PAIRING_INVALID)
+        digest = crypto.token_digest(token)
         now = self.clock()
+        # read first: an unknown, used or expired token never takes the write
+        # lock; complete_pairing still decides (two racing callers: one pairs)
+        pairing = await self.store.get_pairing(digest)
+        if pairing is None or pairing.expires <= now:
+            raise ApiError(403, PAIRING_INVALID)
         device = Device(id="d" + secrets.token_hex(8), user="", name=name,
                         public_key=public_key, created=now)   # type: ignore[arg-type]
-        paired = await self.store.complete_pairing(crypto.token_digest(token), device, now)
+        paired = await self.store.complete_pairing(digest, device, now)
         if paired is None:
             raise ApiError(403, PAIRING_INVALID)
         call.device, call.user = paired.id, paired.user
