@@ -175,6 +175,7 @@ def audit_record(finished, server_name: str, now: float) -> dict:
         "phone": mask_phone((user.phone if user else None) or info.get("phone")),
         "device": decision.device,
         "primary": decision.primary or None,
+        "method": finished.method,
         "factor": decision.factor,
         "provider": decision.provider,   # which delivery provider sent the code, where one did
         "result": decision.verdict.value,

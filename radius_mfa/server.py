@@ -56,6 +56,7 @@ class Finished:
     calling_station_id: str | None
     request_id: str
     duration_ms: float
+    method: str = "pap"              # pap | chap | mschap | mschapv2 | eap | none
 
 
 def response_for(decision: Decision) -> tuple[int, list[tuple[str, object]]] | None:
@@ -200,7 +201,7 @@ class RadiusServer(DatagramProtocol):
                            forward=codec.forwardable(request), **_name_and_method(request))
         d = defer.Deferred.fromCoroutine(self.runtime.engine.handle(auth))
         d.addErrback(self._fail_closed, auth)
-        d.addCallback(self._answer, request, client, key, addr, started, request_id)
+        d.addCallback(self._answer, request, client, key, addr, started, request_id, auth.method)
         d.addErrback(self._lost, key)
         self.in_flight.add(d)
         d.addBoth(self._done, d)
@@ -211,13 +212,18 @@ class RadiusServer(DatagramProtocol):
         return Decision(Verdict.REJECT, auth.user_name, primary="", reason=Reason.ERROR)
 
     def _answer(self, decision: Decision, request, client: ClientConfig, key, addr,
-                started: float, request_id: str) -> None:
+                started: float, request_id: str, method: str = "pap") -> None:
         response = response_for(decision)
+        if response is not None and method == "eap" and response[0] == codec.ACCESS_REJECT \
+                and hasattr(codec, "eap_failure"):
+            failure = codec.eap_failure(request)
+            if failure is not None:            # RFC 3579 2.6.3: an EAP request's reject says so
+                response = (response[0], [*response[1], ("EAP-Message", failure)])
         host = self.transport.getHost() if self.transport is not None else None
         finished = Finished(
             decision=decision, client=client, client_ip=addr[0],
             server_ip=getattr(host, "host", ""), calling_station_id=request.calling_station_id,
-            request_id=request_id,
+            request_id=request_id, method=method,
             duration_ms=round((self.reactor.seconds() - started) * 1000.0, 3))
         # the audit record first, in the same reactor turn as the reply: when
         # the NAS has its answer, the record is in the audit file
