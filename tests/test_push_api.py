@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import tempfile
 import time
 from io import BytesIO
@@ -24,18 +25,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer, reactor, task
 from twisted.internet.ssl import Certificate
+from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from twisted.web.client import (UNKNOWN_LENGTH, Agent, BrowserLikePolicyForHTTPS, FileBodyProducer,
                                 HTTPConnectionPool, readBody)
 from twisted.web.http_headers import Headers
 
-from helpers import open_sqlite
+from helpers import FakeClock, open_sqlite
 from radius_mfa.config import ListenAddress, PushConfig
 from radius_mfa.model import Pairing, User
 from radius_mfa.push import api, crypto
-from radius_mfa.push.api import DeviceApi, DeviceApiTlsError, listen_device_api, load_tls_options
+from radius_mfa.push.api import (DeviceApi, DeviceApiTlsError, PairingLimiter, listen_device_api,
+                                  load_tls_options, source_key)
 from radius_mfa.push.hub import PushHub
-from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
+from radius_mfa.store.asyncstore import AsyncStore, immediate_runner, thread_runner
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0
@@ -49,6 +52,8 @@ CLOCK_OFF = {"error": "the request's time is more than 60 s off the server's clo
                       "check this device's clock"}
 PAIRING_INVALID = {"error": "this pairing link is not valid: it was used already or has expired; "
                             "ask for a new one"}
+PAIRING_LIMITED = {"error": "too many pairing attempts from this address; "
+                            "try again after the Retry-After seconds"}
 NOT_FOUND = {"error": "no such sign-in for this device"}
 ANSWERED = {"error": "this sign-in was answered already"}
 TOO_LATE = {"error": "too late: this sign-in has timed out"}
@@ -267,6 +272,201 @@ class PairingEndpoint(DeviceApiTestCase):
         status, body, _ = yield self.request("POST", "/v1/pair", {"public_key": Phone().public_key})
         self.assertEqual(status, 400)
         self.assertIn("token", body["error"])
+
+
+class PairingAttacks(DeviceApiTestCase):
+    """Unauthenticated pairing attempts: limited per source address, and a
+    wrong token answered from a read, never the store's write lock."""
+
+    def count_complete_pairing(self, store) -> list[str]:
+        """The token digests ``store.complete_pairing`` (the write) was called with."""
+        calls: list[str] = []
+        original = store.complete_pairing
+
+        def complete_pairing(token_digest, *args, **kwargs):
+            calls.append(token_digest)
+            return original(token_digest, *args, **kwargs)
+
+        store.complete_pairing = complete_pairing
+        return calls
+
+    def hold_write_lock(self) -> sqlite3.Connection:
+        """Another connection holding the store's write lock (BEGIN IMMEDIATE)
+        until the test commits it: whatever needs the lock waits meanwhile."""
+        holder = sqlite3.connect(str(self.dir / "store.db"), isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN IMMEDIATE")
+        return holder
+
+    def pair(self, token: str, phone: Phone | None = None):
+        return self.request("POST", "/v1/pair",
+                            {"token": token, "public_key": (phone or Phone()).public_key})
+
+    @defer.inlineCallbacks
+    def test_a_burst_of_pairing_attempts_from_one_address_is_rejected(self):
+        for _ in range(api.PAIRING_LIMIT):
+            status, body, _ = yield self.pair("guess-" + crypto.new_pairing_token())
+            self.assertEqual((status, body), (403, PAIRING_INVALID))
+        token = self.pairing()
+        before = len(self.api_lines())
+        for _ in range(3):                 # even the right token: the address is over its limit
+            status, body, headers = yield self.pair(token)
+            self.assertEqual((status, body), (429, PAIRING_LIMITED))
+            self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"6"])   # 60 s / 10
+            self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertIsNotNone(self.sync.get_pairing(crypto.token_digest(token)))  # not used up
+        self.assertEqual(self.sync.list_devices("alice"), [])
+        # one line for the run of refusals, naming the source; not one per request
+        lines = self.api_lines()[before:]
+        self.assertEqual([(e["path"], e["status"], e["source"]) for e in lines],
+                         [("/v1/pair", 429, "127.0.0.1")])
+
+        self.clock.advance(6)              # what Retry-After said: one attempt more
+        status, body, _ = yield self.pair(token)
+        self.assertEqual(status, 201)
+        self.assertEqual(body["user"], "alice")
+        status, body, _ = yield self.pair(self.pairing())
+        self.assertEqual(status, 429)
+
+    @defer.inlineCallbacks
+    def test_a_burst_of_malformed_pairing_attempts_counts_too(self):
+        for _ in range(api.PAIRING_LIMIT):
+            status, _, _ = yield self.request("POST", "/v1/pair", b"not json")
+            self.assertEqual(status, 400)
+        status, body, _ = yield self.pair(self.pairing())
+        self.assertEqual((status, body), (429, PAIRING_LIMITED))
+
+    @defer.inlineCallbacks
+    def test_a_wrong_used_or_expired_token_takes_no_write_lock(self):
+        writes = self.count_complete_pairing(self.store)
+        used = self.pairing()
+        status, _, _ = yield self.pair(used)
+        self.assertEqual(status, 201)
+        expired = self.pairing(ttl=60)
+        self.clock.advance(61)
+        good = self.pairing()
+        self.assertEqual(len(writes), 1)
+
+        holder = self.hold_write_lock()
+        # the store runs in the reactor's thread here: a write would wait for the
+        # lock (5 s) and fail; a read answers at once
+        started = time.monotonic()
+        for token in ("nope", "guess-" + crypto.new_pairing_token(), used, expired):
+            status, body, _ = yield self.pair(token)
+            self.assertEqual((status, body), (403, PAIRING_INVALID), token[:8])
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(len(writes), 1)
+        self.assertTrue(holder.in_transaction)
+        holder.execute("COMMIT")
+        # the expired link stays for the store's cleanup; nothing was written
+        self.assertIsNotNone(self.sync.get_pairing(crypto.token_digest(expired)))
+        self.assertEqual(len(self.sync.list_devices("alice")), 1)
+
+        status, _, _ = yield self.pair(good)
+        self.assertEqual(status, 201)
+        self.assertEqual(writes, [crypto.token_digest(used), crypto.token_digest(good)])
+
+    @defer.inlineCallbacks
+    def test_a_flood_of_wrong_tokens_does_not_block_a_real_pairing(self):
+        pool = ThreadPool(2, 4, name="push-api-test-store")
+        pool.start()
+        self.addCleanup(pool.stop)
+        store = AsyncStore(self.sync, thread_runner(reactor, pool))
+        writes = self.count_complete_pairing(store)
+        self.api.store = store
+        self.api.pairing_limiter = PairingLimiter(self.clock.seconds, limit=1000)
+
+        token, phone = self.pairing("bob"), Phone()
+        holder = self.hold_write_lock()
+        flood = [self.pair("guess-" + crypto.new_pairing_token()) for _ in range(20)]
+        real = self.pair(token, phone)
+        flood += [self.pair("guess-" + crypto.new_pairing_token()) for _ in range(20)]
+        answers = yield defer.gatherResults(flood)
+        # every wrong token answered while another writer still holds the lock
+        self.assertEqual({(status, json.dumps(body)) for status, body, _ in answers},
+                         {(403, json.dumps(PAIRING_INVALID))})
+        self.assertTrue(holder.in_transaction)
+        self.assertEqual(writes, [crypto.token_digest(token)])   # only the real one writes
+        holder.execute("COMMIT")
+        status, body, _ = yield real
+        self.assertEqual(status, 201)
+        self.assertEqual(self.sync.get_device(body["device_id"]).public_key, phone.public_key)
+
+    @defer.inlineCallbacks
+    def test_two_racing_pairings_with_one_token_pair_once(self):
+        token = self.pairing()
+        answers = yield defer.gatherResults([self.pair(token), self.pair(token)])
+        self.assertEqual(sorted(status for status, _, _ in answers), [201, 403])
+        self.assertEqual(len(self.sync.list_devices("alice")), 1)
+
+
+class PairingLimits(unittest.TestCase):
+    """The limiter alone, on a fake clock."""
+
+    def setUp(self):
+        self.clock = FakeClock()
+
+    def test_a_burst_from_one_address_is_rejected_until_it_refills(self):
+        limiter = PairingLimiter(self.clock, limit=10, period=60)
+        self.assertEqual([limiter.take("192.0.2.1") for _ in range(10)], [(0.0, False)] * 10)
+        self.assertEqual(limiter.take("192.0.2.1"), (6.0, True))
+        self.assertEqual(limiter.take("192.0.2.1"), (6.0, False))      # not reported again
+        self.assertEqual(limiter.take("192.0.2.2"), (0.0, False))      # another address
+        self.clock.advance(3)
+        self.assertEqual(limiter.take("192.0.2.1"), (3.0, False))
+        self.clock.advance(3)
+        self.assertEqual(limiter.take("192.0.2.1"), (0.0, False))      # one every 6 s
+        self.assertEqual(limiter.take("192.0.2.1"), (6.0, True))
+        self.clock.advance(600)                                        # refilled: a burst of 10, no more
+        self.assertEqual(sum(limiter.take("192.0.2.1") == (0.0, False) for _ in range(20)), 10)
+
+    def test_a_flood_of_source_addresses_is_held_in_a_bounded_table(self):
+        limiter = PairingLimiter(self.clock, limit=10, period=60, max_sources=100)
+        allowed = 0
+        for i in range(20_000):
+            address = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+            allowed += limiter.take(address) == (0.0, False)
+        self.assertEqual(len(limiter), 100)
+        # the first 100 sources remembered, the 19,900 others sharing one bucket of 10
+        self.assertEqual(allowed, 100 + 10)
+        self.assertEqual(limiter.take("198.51.100.9")[0], 6.0)
+
+    def test_rotating_addresses_cannot_reset_a_source_s_limit(self):
+        limiter = PairingLimiter(self.clock, limit=10, period=60, max_sources=100)
+        for _ in range(10):
+            limiter.take("192.0.2.1")
+        for i in range(1000):                  # try to push 192.0.2.1 out of the table
+            limiter.take(f"10.0.{i >> 8}.{i & 255}")
+        self.assertGreater(limiter.take("192.0.2.1")[0], 0)
+
+    def test_idle_sources_are_forgotten(self):
+        limiter = PairingLimiter(self.clock, limit=10, period=60, max_sources=100)
+        for i in range(100):
+            limiter.take(f"10.0.0.{i}")
+        self.clock.advance(30)
+        limiter.take("10.0.1.1")
+        self.assertEqual(len(limiter), 100)    # full, none idle long enough: it shared the overflow
+        self.clock.advance(30)
+        self.assertEqual(limiter.take("10.0.1.2"), (0.0, False))
+        self.assertEqual(len(limiter), 1)      # the idle hundred are gone, the new one kept
+
+    def test_the_addresses_of_one_ipv6_64_share_a_limit(self):
+        limiter = PairingLimiter(self.clock, limit=10, period=60)
+        for i in range(10):
+            self.assertEqual(limiter.take(f"2001:db8:1:2::{i + 1:x}"), (0.0, False))
+        self.assertGreater(limiter.take("2001:db8:1:2:ffff::1")[0], 0)
+        self.assertEqual(limiter.take("2001:db8:1:3::1"), (0.0, False))
+        self.assertEqual(source_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64")
+        self.assertEqual(source_key("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(source_key("fe80::1%eth0"), "fe80::/64")
+        self.assertEqual(source_key("/run/socket"), "/run/socket")
+
+    def test_a_clock_stepping_back_refills_nothing(self):
+        limiter = PairingLimiter(self.clock, limit=2, period=60)
+        limiter.take("192.0.2.1")
+        limiter.take("192.0.2.1")
+        self.clock.advance(-3600)
+        self.assertGreater(limiter.take("192.0.2.1")[0], 0)
 
 
 class SignedRequests(DeviceApiTestCase):
@@ -715,8 +915,9 @@ def test_the_openapi_document_covers_the_contract():
     assert set(document["paths"]) == CONTRACT_PATHS
     answers = document["paths"]["/v1/approvals/{push_id}"]["post"]["responses"]
     assert set(answers) >= {"200", "400", "401", "404", "409", "410", "422"}
-    assert set(document["paths"]["/v1/pair"]["post"]["responses"]) >= {"201", "400", "403"}
+    assert set(document["paths"]["/v1/pair"]["post"]["responses"]) >= {"201", "400", "403", "429"}
     text = (REPO / "docs" / "device-api.yaml").read_text()
-    for sentence in (UNSIGNED, NOT_PAIRED, BAD_SIGNATURE, CLOCK_OFF, PAIRING_INVALID, NOT_FOUND,
+    for sentence in (UNSIGNED, NOT_PAIRED, BAD_SIGNATURE, CLOCK_OFF, PAIRING_INVALID,
+                     PAIRING_LIMITED, NOT_FOUND,
                      ANSWERED, TOO_LATE, NEEDS_NUMBER, WRONG_NUMBER):
         assert sentence["error"] in text, sentence
