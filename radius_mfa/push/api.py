@@ -346,7 +346,7 @@ class DeviceApi(Resource):
         wait, first = self.pairing_limiter.take(source)
         if wait > 0:
             call.source, call.quiet = source, not first
-            raise ApiError(429, PAIRING_LIMITED, retry_after=max(1, math.ceil(wait)))
+            raise ApiError(429, PAIRING_LIMITED, retry_after=max(1, math.ceil(round(wait, 3))))
         body = _json_body(call.request)
         token = body.get("token")
         if not isinstance(token, str) or not token:
