@@ -116,7 +116,16 @@ class Context:
             from radius_mfa.store import open_store
 
             self._store = open_store(self.config().store, self.config().store_key_file)
+            from radius_mfa.usernames import canonicalise_store
+
+            canonicalise_store(self._store, self.config().policy.username)
         return self._store
+
+    def name(self, typed: str) -> str:
+        """A user name as the store keeps it (policy.username)."""
+        from radius_mfa.usernames import canonical
+
+        return canonical(typed, self.config().policy.username)
 
     def close(self) -> None:
         if self._store is not None:
@@ -386,6 +395,25 @@ def cmd_user_reset(args: argparse.Namespace, ctx: Context) -> int:
     require_user(store, args.name)
     removed = store.reset_user(args.name)
     ctx.out(f"user {quoted(args.name)} reset: {removed} factor(s) removed; they must enrol again")
+    return EXIT_OK
+
+
+def cmd_user_update(args: argparse.Namespace, ctx: Context) -> int:
+    """The enrolled details: only here (or on the self-service page) does an
+    enrolled phone or address change, never because a directory says so.
+    An empty value ("") removes it."""
+    changes: dict = {}
+    for field_name, validate in (("display_name", validate_display_name), ("email", validate_email),
+                                 ("phone", validate_phone)):
+        value = getattr(args, field_name)
+        if value is not None:
+            changes[field_name] = validate(value) if value != "" else None
+    if not changes:
+        raise UsageError("nothing to change: give --display-name, --email or --phone")
+    store = ctx.store()
+    require_user(store, args.name)
+    store.update_user(args.name, **changes)
+    ctx.out(f"user {quoted(args.name)} updated: {', '.join(sorted(changes))}")
     return EXIT_OK
 
 
@@ -696,6 +724,8 @@ def cmd_report_clients(args: argparse.Namespace, ctx: Context) -> int:
     entries = []
     for client in config.clients:
         seen = seen_by_name.get(client.name)
+        required, since = _requirement_in_force(client, seen)
+        drops = dict(seen.drops) if seen else {}
         entries.append({
             "name": client.name,
             "address": _client_address(client.network),
@@ -705,17 +735,45 @@ def cmd_report_clients(args: argparse.Namespace, ctx: Context) -> int:
             "last_with_message_authenticator": iso_time(seen.last_with_message_authenticator) if seen else None,
             "last_without_message_authenticator": iso_time(seen.last_without_message_authenticator) if seen else None,
             "require_message_authenticator": client.require_message_authenticator.value,
+            "requires_message_authenticator_now": required,
+            "required_since": iso_time(since),
+            "dropped": drops,
+            "last_dropped": iso_time(seen.last_drop) if seen else None,
         })
     if args.json:
         ctx.json(entries)
         return EXIT_OK
     rows = [
         (e["name"], e["address"], e["requests"], e["last_seen"],
-         e["sends_message_authenticator"], e["require_message_authenticator"])
+         e["sends_message_authenticator"], _requirement_text(e),
+         ", ".join(f"{reason} {n}" for reason, n in sorted(e["dropped"].items())) or "0")
         for e in entries
     ]
-    ctx.out(format_table(("NAME", "ADDRESS", "REQUESTS", "LAST SEEN", "SENDS MSG-AUTH", "REQUIRES MSG-AUTH"), rows))
+    ctx.out(format_table(("NAME", "ADDRESS", "REQUESTS", "LAST SEEN", "SENDS MSG-AUTH",
+                          "REQUIRES MSG-AUTH", "DROPPED"), rows))
     return EXIT_OK
+
+
+def _requirement_in_force(client, seen) -> tuple[bool, float | None]:
+    """Whether a request without Message-Authenticator is dropped now, and
+    since when where ``auto`` switched it on (the first one seen)."""
+    from radius_mfa.config import RequireMA
+
+    policy = client.require_message_authenticator
+    if policy is RequireMA.AUTO:
+        first = seen.first_with_message_authenticator if seen else None
+        if first is None and seen is not None and seen.last_with_message_authenticator is not None:
+            first = seen.last_with_message_authenticator     # seen before first times were kept
+        return first is not None, first
+    return policy is RequireMA.TRUE, None
+
+
+def _requirement_text(entry: dict) -> str:
+    if entry["require_message_authenticator"] != "auto":
+        return entry["require_message_authenticator"]
+    if entry["requires_message_authenticator_now"]:
+        return f"auto: yes since {entry['required_since']}"
+    return "auto: not yet"
 
 
 def cmd_report_auth(args: argparse.Namespace, ctx: Context) -> int:
@@ -795,6 +853,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phone", metavar="+E164")
     p.add_argument("--password-stdin", action="store_true",
                    help="read the local password from one line of standard input")
+    p = add(users, "update", cmd_user_update,
+            "change a user's display name, email or phone (\"\" removes one)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--display-name", metavar="X")
+    p.add_argument("--email", metavar="X")
+    p.add_argument("--phone", metavar="+E164")
     p = add(users, "import", cmd_user_import, "create users in bulk from a CSV file (all or nothing)")
     p.add_argument("file", metavar="FILE",
                    help="CSV with a header row: name, display_name, email, phone, password, totp_secret")
@@ -894,6 +958,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(config_path=resolve_config_path(args, os.environ),
                   stdin=sys.stdin, stdout=stdout, stderr=stderr)
     try:
+        for attribute in ("name", "user"):
+            # every NAME (and report auth --user) in the form the store keeps
+            if isinstance(getattr(args, attribute, None), str):
+                setattr(args, attribute, ctx.name(getattr(args, attribute)))
         return args.handler(args, ctx)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

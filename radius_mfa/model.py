@@ -99,6 +99,7 @@ class ClientSeen:
     last_seen: float | None = None
     last_with_message_authenticator: float | None = None
     last_without_message_authenticator: float | None = None
+    first_with_message_authenticator: float | None = None   # `auto` requires it from then on
     drops: tuple[tuple[str, int], ...] = ()   # (reason, count): requests dropped unanswered
     last_drop: float | None = None
 

@@ -32,6 +32,7 @@ from radius_mfa.radius.dupcache import DuplicateCache
 from radius_mfa.server import Finished, RadiusServer, Runtime
 from radius_mfa.sessions import Sessions
 from radius_mfa.store import open_store
+from radius_mfa.usernames import prepare_store
 from radius_mfa.store.asyncstore import AsyncStore, thread_runner
 from radius_mfa.delivery.base import CHANNELS
 from radius_mfa.delivery.sender import build_senders
@@ -132,6 +133,7 @@ class Service:
         CannotListenError before anything is half-started."""
         config, reactor = self.config, self.reactor
         self.sync_store = open_store(config.store, config.store_key_file)
+        prepare_store(self.sync_store, config.policy.username, log)
         self.store_pool = ThreadPool(minthreads=1, maxthreads=4, name="store")
         self.hash_pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2), name="hash")
         for pool in (self.store_pool, self.hash_pool):

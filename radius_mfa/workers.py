@@ -65,6 +65,7 @@ import structlog
 from radius_mfa.config import Config, ListenAddress
 from radius_mfa.errors import StoreError
 from radius_mfa.store import open_store
+from radius_mfa.usernames import prepare_store
 from radius_mfa.systemd import notify
 from radius_mfa.udp import enlarge_receive_buffer
 
@@ -154,6 +155,7 @@ class Supervisor:
             # opened here first: a wrong key or an unreachable database stops
             # the start with one message, not N; /health pings it later
             self._store = open_store(config.store, config.store_key_file)
+            prepare_store(self._store, config.policy.username, log)
         except StoreError as exc:
             log.error("server.start_failed", error=str(exc))
             return 1

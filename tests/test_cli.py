@@ -19,7 +19,7 @@ import pytest
 
 import radius_mfa
 from radius_mfa import cli
-from radius_mfa.model import AuthRecord, Token
+from radius_mfa.model import AuthRecord, Token, User
 from radius_mfa.passwords import verify_password
 
 CONFIG_TEMPLATE = """\
@@ -256,7 +256,7 @@ def test_an_implausible_email_is_refused(run, email):
     assert len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["", " alice", "alice ", "ali\x00ce", "ali\nce", "a" * 254])
+@pytest.mark.parametrize("name", ["", "  ", "ali\x00ce", "ali\nce", "a" * 254])
 def test_a_bad_user_name_is_refused(run, name):
     code, _, err = run("user", "add", name)
     assert code == 1
@@ -549,8 +549,8 @@ def test_report_clients_lists_every_configured_client(run, store):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["NAME", "ADDRESS"]
-    assert lines[1].split() == ["vpn", "127.0.0.1", "3", "2023-11-14T22:14:20Z", "yes", "true"]
-    assert lines[2].split() == ["wifi", "192.0.2.0/24", "0", "-", "unknown", "auto"]
+    assert lines[1].split() == ["vpn", "127.0.0.1", "3", "2023-11-14T22:14:20Z", "yes", "true", "0"]
+    assert lines[2].split() == ["wifi", "192.0.2.0/24", "0", "-", "unknown", "auto:", "not", "yet", "0"]
     code, out, _ = run("report", "clients", "--json")
     clients = json.loads(out)
     assert clients[0] == {
@@ -559,8 +559,66 @@ def test_report_clients_lists_every_configured_client(run, store):
         "last_with_message_authenticator": "2023-11-14T22:14:20Z",
         "last_without_message_authenticator": None,
         "require_message_authenticator": "true",
+        "requires_message_authenticator_now": True, "required_since": None,
+        "dropped": {}, "last_dropped": None,
     }
     assert clients[1]["name"] == "wifi" and clients[1]["last_seen"] is None
+
+
+def test_report_clients_shows_drops_of_a_client_that_was_never_answered(run, store):
+    store.note_client_drops([("vpn", "missing_message_authenticator", 7, 1_700_000_000.0)])
+    vpn = json.loads(run("report", "clients", "--json")[1])[0]
+    assert (vpn["requests"], vpn["dropped"]) == (0, {"missing_message_authenticator": 7})
+    assert vpn["last_dropped"] == "2023-11-14T22:13:20Z"
+    out = run("report", "clients")[1]
+    assert "missing_message_authenticator 7" in out
+
+
+def test_report_clients_says_since_when_auto_requires_message_authenticator(run, store):
+    store.note_client_request("wifi", 1_700_000_000.0, False)
+    wifi = json.loads(run("report", "clients", "--json")[1])[1]
+    assert (wifi["requires_message_authenticator_now"], wifi["required_since"]) == (False, None)
+    store.note_client_request("wifi", 1_700_000_060.0, True)
+    store.note_client_request("wifi", 1_700_000_120.0, True)
+    wifi = json.loads(run("report", "clients", "--json")[1])[1]
+    assert (wifi["requires_message_authenticator_now"], wifi["required_since"]) == \
+        (True, "2023-11-14T22:14:20Z")
+
+
+def test_user_update_changes_the_enrolled_destinations(run, store):
+    run("user", "add", "alice", "--phone", "+4915112345678")
+    code, out, err = run("user", "update", "ALICE", "--phone", "+15550001111", "--email", "a@example.org")
+    assert code == 0, err
+    user = store.get_user("alice")
+    assert (user.phone, user.email) == ("+15550001111", "a@example.org")
+    assert run("user", "update", "alice", "--email", "")[0] == 0
+    assert store.get_user("alice").email is None
+    assert run("user", "update", "alice")[0] == 2
+    assert run("user", "update", "nobody", "--email", "x@example.org")[0] == 1
+    assert run("user", "update", "alice", "--phone", "not a number")[0] == 1
+
+
+def test_names_are_made_canonical_by_every_command(run, store):
+    assert run("user", "add", " Alice ")[0] == 0
+    assert store.get_user("alice") is not None
+    assert run("user", "add", "ALICE")[0] == 1                 # the same user
+    assert run("user", "show", "ALICE")[0] == 0
+
+
+def test_a_store_from_before_canonical_names_is_migrated(run, store):
+    store.add_user(User("Bob", created=1.0))
+    store.add_token(Token(serial="T-bob", type="totp", secret="JBSWY3DPEHPK3PXP", user="Bob"))
+    assert run("user", "show", "bob")[0] == 0
+    assert store.get_user("Bob") is None
+    assert store.get_token("T-bob").user == "bob"
+
+
+def test_names_that_become_one_are_reported_not_merged(run, store):
+    store.add_user(User("Carol", created=1.0))
+    store.add_user(User("carol", created=1.0))
+    code, _, err = run("user", "list")
+    assert code == 1 and "Carol, carol → carol" in err
+    assert store.get_user("Carol") is not None and store.get_user("carol") is not None
 
 
 def test_report_clients_says_mixed_and_no(run, store):

@@ -1000,7 +1000,7 @@ def test_client_requests_are_counted(store: Store) -> None:
     store.note_client_request("wifi", NOW + 20, with_message_authenticator=False)
     assert store.list_clients_seen() == [
         ClientSeen("vpn", requests=4, last_seen=NOW + 10, last_with_message_authenticator=NOW,
-                   last_without_message_authenticator=NOW + 10),
+                   last_without_message_authenticator=NOW + 10, first_with_message_authenticator=NOW),
         ClientSeen("wifi", requests=1, last_seen=NOW + 20, last_with_message_authenticator=None,
                    last_without_message_authenticator=NOW + 20),
     ]
@@ -1135,3 +1135,31 @@ def test_forked_child_opens_its_own_connection(store: Store) -> None:
     process.join(timeout=30)
     assert process.exitcode == 0
     assert store.get_user("alice").failures == 1
+
+
+# --- renaming (names made canonical) -------------------------------------------
+
+
+def test_rename_moves_the_user_and_everything_that_refers_to_them(store: Store) -> None:
+    store.add_user(User("Alice", phone="+4915112345678", created=NOW))
+    store.add_token(totp("T1", "Alice"))
+    store.add_pairing(Pairing(token_digest="ab" * 32, user="Alice", created=NOW, expires=NOW + 60))
+    store.rename_user("Alice", "alice")
+    assert store.get_user("Alice") is None
+    assert store.get_user("alice").phone == "+4915112345678"
+    assert store.get_token("T1").user == "alice"
+    assert store.get_pairing("ab" * 32).user == "alice"
+
+
+def test_rename_onto_a_taken_name_is_refused_and_changes_nothing(store: Store) -> None:
+    store.add_user(User("Alice", created=NOW))
+    store.add_user(User("alice", created=NOW))
+    store.add_token(totp("T1", "Alice"))
+    with pytest.raises(AlreadyExistsError):
+        store.rename_user("Alice", "alice")
+    assert store.get_token("T1").user == "Alice"
+
+
+def test_rename_of_an_unknown_user_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        store.rename_user("nobody", "somebody")

@@ -31,6 +31,11 @@ class Store(Protocol):
         """Set display_name, email, phone, password_hash or disabled; returns the
         new record; NotFoundError when absent."""
 
+    def rename_user(self, old: str, new: str) -> None:
+        """Give a user another name with everything that refers to them (the
+        names made canonical), in one transaction; AlreadyExistsError when
+        ``new`` is taken, NotFoundError when ``old`` is absent."""
+
     def remove_user(self, name: str) -> None:
         """Delete the user, their software tokens, pending sent codes, devices,
         pairing links and pushes;

@@ -57,7 +57,7 @@ from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, S
 from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
-from radius_mfa.store.sql import _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP, _TAKE_ATTEMPT
+from radius_mfa.store.sql import _DELETE_RENAMED_USER, _RENAME_USER, _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP, _TAKE_ATTEMPT
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -214,6 +214,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # it expires, so a NAS retry of the answer to a push prompt can be
         # told from a made-up State
         "ALTER TABLE challenges ADD COLUMN used DOUBLE PRECISION",
+        # when a client first sent a Message-Authenticator: since then `auto` requires it
+        "ALTER TABLE clients_seen ADD COLUMN first_with_ma DOUBLE PRECISION",
         'CREATE INDEX challenges_user ON challenges ("user", created)',
         # requests dropped unanswered, per client and reason (`report clients`)
         """
@@ -596,6 +598,24 @@ class PostgresStore:
         if not rows:
             raise NotFoundError(f"no such user: {name}")
         return _rows.user(rows[0])
+
+    def rename_user(self, old: str, new: str) -> None:
+        """Give a user another name, with everything that refers to them,
+        in one transaction; AlreadyExistsError when ``new`` is taken,
+        NotFoundError when ``old`` is absent."""
+        try:
+            with self._write("rename user") as conn:
+                if conn.execute(_RENAME_USER[0], (new, old)).rowcount != 1:
+                    raise NotFoundError(f"no such user: {old}")
+                for statement in _RENAME_USER[1:]:
+                    conn.execute(statement, (new, old))
+                conn.execute(_DELETE_RENAMED_USER, (old,))
+        except pg_errors.UniqueViolation:
+            raise AlreadyExistsError(f"user {new} exists already") from None
+        except StoreError as exc:
+            if isinstance(exc.__cause__, pg_errors.UniqueViolation):
+                raise AlreadyExistsError(f"user {new} exists already") from None
+            raise
 
     def remove_user(self, name: str) -> None:
         """Delete the user, their software tokens, sent codes, devices,
@@ -1106,14 +1126,17 @@ class PostgresStore:
         """Count ``count`` requests from the client, seen last at ``now``.
         Times only move forward, so servers reporting late cannot set them back."""
         column = "last_with_ma" if with_message_authenticator else "last_without_ma"
+        first = (f", first_with_ma = LEAST(coalesce(clients_seen.first_with_ma, excluded.first_with_ma),"
+                 " excluded.first_with_ma)") if with_message_authenticator else ""
         self._change(
             "note client request",
-            f"INSERT INTO clients_seen (name, requests, last_seen, {column}) VALUES (%s, %s, %s, %s)"
+            f"INSERT INTO clients_seen (name, requests, last_seen, {column}, first_with_ma)"
+            f" VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT (name) DO UPDATE SET"
             " requests = clients_seen.requests + excluded.requests,"
             " last_seen = GREATEST(clients_seen.last_seen, excluded.last_seen),"
-            f" {column} = GREATEST(clients_seen.{column}, excluded.{column})",
-            (name, count, now, now),
+            f" {column} = GREATEST(clients_seen.{column}, excluded.{column})" + first,
+            (name, count, now, now, now if with_message_authenticator else None),
         )
 
     def note_client_drops(self, drops: Sequence[tuple[str, str, int, float]]) -> None:

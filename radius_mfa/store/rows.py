@@ -145,6 +145,7 @@ def client_seen(row: Row) -> ClientSeen:
         last_seen=row["last_seen"],
         last_with_message_authenticator=row["last_with_ma"],
         last_without_message_authenticator=row["last_without_ma"],
+        first_with_message_authenticator=row["first_with_ma"],
     )
 
 

@@ -52,3 +52,15 @@ _NOTE_DROP = (
     " count = client_drops.count + excluded.count,"
     " last = greatest(coalesce(client_drops.last, excluded.last), excluded.last)"
 )
+
+# Renaming a user (names made canonical): a copy under the new name, every
+# reference moved, the old row deleted, in one transaction. Params of each:
+# (new, old). The authentication log keeps the names as they were audited.
+_RENAME_USER = (
+    "INSERT INTO users (name, display_name, email, phone, password_hash, disabled, failures,"
+    " locked_until, created) SELECT %s, display_name, email, phone, password_hash, disabled,"
+    " failures, locked_until, created FROM users WHERE name = %s",
+    *(f'UPDATE {table} SET "user" = %s WHERE "user" = %s'
+      for table in ("tokens", "challenges", "sent_codes", "code_sends", "pairings", "devices", "pushes")),
+)
+_DELETE_RENAMED_USER = "DELETE FROM users WHERE name = %s"

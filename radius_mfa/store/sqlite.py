@@ -40,7 +40,7 @@ from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, S
 from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
-from radius_mfa.store.sql import _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP, _TAKE_ATTEMPT
+from radius_mfa.store.sql import _DELETE_RENAMED_USER, _RENAME_USER, _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP, _TAKE_ATTEMPT
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -198,6 +198,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # it expires, so a NAS retry of the answer to a push prompt can be
         # told from a made-up State
         "ALTER TABLE challenges ADD COLUMN used REAL",
+        # when a client first sent a Message-Authenticator: since then `auto` requires it
+        "ALTER TABLE clients_seen ADD COLUMN first_with_ma REAL",
         "CREATE INDEX challenges_user ON challenges (user, created)",
         # requests dropped unanswered, per client and reason (`report clients`)
         """
@@ -488,6 +490,24 @@ class SqliteStore:
         if not rows:
             raise NotFoundError(f"no such user: {name}")
         return _rows.user(rows[0])
+
+    def rename_user(self, old: str, new: str) -> None:
+        """Give a user another name, with everything that refers to them,
+        in one transaction; AlreadyExistsError when ``new`` is taken,
+        NotFoundError when ``old`` is absent."""
+        try:
+            with self._write("rename user") as conn:
+                if conn.execute(_RENAME_USER[0].replace("%s", "?"), (new, old)).rowcount != 1:
+                    raise NotFoundError(f"no such user: {old}")
+                for statement in _RENAME_USER[1:]:
+                    conn.execute(statement.replace("%s", "?"), (new, old))
+                conn.execute(_DELETE_RENAMED_USER.replace("%s", "?"), (old,))
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"user {new} exists already") from None
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise AlreadyExistsError(f"user {new} exists already") from None
+            raise
 
     def remove_user(self, name: str) -> None:
         """Delete the user, their software tokens, sent codes, devices,
@@ -968,14 +988,17 @@ class SqliteStore:
         """Count ``count`` requests from the client, seen last at ``now``.
         Times only move forward, so workers reporting late cannot set them back."""
         column = "last_with_ma" if with_message_authenticator else "last_without_ma"
+        first = (f", first_with_ma = min(coalesce(clients_seen.first_with_ma, excluded.first_with_ma),"
+                 " excluded.first_with_ma)") if with_message_authenticator else ""
         self._change(
             "note client request",
-            f"INSERT INTO clients_seen (name, requests, last_seen, {column}) VALUES (?, ?, ?, ?)"
+            f"INSERT INTO clients_seen (name, requests, last_seen, {column}, first_with_ma)"
+            f" VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET"
             " requests = requests + excluded.requests,"
             " last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen),"
-            f" {column} = max(coalesce({column}, excluded.{column}), excluded.{column})",
-            (name, count, now, now),
+            f" {column} = max(coalesce({column}, excluded.{column}), excluded.{column})" + first,
+            (name, count, now, now, now if with_message_authenticator else None),
         )
 
     def note_client_drops(self, drops: Sequence[tuple[str, str, int, float]]) -> None:
