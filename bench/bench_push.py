@@ -218,8 +218,11 @@ class Device:
         self._writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> None:
+        # each device from a loopback address of its own, as phones come from
+        # their own addresses: the device API limits pairing attempts per source
+        source = (f"127.0.{self.index // 250}.{self.index % 250 + 1}", 0)
         reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.context,
-                                                       server_hostname=self.host)
+                                                       server_hostname=self.host, local_addr=source)
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         if der is None or crypto.fingerprint_of_der(der) != self.fingerprint:
             writer.close()
