@@ -100,6 +100,7 @@ WRONG_KEY = "wrong key or password, or the file was altered"
 MAC_MISMATCH = f"the MAC does not match: {WRONG_KEY}"
 MAX_PBKDF2_ITERATIONS = 10_000_000   # a file cannot make us spin for hours
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = ((b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
 
 # --- the public records ----------------------------------------------------------
@@ -131,6 +132,10 @@ def detect_format(path: str) -> str:
             head = f.read(4096)
     except OSError as exc:
         raise ImportFailed([Problem(path, f"cannot read the file: {exc.strerror or exc}")]) from None
+    for bom, codec in _UTF16_BOMS:                # expat reads UTF-16 itself
+        if head.startswith(bom):
+            head = head[len(bom):len(bom) + 2 * (len(head) // 2 - 1)].decode(codec, "replace").encode()
+            break
     head = head.removeprefix(_BOM).lstrip()
     return "pskc" if head.startswith(b"<") else "csv"
 
@@ -473,7 +478,7 @@ class _PskcSource(_Source):
         root = None
         position = 0
         try:
-            for event, element in ElementTree.iterparse(data, events=("start", "end")):
+            for event, element in self._xml_events(data):
                 if event == "start":
                     depth += 1
                     if depth == 1:
@@ -504,6 +509,25 @@ class _PskcSource(_Source):
                     root.remove(element)
         except ElementTree.ParseError as exc:
             raise _Fatal(Problem(self.path, f"not a PSKC document: not well-formed XML ({exc})")) from None
+
+    def _xml_events(self, data: io.BufferedReader) -> Iterator[tuple[str, ElementTree.Element]]:
+        """The parser's (event, element) pairs. An encoding that the parser
+        cannot read (one Python does not know, like ``UTF-9``, or a multi-byte
+        one expat refuses, like ``UTF-7``) is a one-line problem. Only the
+        parser's own errors are caught here, never those of the caller's loop."""
+        events = ElementTree.iterparse(data, events=("start", "end"))
+        while True:
+            try:
+                event, element = next(events)
+            except StopIteration:
+                return
+            except ElementTree.ParseError:
+                raise
+            except (LookupError, ValueError, UnicodeError) as exc:
+                raise _Fatal(Problem(self.path, "not a PSKC document: cannot read its character encoding "
+                                                f"({_printable(_reason(exc).split(';')[0])}); "
+                                                "save it as UTF-8")) from None
+            yield event, element
 
     def _header(self, pass_: "_Pass", tag: str, element: ElementTree.Element) -> None:
         """The container's encryption and MAC settings (they come before the
@@ -727,6 +751,11 @@ def _strip_namespaces(element: ElementTree.Element) -> None:
     for node in element.iter():
         if node.tag[:1] == "{":
             node.tag = node.tag.split("}", 1)[1]
+
+
+def _printable(text: str) -> str:
+    """*text* (which may quote the file) with anything unprintable escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _reason(exc: Exception) -> str:

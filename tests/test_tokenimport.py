@@ -481,3 +481,55 @@ def test_a_file_cannot_make_the_key_derivation_spin(store, tmp_path):
                  .replace("<IterationCount>1000<", "<IterationCount>2000000000<"))
     assert messages(refused(store, path, password="pw")) == [
         f"{path}: the PBKDF2 iteration count 2000000000 is above 10,000,000"]
+
+
+# --- PSKC: declared encodings the parser cannot read -------------------------------------
+
+
+def declared(encoding: str) -> str:
+    return docs.document([KeySpec(serial="E1", secret=RFC4226_SECRET)]).replace(
+        'encoding="UTF-8"', f'encoding="{encoding}"', 1)
+
+
+@pytest.mark.parametrize(("encoding", "reason"), [
+    ("UTF-9", "unknown encoding: UTF-9"),
+    ("x-no-such-charset", "unknown encoding: x-no-such-charset"),
+    ("UTF-7", "multi-byte encodings are not supported"),
+    ("UTF-32", "multi-byte encodings are not supported"),
+    ("Shift_JIS", "multi-byte encodings are not supported"),
+    ("base64", "'base64' is not a text encoding"),
+    ("rot13", "'rot13' is not a text encoding"),
+])
+def test_a_pskc_file_declaring_an_unreadable_encoding_is_one_problem_not_a_traceback(
+        store, tmp_path, encoding, reason):
+    path = write(tmp_path, "tokens.xml", declared(encoding))
+    assert messages(refused(store, path)) == [
+        f"{path}: not a PSKC document: cannot read its character encoding ({reason}); save it as UTF-8"]
+
+
+def test_a_malformed_xml_declaration_is_one_problem(store, tmp_path):
+    for n, text in enumerate([declared(""), declared("latin-1\x01"),
+                              declared("UTF-8").replace('version="1.0"', 'version="1.0" standalone="maybe"')]):
+        path = write(tmp_path, f"tokens{n}.xml", text, encoding="latin-1")
+        [message] = messages(refused(store, path))
+        assert message.startswith(f"{path}: not a PSKC document: not well-formed XML (")
+
+
+def test_a_pskc_file_saved_as_utf16_with_a_bom_imports(store, tmp_path):
+    path = write(tmp_path, "tokens.xml", "\ufeff" + declared("UTF-16"), encoding="utf-16-le")
+    assert detect_format(path) == "pskc"
+    assert import_tokens(store, path).count == 1
+    assert otp_at(store.get_token("E1"), 0) == RFC4226_CODES[0]
+
+
+def test_token_import_of_an_unknown_encoding_prints_one_line_and_exits_1(tmp_path, capsys):
+    from radius_mfa.cli import main
+
+    config = tmp_path / "radius-mfa.yaml"
+    config.write_text(f"store: sqlite:///{tmp_path}/store.db\n")
+    path = write(tmp_path, "tokens.xml", declared("UTF-9"))
+    assert main(["-c", str(config), "token", "import", path]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[0] == (f"{path}: not a PSKC document: cannot read its character encoding "
+                                   "(unknown encoding: UTF-9); save it as UTF-8")
