@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from radius_mfa import passwords
+from radius_mfa.config import PasswordsConfig
 
 
 def b64(raw: bytes) -> str:
@@ -141,3 +142,94 @@ def test_dummy_hash_is_a_real_hash_at_current_cost() -> None:
     # So verify_dummy pays for a full scrypt run, like a known user would.
     assert passwords._parse(passwords._DUMMY_HASH) is not None
     assert not passwords.needs_rehash(passwords._DUMMY_HASH)
+
+
+# --- the configured scheme --------------------------------------------------------
+
+PBKDF2 = PasswordsConfig(scheme="pbkdf2-sha256", pbkdf2_iterations=2_000)
+SCRYPT = PasswordsConfig()
+
+
+def pbkdf2_hash(password: bytes, iterations: int, salt: bytes = b"0123456789abcdef") -> str:
+    key = hashlib.pbkdf2_hmac("sha256", password, salt, iterations, 32)
+    return f"$pbkdf2-sha256${iterations}${b64(salt)}${b64(key)}"
+
+
+def test_default_configuration_hashes_with_scrypt_n_2_14() -> None:
+    encoded = passwords.hash_password("pw", SCRYPT)
+    assert encoded.startswith("$scrypt$ln=14,r=8,p=1$")
+    assert passwords.verify_password("pw", encoded)
+
+
+def test_pbkdf2_configuration_hashes_with_its_iterations() -> None:
+    encoded = passwords.hash_password("pw", PBKDF2)
+    scheme, iterations, salt, key = encoded.split("$")[1:]
+    assert (scheme, iterations) == ("pbkdf2-sha256", "2000")
+    raw_salt = base64.b64decode(salt + "==")
+    assert len(raw_salt) == 16
+    # computed independently of the module
+    assert base64.b64decode(key + "==") == hashlib.pbkdf2_hmac("sha256", b"pw", raw_salt, 2000, 32)
+    assert passwords.verify_password("pw", encoded)
+    assert not passwords.verify_password("pw!", encoded)
+
+
+@pytest.mark.parametrize("config", [
+    PasswordsConfig(scheme="bcrypt"),
+    PasswordsConfig(scheme="pbkdf2-sha256", pbkdf2_iterations=0),
+    PasswordsConfig(scheme="pbkdf2-sha256", pbkdf2_iterations=10**9),
+])
+def test_a_configuration_the_module_cannot_use_is_refused(config) -> None:
+    with pytest.raises(ValueError, match="passwords"):
+        passwords.hash_password("pw", config)
+
+
+def test_another_scheme_needs_rehash() -> None:
+    scrypt = passwords.hash_password("pw", SCRYPT)
+    pbkdf2 = passwords.hash_password("pw", PBKDF2)
+    assert passwords.needs_rehash(pbkdf2, SCRYPT) and passwords.needs_rehash(pbkdf2)
+    assert passwords.needs_rehash(scrypt, PBKDF2)
+    assert not passwords.needs_rehash(scrypt, SCRYPT)
+    assert not passwords.needs_rehash(pbkdf2, PBKDF2)
+
+
+def test_fewer_iterations_than_configured_need_rehash() -> None:
+    config = PasswordsConfig(scheme="pbkdf2-sha256", pbkdf2_iterations=600_000)
+    assert passwords.needs_rehash(pbkdf2_hash(b"pw", 599_999), config)
+    assert not passwords.needs_rehash(pbkdf2_hash(b"pw", 600_000), config)
+    assert not passwords.needs_rehash(pbkdf2_hash(b"pw", 700_000), config)
+
+
+def test_a_short_salt_needs_rehash_whatever_the_cost() -> None:
+    assert passwords.needs_rehash(pbkdf2_hash(b"pw", 5_000, salt=b"short"), PBKDF2)
+
+
+def count_derivations(monkeypatch) -> list[tuple[str, int]]:
+    """Every key derivation the module runs, as (scheme, cost)."""
+    seen: list[tuple[str, int]] = []
+    real = passwords._derive
+
+    def counting(password, parsed):
+        if isinstance(parsed, passwords._Scrypt):
+            seen.append(("scrypt", parsed.log2_n))
+        else:
+            seen.append(("pbkdf2-sha256", parsed.iterations))
+        return real(password, parsed)
+
+    monkeypatch.setattr(passwords, "_derive", counting)
+    return seen
+
+
+def test_dummy_check_runs_the_configured_hash(monkeypatch) -> None:
+    seen = count_derivations(monkeypatch)
+    assert passwords.verify_dummy("pw", PBKDF2) is False
+    assert passwords.verify_dummy("pw", SCRYPT) is False
+    assert passwords.verify_dummy("pw") is False
+    assert seen == [("pbkdf2-sha256", 2_000), ("scrypt", 14), ("scrypt", 14)]
+
+
+def test_imported_hash_below_the_minimum_cost_has_a_problem() -> None:
+    assert "fewer than the 1,000" in passwords.imported_hash_problem(pbkdf2_hash(b"pw", 999))
+    assert passwords.imported_hash_problem(pbkdf2_hash(b"pw", 1_000)) is None
+    assert "2^10" in passwords.imported_hash_problem(scrypt_hash(b"pw", b"0123456789abcdef", ln=9))
+    assert passwords.imported_hash_problem(scrypt_hash(b"pw", b"0123456789abcdef", ln=10)) is None
+    assert "malformed" in passwords.imported_hash_problem("$pbkdf2-sha256$0$c2FsdA$" + b64(bytes(32)))
