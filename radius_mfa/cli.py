@@ -249,7 +249,11 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, ctx: Context) -> int:
-    ctx.config()
+    """Exit 0, or 2 with every problem (main prints them); warnings go to
+    stderr as ``FILE:LINE: key.path: warning: message`` and leave the exit
+    code alone."""
+    for warning in ctx.config().warnings:
+        print(warning, file=ctx.stderr)
     ctx.out(f"{ctx.config_path}: OK")
     return EXIT_OK
 

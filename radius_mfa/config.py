@@ -271,6 +271,10 @@ class Config:
     audit: AuditConfig = AuditConfig()
     metrics: MetricsConfig | None = None
     log: LogConfig = LogConfig()
+    # What the loader found worth a warning (short shared secrets, files
+    # others can read), each ``FILE:LINE: key.path: warning: message``, by
+    # line; never a secret. check-config prints them, serve logs them.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 # ==========================================================================
@@ -284,10 +288,12 @@ class Config:
 # message ever quotes the value of a secret: type errors name the kind of
 # value found, never the value itself.
 
+import dataclasses
 import difflib
 import math
 import os
 import re
+import stat
 import urllib.parse
 from typing import Any, Callable
 
@@ -303,6 +309,10 @@ _KIND = {_STR: "a string", _INT: "an integer", _FLOAT: "a number", _BOOL: "a boo
          _NULL: "null", _TAG + "timestamp": "a date", _TAG + "binary": "binary data"}
 _SECRET_FILE_MAX = 64 * 1024      # a shared secret is short; anything bigger is the wrong file
 _DEFAULT_RADIUS_PORT = 1812
+_MAX_DEPTH = 64                   # YAML nesting; the deepest real section is 5 levels down
+_MIN_SHARED_SECRET = 16           # characters; draft-ietf-radext-deprecating-radius
+_MIN_PBKDF2_ITERATIONS = 10_000
+_MAX_PBKDF2_ITERATIONS = 10_000_000
 
 
 class _Invalid:
@@ -322,6 +332,7 @@ def load_config(path: str | os.PathLike) -> Config:
     label = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as stream:
+            mode = os.fstat(stream.fileno()).st_mode
             text = stream.read()
     except OSError as exc:
         raise ConfigError([f"{label}: cannot read: {exc.strerror or exc}"]) from None
@@ -329,11 +340,16 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError([f"{label}: cannot read: not UTF-8 text"]) from None
     absolute = os.path.abspath(label)
     reader = _Reader(label, os.path.dirname(absolute))
-    config = reader.read_document(text, absolute)
+    reader.check_private(1, "(file)", "this file", mode)
+    try:
+        config = reader.read_document(text, absolute)
+    except RecursionError:      # a shape the depth limit does not see (merge keys, aliases)
+        reader.problem(1, "(document)", "nested too deeply to read")
+        config = None
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
     assert config is not None
-    return config
+    return dataclasses.replace(config, warnings=tuple(reader.sorted_warnings()))
 
 
 def mask_url_password(url: str) -> str:
@@ -371,9 +387,30 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's composer recurses once per level of nesting: a document
+    nested a few hundred levels deep would end in a RecursionError. Past
+    _MAX_DEPTH levels this stops with a problem at the line it got to."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > _MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {_MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 class _Reader:
     """Holds what every section reader needs: the file's label and directory,
-    the YAML loader (to construct scalars), and the problems found so far."""
+    the YAML loader (to construct scalars), and the problems and warnings
+    found so far."""
 
     loader: yaml.SafeLoader
 
@@ -381,14 +418,34 @@ class _Reader:
         self.label = label
         self.base_dir = base_dir
         self.problems: list[tuple[int, int, str]] = []
+        self.warnings: list[tuple[int, int, str]] = []
 
     def problem(self, where: Node | int, path: str, message: str) -> None:
         line = where if isinstance(where, int) else _line(where)
         self.problems.append((line, len(self.problems), f"{self.label}:{line}: {path}: {message}"))
 
+    def warn(self, where: Node | int, path: str, message: str) -> None:
+        """Something that works but should not stay so; never quotes a secret."""
+        line = where if isinstance(where, int) else _line(where)
+        self.warnings.append((line, len(self.warnings), f"{self.label}:{line}: {path}: warning: {message}"))
+
+    def check_private(self, where: Node | int, path: str, name: str, mode: int, *,
+                      group_too: bool = False) -> None:
+        """A warning when the file *name* (a secret, or the config that may
+        hold some) can be read by other users (with *group_too*, by its
+        group as well); *mode* is its st_mode."""
+        mask = stat.S_IRWXG | stat.S_IRWXO if group_too else stat.S_IROTH
+        if mode & mask:
+            fix = "chmod 600" if group_too else "chmod o-rwx"
+            self.warn(where, path, f"{name} can be read by other users (mode {stat.S_IMODE(mode):04o}): "
+                                   f"{fix} it")
+
     def sorted_problems(self) -> list[str]:
         """By line; once each (a node reached twice through a YAML alias is read twice)."""
         return list(dict.fromkeys(text for _, _, text in sorted(self.problems)))
+
+    def sorted_warnings(self) -> list[str]:
+        return list(dict.fromkeys(text for _, _, text in sorted(self.warnings)))
 
     def resolve(self, path: str) -> str:
         """A relative path is relative to the directory of the config file."""
@@ -410,7 +467,7 @@ class _Reader:
 
     def read_document(self, text: str, absolute_path: str) -> Config | None:
         try:
-            self.loader = yaml.SafeLoader(text)
+            self.loader = _Loader(text)
             root = self.loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             self._syntax_problem(exc)
@@ -469,6 +526,8 @@ class _Section:
             self.r.loader.flatten_mapping(node)     # YAML merge keys (<<: *anchor)
         except yaml.YAMLError as exc:
             self.r.problem(node, self.path or "(document)", getattr(exc, "problem", None) or "bad merge key")
+        except RecursionError:                      # merges of merges, hundreds deep
+            self.r.problem(node, self.path or "(document)", "merge keys nested too deeply")
         for key_node, value_node in node.value:     # merged keys first: the file's own win
             if isinstance(key_node, ScalarNode) and key_node.tag == _STR:
                 self._entries[key_node.value] = (key_node, value_node)
@@ -724,10 +783,12 @@ def _read_secret_file(r: _Reader, node: Node, path: str) -> Any:
         return name
     try:
         with open(name, "rb") as stream:
+            mode = os.fstat(stream.fileno()).st_mode
             data = stream.read(_SECRET_FILE_MAX + 1)
     except OSError as exc:
         r.problem(node, path, f"cannot read {name}: {exc.strerror or exc}")
         return _INVALID
+    r.check_private(node, path, name, mode)
     if len(data) > _SECRET_FILE_MAX:
         r.problem(node, path, f"{name} is too large for a secret")
         return _INVALID
@@ -761,6 +822,33 @@ def _secret(sec: _Section, key: str, *, required: bool) -> bytes | None:
     return None
 
 
+def _check_shared_secret(sec: _Section, key: str, secret: bytes | None) -> None:
+    """A warning for a RADIUS shared secret under _MIN_SHARED_SECRET
+    characters (it protects User-Password and every Message-Authenticator;
+    a short one falls to an offline guess from one captured packet)."""
+    if secret is None or len(secret.decode("utf-8", "replace")) >= _MIN_SHARED_SECRET:
+        return
+    file_key = f"{key}_file"
+    node = sec.take(file_key) if sec.given(file_key) else sec.take(key)
+    sec.r.warn(node if node is not None else sec.node, sec.at(file_key if sec.given(file_key) else key),
+               f"the shared secret is shorter than {_MIN_SHARED_SECRET} characters: "
+               "use a random one of 16 or more (openssl rand -base64 24)")
+
+
+def _existing_file_private(r: _Reader, node: Node | None, path: str, name: str | None, *,
+                           group_too: bool = False) -> None:
+    """check_private for a key file the server may make itself: when it
+    exists already."""
+    if node is None or name is None:
+        return
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode):
+        r.check_private(node, path, name, mode, group_too=group_too)
+
+
 def _text_secret(sec: _Section, key: str, *, required: bool = False) -> str | None:
     """As _secret, for a secret the code uses as text (passwords, API tokens)."""
     data = _secret(sec, key, required=required)
@@ -792,10 +880,15 @@ def _read_config(r: _Reader, root: Node, absolute_path: str) -> Config | None:
         primary=_primary(r, top.take("primary")),
         factors=_factors(r, top.take("factors")),
         policy=_policy(r, top.take("policy")),
+        passwords=_passwords(r, top.take("passwords")),
         audit=_audit(r, top.take("audit")),
         metrics=_metrics(r, top.take("metrics")),
         log=_log(r, top.take("log")),
     )
+    # the store refuses a key file its group may read; say so before it does
+    key_node = top.take("store_key_file")
+    _existing_file_private(r, key_node if key_node is not None else 1,
+                           "store_key_file", config.store_key_file, group_too=True)
     top.finish()
     return config
 
@@ -897,6 +990,7 @@ def _clients(r: _Reader, node: Node | None) -> tuple[ClientConfig, ...]:
 def _client(sec: _Section, name: str | None, network: Any) -> ClientConfig | None:
     """The rest of one client, given its already checked name and network."""
     secret = _secret(sec, "secret", required=True)
+    _check_shared_secret(sec, "secret", secret)
     client = ClientConfig(
         name=name or "",
         network=network or ipaddress.ip_network("0.0.0.0/32"),
@@ -905,8 +999,28 @@ def _client(sec: _Section, name: str | None, network: Any) -> ClientConfig | Non
         mode=Mode(sec.get("mode", _choice(*(m.value for m in Mode)), Mode.CHALLENGE.value)),
         timeout=sec.get("timeout", _seconds, 30.0),
         exempt=sec.get("exempt", _boolean, False),
+        limit_proxy_state=sec.get("limit_proxy_state", _boolean, False),
     )
+    if client.mode is Mode.SECOND_FACTOR_ONLY and client.require_message_authenticator is RequireMA.FALSE:
+        # no password is checked in this mode: the Message-Authenticator is
+        # all that proves the request came from the NAS (BlastRADIUS)
+        sec.r.problem(sec.take("mode"), sec.at("mode"),
+                      "second-factor-only needs require_message_authenticator true or auto: "
+                      "no password is checked, so only the Message-Authenticator proves the request "
+                      "comes from the NAS")
+    _transport(sec)
     return client if name is not None and network is not None and secret is not None else None
+
+
+def _transport(sec: _Section) -> None:
+    """transport and cert_name (SPEC): RADIUS over TLS is not built yet,
+    so udp (the default) is the only transport, and cert_name has nothing
+    to apply to."""
+    if sec.get("transport", _choice("udp", "tls"), "udp") == "tls":
+        sec.r.problem(sec.take("transport"), sec.at("transport"),
+                      "tls (RadSec) is not supported by this version: use udp")
+    if sec.get("cert_name", _string(nullable=True)) is not None:
+        sec.r.problem(sec.take("cert_name"), sec.at("cert_name"), "applies to transport: tls only")
 
 
 def _primary(r: _Reader, node: Node | None) -> PrimaryConfig:
@@ -938,6 +1052,7 @@ def _radius_primary(r: _Reader, node: Node | None, path: str) -> RadiusPrimaryCo
             continue
         address = server_sec.get("address", _hostport(listen=False), required=True)
         secret = _secret(server_sec, "secret", required=True)
+        _check_shared_secret(server_sec, "secret", secret)
         require_ma = server_sec.get("require_message_authenticator", _boolean, True)
         server_sec.finish()
         if address is not None and secret is not None:
@@ -1183,6 +1298,7 @@ def _push(r: _Reader, node: Node | None) -> PushConfig | None:
         rate_limit=_rate_limit(r, sec.take("rate_limit"), sec.at("rate_limit")),
         notify=_notifiers(r, sec.take("notify"), sec.at("notify")),
     )
+    _existing_file_private(r, sec.take("tls_key"), sec.at("tls_key"), config.tls_key)
     sec.finish()
     return config
 
@@ -1244,12 +1360,40 @@ def _policy(r: _Reader, node: Node | None) -> PolicyConfig:
         return PolicyConfig()
     default = PolicyConfig()
     config = PolicyConfig(
-        unenrolled=sec.get("unenrolled", _choice("reject", "allow"), default.unenrolled),
+        unenrolled=sec.get("unenrolled", _choice("reject", "allow", "enrol"), default.unenrolled),
+        username=_username(r, sec.take("username"), sec.at("username")),
         exempt_users=sec.get("exempt_users", _list_of(_string()), ()),
         exempt_groups=sec.get("exempt_groups", _list_of(_string()), ()),
         lockout=_lockout(r, sec.take("lockout"), sec.at("lockout")),
         delimiter=sec.get("delimiter", _string(), default.delimiter),
         state_ttl=sec.get("state_ttl", _seconds, default.state_ttl),
+    )
+    sec.finish()
+    return config
+
+
+def _username(r: _Reader, node: Node | None, path: str) -> UsernameConfig:
+    sec = _section(r, node, path)
+    if sec is None:
+        return UsernameConfig()
+    default = UsernameConfig()
+    config = UsernameConfig(
+        case=sec.get("case", _choice("insensitive", "sensitive"), default.case),
+        strip_realm=sec.get("strip_realm", _boolean, default.strip_realm),
+    )
+    sec.finish()
+    return config
+
+
+def _passwords(r: _Reader, node: Node | None) -> PasswordsConfig:
+    sec = _section(r, node, "passwords")
+    if sec is None:
+        return PasswordsConfig()
+    default = PasswordsConfig()
+    config = PasswordsConfig(
+        scheme=sec.get("scheme", _choice("scrypt", "pbkdf2-sha256"), default.scheme),
+        pbkdf2_iterations=sec.get("pbkdf2_iterations", _integer(_MIN_PBKDF2_ITERATIONS, _MAX_PBKDF2_ITERATIONS),
+                                  default.pbkdf2_iterations),
     )
     sec.finish()
     return config

@@ -365,6 +365,11 @@ class Service:
         except ConfigError as exc:
             log.error("config.reload_failed", problems=exc.problems)
             return
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the server down
+            # one line, no traceback: the exception's text could quote the file
+            log.error("config.reload_failed",
+                      problems=[f"{self.config.path}: cannot reload: unexpected {type(exc).__name__}"])
+            return
         old_push, new_push = self.config.factors.push, config.factors.push
         if (config.store != self.config.store or config.server.listen != self.config.server.listen
                 or config.metrics != self.config.metrics or config.server.workers != self.config.server.workers
