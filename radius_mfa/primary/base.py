@@ -34,6 +34,10 @@ class PrimaryRequest:
     forward: tuple[tuple[int, bytes], ...] = ()
     upstream_state: bytes | None = None   # answering an Access-Challenge of the upstream
     deadline: float | None = None     # seconds the backend may take at most (the client's timeout, less a margin)
+    # when the request arrived, on the engine's clock (AuthRequest.received): a
+    # backend given the same clock counts the deadline from here, so time spent
+    # queued before the check counts; None: from when the backend is asked
+    received: float | None = None
 
 
 @dataclass(frozen=True)
