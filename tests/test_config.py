@@ -13,7 +13,9 @@ from radius_mfa.config import (
     Config,
     ListenAddress,
     Mode,
+    PasswordsConfig,
     RequireMA,
+    UsernameConfig,
     load_config,
     mask_url_password,
 )
@@ -629,3 +631,343 @@ primary:
         f"{path}:4: primary.ldap.servers[1]: expected a URL like ldap://HOST or ldaps://HOST",
         f"{path}:5: primary.ldap.user_filter: must contain {{user}}",
     ]
+
+
+# --------------------------------------------------------------------------
+# Issue 12: passwords, policy.username, limit_proxy_state, transport
+# --------------------------------------------------------------------------
+
+
+def private(path: Path) -> Path:
+    path.chmod(0o600)
+    return path
+
+
+def test_passwords_section_defaults_to_scrypt(tmp_path: Path):
+    config = load_config(write(tmp_path, ""))
+    assert (config.passwords.scheme, config.passwords.pbkdf2_iterations) == ("scrypt", 600_000)
+
+
+def test_passwords_section_is_read(tmp_path: Path):
+    config = load_config(write(tmp_path, "passwords:\n  scheme: pbkdf2-sha256\n  pbkdf2_iterations: 310000\n"))
+    assert config.passwords == PasswordsConfig(scheme="pbkdf2-sha256", pbkdf2_iterations=310_000)
+
+
+def test_a_cheap_password_hash_is_refused(tmp_path: Path):
+    path = write(tmp_path, "passwords:\n  scheme: md5\n  pbkdf2_iterations: 1000\n  rounds: 3\n")
+    assert problems_of(path) == [
+        f"{path}:2: passwords.scheme: 'md5' is not one of scrypt, pbkdf2-sha256",
+        f"{path}:3: passwords.pbkdf2_iterations: must be between 10000 and 10000000, got 1000",
+        f"{path}:4: passwords.rounds: unknown key",
+    ]
+
+
+def test_pbkdf2_iterations_must_be_an_integer(tmp_path: Path):
+    path = write(tmp_path, "passwords: {pbkdf2_iterations: \"many\"}\n")
+    assert problems_of(path) == [
+        f"{path}:1: passwords.pbkdf2_iterations: expected an integer, got a string"]
+
+
+def test_policy_username_and_unenrolled_enrol(tmp_path: Path):
+    config = load_config(write(tmp_path, """\
+policy:
+  unenrolled: enrol
+  username: {case: sensitive, strip_realm: true}
+"""))
+    assert config.policy.unenrolled == "enrol"
+    assert config.policy.username == UsernameConfig(case="sensitive", strip_realm=True)
+    assert load_config(write(tmp_path, "")).policy.username == UsernameConfig("insensitive", False)
+
+
+def test_policy_username_refuses_bad_values(tmp_path: Path):
+    path = write(tmp_path, """\
+policy:
+  unenrolled: maybe
+  username:
+    case: upper
+    strip_realm: "yes"
+    realm: corp
+""")
+    assert problems_of(path) == [
+        f"{path}:2: policy.unenrolled: 'maybe' is not one of reject, allow, enrol",
+        f"{path}:4: policy.username.case: 'upper' is not one of insensitive, sensitive",
+        f"{path}:5: policy.username.strip_realm: expected true or false, got a string",
+        f"{path}:6: policy.username.realm: unknown key (did you mean 'strip_realm'?)",
+    ]
+
+
+def test_limit_proxy_state_per_client(tmp_path: Path):
+    config = load_config(write(tmp_path, MINIMAL_CLIENT + "    limit_proxy_state: true\n"))
+    assert config.clients[0].limit_proxy_state is True
+    assert load_config(write(tmp_path, MINIMAL_CLIENT)).clients[0].limit_proxy_state is False
+    path = write(tmp_path, MINIMAL_CLIENT + "    limit_proxy_state: 1\n")
+    assert problems_of(path) == [
+        f"{path}:5: clients[0].limit_proxy_state: expected true or false, got an integer"]
+
+
+def test_transport_udp_is_accepted_and_tls_is_refused_until_radsec_exists(tmp_path: Path):
+    assert load_config(write(tmp_path, MINIMAL_CLIENT + "    transport: udp\n    cert_name: null\n")).clients
+    path = write(tmp_path, MINIMAL_CLIENT + "    transport: tls\n    cert_name: nas.example.org\n")
+    assert problems_of(path) == [
+        f"{path}:5: clients[0].transport: tls (RadSec) is not supported by this version: use udp",
+        f"{path}:6: clients[0].cert_name: applies to transport: tls only",
+    ]
+
+
+# --------------------------------------------------------------------------
+# Issue 12: check-config refuses second-factor-only without Message-Authenticator
+# --------------------------------------------------------------------------
+
+
+def check_config(path: Path, capsys) -> tuple[int, str, str]:
+    from radius_mfa.cli import main
+
+    code = main(["-c", str(path), "check-config"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_second_factor_only_without_message_authenticator_is_rejected(tmp_path: Path, capsys):
+    """No password is checked in this mode: without a required
+    Message-Authenticator a forged request (BlastRADIUS) would be enough."""
+    path = write(tmp_path, """\
+clients:
+  - name: rdgw
+    address: 192.0.2.0/24
+    secret: a-long-enough-shared-secret
+    require_message_authenticator: false
+    mode: second-factor-only
+""")
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"{path}:6: clients[0].mode: second-factor-only needs require_message_authenticator true or auto: "
+        "no password is checked, so only the Message-Authenticator proves the request comes from the NAS"]
+
+
+@pytest.mark.parametrize("required", ["true", "auto"])
+def test_second_factor_only_with_message_authenticator_required_or_auto_is_fine(tmp_path: Path, capsys, required):
+    path = private(write(tmp_path, f"""\
+clients:
+  - name: rdgw
+    address: 192.0.2.0/24
+    secret: a-long-enough-shared-secret
+    require_message_authenticator: {required}
+    mode: second-factor-only
+"""))
+    assert check_config(path, capsys) == (0, f"{path}: OK\n", "")
+
+
+# --------------------------------------------------------------------------
+# Issue 12: warnings (short shared secrets, files others can read)
+# --------------------------------------------------------------------------
+
+
+def test_a_short_client_secret_is_a_warning_that_never_shows_it(tmp_path: Path, capsys):
+    path = private(write(tmp_path, """\
+clients:
+  - name: vpn
+    address: 192.0.2.0/24
+    secret: Sh0rtSecret9
+  - name: wifi
+    address: 198.51.100.0/24
+    secret: sixteen-chars-ok
+"""))
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (0, f"{path}: OK\n")
+    assert err.splitlines() == [
+        f"{path}:4: clients[0].secret: warning: the shared secret is shorter than 16 characters: "
+        "use a random one of 16 or more (openssl rand -base64 24)"]
+    assert "Sh0rtSecret9" not in err
+    assert load_config(path).clients[0].secret == b"Sh0rtSecret9"     # a warning, not a refusal
+
+
+def test_a_one_character_secret_from_a_file_is_warned_about(tmp_path: Path):
+    private(write(tmp_path, "x\n", "vpn.secret"))
+    path = private(write(tmp_path, "clients:\n  - {name: vpn, address: 10.0.0.1, secret_file: vpn.secret}\n"))
+    [warning] = load_config(path).warnings
+    assert warning.startswith(f"{path}:2: clients[0].secret_file: warning: the shared secret is shorter than 16")
+
+
+def test_a_short_upstream_radius_secret_is_warned_about(tmp_path: Path):
+    path = private(write(tmp_path, """\
+primary:
+  backend: radius
+  radius:
+    servers:
+      - {address: "10.0.0.5:1812", secret: upstream-secret-long-enough}
+      - address: "10.0.0.6:1812"
+        secret: "123"
+"""))
+    assert load_config(path).warnings == (
+        f"{path}:7: primary.radius.servers[1].secret: warning: the shared secret is shorter than 16 "
+        "characters: use a random one of 16 or more (openssl rand -base64 24)",)
+
+
+def test_a_config_file_others_can_read_is_warned_about(tmp_path: Path, capsys):
+    path = write(tmp_path, "server: {name: a}\n")
+    path.chmod(0o644)
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (0, f"{path}: OK\n")
+    assert err.splitlines() == [
+        f"{path}:1: (file): warning: this file can be read by other users (mode 0644): chmod o-rwx it"]
+    path.chmod(0o640)            # root:radius-mfa 0640, as systemd/radius-mfa.service installs it
+    assert load_config(path).warnings == ()
+
+
+def test_secret_files_others_can_read_are_warned_about_by_key(tmp_path: Path):
+    for name in ("vpn.secret", "upstream.secret", "ldap.secret", "smtp.secret", "twilio.secret"):
+        (tmp_path / name).write_text("a-secret-of-more-than-16-characters\n")
+        (tmp_path / name).chmod(0o604)
+    (tmp_path / "ldap.secret").chmod(0o600)      # this one is private: no warning
+    path = private(write(tmp_path, """\
+clients:
+  - {name: vpn, address: 10.0.0.1, secret_file: vpn.secret}
+primary:
+  backend: ldap
+  radius:
+    servers: [{address: "10.0.0.5", secret_file: upstream.secret}]
+  ldap:
+    servers: ["ldap://127.0.0.1"]
+    base_dn: "dc=example,dc=org"
+    bind_dn: "cn=svc,dc=example,dc=org"
+    bind_password_file: ldap.secret
+factors:
+  email:
+    providers:
+      - {name: mail, type: smtp, host: smtp.example.org, from: a@example.org, username: u, password_file: smtp.secret}
+  sms:
+    providers:
+      - {name: tw, type: twilio, account_sid: AC1, auth_token_file: twilio.secret, from: "+15005550006"}
+"""))
+    warnings = load_config(path).warnings
+    assert [w.split(": warning: ")[0] for w in warnings] == [
+        f"{path}:2: clients[0].secret_file",
+        f"{path}:6: primary.radius.servers[0].secret_file",
+        f"{path}:15: factors.email.providers[0].password_file",
+        f"{path}:18: factors.sms.providers[0].auth_token_file",
+    ]
+    assert warnings[0].endswith(f"{tmp_path / 'vpn.secret'} can be read by other users (mode 0604): chmod o-rwx it")
+    assert not any("a-secret-of" in w for w in warnings)
+
+
+def test_a_store_key_its_group_can_read_is_warned_about_before_the_store_refuses_it(tmp_path: Path):
+    key = tmp_path / "store.key"
+    key.write_text("00" * 32 + "\n")
+    key.chmod(0o640)
+    path = private(write(tmp_path, "server: {name: a}\n"))
+    assert load_config(path).warnings == (
+        f"{path}:1: store_key_file: warning: {key} can be read by other users (mode 0640): chmod 600 it",)
+    key.chmod(0o600)
+    assert load_config(path).warnings == ()
+
+
+def test_warnings_do_not_change_the_exit_code_of_errors(tmp_path: Path, capsys):
+    path = write(tmp_path, MINIMAL_CLIENT + "    mode: sometimes\n")
+    code, out, err = check_config(path, capsys)
+    assert code == 2 and "clients[0].mode: 'sometimes' is not one of" in err
+
+
+def test_the_sample_checks_with_only_its_known_warnings(capsys):
+    """The sample keeps `testing123` (the README's radclient examples use it);
+    a checkout cannot make it private, so that warning may appear too."""
+    code, out, err = check_config(SAMPLE, capsys)
+    assert (code, out) == (0, f"{SAMPLE}: OK\n")
+    for line in err.splitlines():
+        assert (": warning: the shared secret is shorter than 16 characters" in line
+                or line.startswith(f"{SAMPLE}:1: (file): warning: this file can be read by other users"))
+
+
+def test_the_sample_documents_every_new_key():
+    text = SAMPLE.read_text()
+    for key in ("passwords:", "scheme:", "pbkdf2_iterations:", "username:", "case:", "strip_realm:",
+                "limit_proxy_state:", "enrol"):
+        assert key in text, key
+
+
+# --------------------------------------------------------------------------
+# Issue 12: nesting deep enough to exhaust the stack
+# --------------------------------------------------------------------------
+
+
+DEPTH = 500
+
+
+def deeply_nested_block() -> str:
+    return "".join("  " * i + "a:\n" for i in range(DEPTH)) + "  " * DEPTH + "b: 1\n"
+
+
+@pytest.mark.parametrize("text", [
+    "policy: " + "[" * DEPTH + "]" * DEPTH + "\n",
+    "policy: " + "{a: " * DEPTH + "1" + "}" * DEPTH + "\n",
+    deeply_nested_block(),
+], ids=["flow-lists", "flow-mappings", "block-mappings"])
+def test_a_config_nested_500_levels_deep_is_one_problem_not_a_recursion_error(tmp_path: Path, capsys, text):
+    path = write(tmp_path, text)
+    [problem] = problems_of(path)
+    assert re.fullmatch(rf"{re.escape(str(path))}:\d+: \(syntax\): nested more than 64 levels deep", problem)
+    code, out, err = check_config(path, capsys)
+    assert (code, out, err) == (2, "", problem + "\n")
+
+
+def test_merge_keys_chained_thousands_deep_are_one_problem(tmp_path: Path):
+    lines = ["x0: &a0 {delimiter: \",\"}"]
+    lines += [f"x{i}: &a{i} {{<<: *a{i - 1}}}" for i in range(1, 3000)]
+    lines += ["policy: {<<: *a2999}"]
+    problems = problems_of(write(tmp_path, "\n".join(lines) + "\n"))
+    assert any("policy: merge keys nested too deeply" in p for p in problems)
+
+
+def test_a_reload_of_a_deeply_nested_config_logs_reload_failed(tmp_path: Path):
+    """What SIGHUP calls: Service.reload, which keeps the running config."""
+    import structlog.testing
+    from twisted.internet.task import Clock
+
+    from radius_mfa.service import Service
+
+    path = private(write(tmp_path, MINIMAL_CLIENT.replace("s3cret-value", "a-long-enough-shared-secret")))
+    service = Service(load_config(path), Clock())
+    path.write_text(deeply_nested_block())
+    with structlog.testing.capture_logs() as events:
+        service.reload()
+    [event] = events
+    assert (event["event"], event["log_level"]) == ("config.reload_failed", "error")
+    assert len(event["problems"]) == 1 and "nested more than 64 levels deep" in event["problems"][0]
+    assert service.config.clients[0].name == "vpn"           # the running one stays
+
+
+def test_an_unexpected_error_during_reload_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch):
+    import structlog.testing
+    from twisted.internet.task import Clock
+
+    from radius_mfa import service as service_module
+
+    path = private(write(tmp_path, ""))
+    service = service_module.Service(load_config(path), Clock())
+
+    def broken(_path):
+        raise RuntimeError("something quoting the file: topsecret")
+
+    monkeypatch.setattr(service_module, "load_config", broken)
+    with structlog.testing.capture_logs() as events:
+        service.reload()
+    assert events == [{"event": "config.reload_failed", "log_level": "error",
+                       "problems": [f"{path.resolve()}: cannot reload: unexpected RuntimeError"]}]
+
+
+def test_sighup_with_a_deeply_nested_config_logs_reload_failed_and_keeps_serving(tmp_path: Path):
+    import signal
+
+    from e2e import Server
+    from peers.process import wait_for
+
+    server = Server(tmp_path).start()
+    try:
+        server.config.write_text(deeply_nested_block())
+        server.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "config.reload_failed" in server.log())
+        assert "nested more than 64 levels deep" in server.log()
+        assert "Traceback" not in server.log() and "RecursionError" not in server.log()
+        assert server.proc.poll() is None
+    finally:
+        assert server.stop() == 0
