@@ -15,6 +15,10 @@ tests). The users it knows:
   with State ``CAROL_STATE`` and Reply-Message "Enter your new PIN"; an
   Access-Request with that State and ``CAROL_PIN`` as the password is
   accepted, anything else rejected.
+
+``FrontProxy`` is the other role: FreeRADIUS in front of a home server (a
+radius-mfa under test), proxying every Access-Request to it, as a site
+that already runs FreeRADIUS would put it in front.
 """
 
 from __future__ import annotations
@@ -343,3 +347,120 @@ class FreeRadius:
             return False
         expected = hashlib.md5(reply[:4] + authenticator + reply[20:] + secret).digest()
         return hmac.compare_digest(expected, reply[4:20])
+
+
+# --- FreeRADIUS as a front proxy ---------------------------------------------------
+
+# Every Access-Request goes to the realm of the home server, whatever the
+# name holds (no realm-stripping module: the name reaches the home server
+# as the client sent it, octet for octet). A Status-Server is answered here.
+PROXY_SITE = """\
+server default {
+\tlisten {
+\t\ttype = auth
+\t\tipaddr = 127.0.0.1
+\t\tport = %(port)d
+\t}
+\tauthorize {
+\t\tupdate control {
+\t\t\t&Proxy-To-Realm := "home"
+\t\t}
+\t\tAutz-Type Status-Server {
+\t\t\tok
+\t\t}
+\t}
+\tauthenticate {
+\t}
+\tpre-proxy {
+\t}
+\tpost-proxy {
+\t}
+\tpost-auth {
+\t\tok
+\t\tPost-Auth-Type REJECT {
+\t\t\tok
+\t\t}
+\t}
+}
+"""
+
+# One home server in a fail-over pool, as an admin configures it: a server
+# that leaves a request unanswered for ``response_window`` seconds turns
+# zombie, and one that stays silent through ``zombie_period`` is dead (no
+# request goes to it until it answers ``num_answers_to_alive`` Status-Server
+# probes, ``check_interval`` seconds apart, or, with ``status_check = none``,
+# until ``revive_interval`` has passed). The windows are short here so that a
+# test sees within a few seconds what a site would see within a minute.
+PROXY_CONF = """\
+proxy server {
+\tdefault_fallback = no
+}
+home_server home {
+\ttype = auth
+\tipaddr = %(home_host)s
+\tport = %(home_port)d
+\tsecret = "%(home_secret)s"
+\tresponse_window = %(response_window)s
+\tresponse_timeouts = 1
+\tzombie_period = %(zombie_period)d
+\trevive_interval = %(revive_interval)d
+\tstatus_check = %(status_check)s
+\tcheck_interval = %(check_interval)d
+\tcheck_timeout = %(check_timeout)d
+\tnum_answers_to_alive = 3
+\tmax_outstanding = 65536
+}
+home_server_pool home {
+\ttype = fail-over
+\thome_server = home
+}
+realm home {
+\tauth_pool = home
+\tnostrip
+}
+"""
+
+
+class FrontProxy(FreeRadius):
+    """FreeRADIUS 3.2 proxying every Access-Request it gets on 127.0.0.1:``port``
+    (from 127.0.0.1, with ``secret``) to the home server ``home`` = (host, port)
+    with ``home_secret``.
+
+    ``home_events()`` lists what FreeRADIUS logged about the home server's
+    state (zombie, dead, alive), the signs of a proxy giving up on it.
+    """
+
+    def __init__(self, directory: Path, home: tuple[str, int], home_secret: str, *,
+                 secret: str = "testing123", port: int | None = None,
+                 response_window: float = 2.0, zombie_period: int = 2,
+                 status_check: str = "none", revive_interval: int = 60,
+                 check_interval: int = 6, check_timeout: int = 2):
+        self.home = home
+        self.home_secret = home_secret
+        self.proxy_settings = {
+            "response_window": response_window, "zombie_period": zombie_period,
+            "status_check": status_check, "revive_interval": revive_interval,
+            "check_interval": check_interval, "check_timeout": check_timeout}
+        super().__init__(directory, secret=secret, port=port, sign_replies=False)
+
+    def _write_config(self) -> None:
+        conf = self.directory
+        (conf / "mods-config" / "files").mkdir(parents=True, exist_ok=True)
+        (conf / "mods-config" / "files" / "authorize").write_text("# none: all is proxied\n")
+        (conf / "site-default").write_text(PROXY_SITE % {"port": self.port})
+        (conf / "proxy.conf").write_text(PROXY_CONF % {
+            "home_host": self.home[0], "home_port": self.home[1],
+            "home_secret": self.home_secret, **self.proxy_settings})
+        radiusd = RADIUSD_CONF % {
+            "confdir": conf, "libdir": MODULE_DIR, "secret": self.secret,
+            "require_ma": "yes" if self.require_message_authenticator else "no"}
+        radiusd = radiusd.replace("proxy_requests = no\n",
+                                  "proxy_requests = yes\n$INCLUDE proxy.conf\n")
+        (conf / "radiusd.conf").write_text(radiusd)
+        (conf / "dictionary").write_text("# local additions: none\n")
+
+    def home_events(self) -> list[str]:
+        """FreeRADIUS's log lines about the home server changing state."""
+        return [line for line in self.log().splitlines()
+                if "home server" in line.lower()
+                and any(word in line.lower() for word in ("zombie", "dead", "alive"))]
