@@ -53,11 +53,19 @@ RETIRE_SECONDS = 120.0
 ORPHAN_CHECK_SECONDS = 1.0
 
 
-def build_primary(config: Config, *, reactor, hash_runner, ldap_runner, dictionary):
-    """The primary backend of a configuration; started, ready to use."""
+def build_primary(config: Config, *, reactor, hash_runner, ldap_runner, dictionary,
+                  store=None, hash_threads: int | None = None):
+    """The primary backend of a configuration; started, ready to use.
+    ``store`` (synchronous) receives the local backend's rehashed passwords;
+    ``hash_threads``: the hash pool's threads, the checks handed to it at once
+    (the rest wait in the backend, and are dropped past their deadline)."""
     backend = config.primary.backend
     if backend == "local":
-        return LocalBackend(hash_runner)
+        try:
+            return LocalBackend(hash_runner, config.passwords, store=store,
+                                clock=reactor.seconds, concurrency=hash_threads)
+        except ValueError as exc:          # a passwords section the loader let through
+            raise ConfigError([f"{config.path}: {exc}"]) from None
     if backend == "none":
         return NoPrimary()
     if backend == "radius":
@@ -135,7 +143,8 @@ class Service:
         self.sync_store = open_store(config.store, config.store_key_file)
         prepare_store(self.sync_store, config.policy.username, log)
         self.store_pool = ThreadPool(minthreads=1, maxthreads=4, name="store")
-        self.hash_pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2), name="hash")
+        self.hash_threads = max(2, os.cpu_count() or 2)
+        self.hash_pool = ThreadPool(minthreads=1, maxthreads=self.hash_threads, name="hash")
         for pool in (self.store_pool, self.hash_pool):
             pool.start()
             reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
@@ -214,7 +223,8 @@ class Service:
 
     def _runtime(self, config: Config) -> Runtime:
         primary = build_primary(config, reactor=self.reactor, hash_runner=self.hash_runner,
-                                ldap_runner=self.ldap_runner, dictionary=self.dictionary)
+                                ldap_runner=self.ldap_runner, dictionary=self.dictionary,
+                                store=self.sync_store, hash_threads=self.hash_threads)
         engine = build_engine(config, self.store, primary, self.reactor.seconds, reactor=self.reactor,
                               push=self.push_hub)
         return Runtime(clients=ClientTable(config.clients), engine=engine)
