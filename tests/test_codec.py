@@ -307,7 +307,6 @@ def _with_attrs(attrs: bytes, code: int = ACCESS_REQUEST) -> bytes:
     (b"\x02\x12" + bytes(16) + b"\x03\x13" + bytes(17), "both"),
     (b"\x04\x05abc", "NAS-IP-Address"),
     (b"\x5f\x06abcd", "NAS-IPv6-Address"),
-    (b"\x01\x04\xff\xfe", "UTF-8"),
 ])
 def test_malformed_requests_are_refused(attrs, reason):
     with pytest.raises(RemoteProtocolError, match=reason):

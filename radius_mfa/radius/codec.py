@@ -62,12 +62,14 @@ USER_NAME = 1
 USER_PASSWORD = 2
 CHAP_PASSWORD = 3
 NAS_IP_ADDRESS = 4
+REPLY_MESSAGE = 18
 STATE = 24
 VENDOR_SPECIFIC = 26
 CALLED_STATION_ID = 30
 CALLING_STATION_ID = 31
 NAS_IDENTIFIER = 32
 PROXY_STATE = 33
+EAP_MESSAGE = 79
 MESSAGE_AUTHENTICATOR = 80
 NAS_IPV6_ADDRESS = 95
 
@@ -176,7 +178,7 @@ class Request(_AttributeAccess):
     attributes: tuple[tuple[int, bytes], ...] = field(repr=False)   # wire order
     has_message_authenticator: bool
     message_authenticator_ok: bool | None          # None: absent
-    user_name: str | None
+    user_name: str | None                          # None: absent, or not UTF-8 (see below)
     password: bytes | None = field(repr=False)     # User-Password, unhidden, NULs stripped
     chap: bool
     state: bytes | None = field(repr=False)
@@ -186,12 +188,21 @@ class Request(_AttributeAccess):
     nas_ip: str | None
     proxy_states: tuple[bytes, ...] = field(repr=False)
     secret: bytes = field(repr=False)              # the secret it was decoded with
+    # User-Name is octets (RFC 2865 section 5.1): one that is not UTF-8 is
+    # kept, not refused. ``user_name_raw`` is the value as it came (None:
+    # absent); ``user_name_invalid`` is true when it is present and not
+    # UTF-8, and then ``user_name`` is None. For logs and the audit use
+    # :func:`escape_user_name`.
+    user_name_raw: bytes | None = field(default=None, repr=False)
+    user_name_invalid: bool = False
 
 
 # Attributes a proxy never forwards as they are: it sets its own.
 _NOT_FORWARDED = frozenset({USER_NAME, USER_PASSWORD, STATE, PROXY_STATE, MESSAGE_AUTHENTICATOR})
 MICROSOFT = 311
+MS_CHAP_RESPONSE = 1
 MS_CHAP2_RESPONSE = 25
+EAP_FAILURE = 4                   # EAP packet code (RFC 3748 section 4)
 
 
 def forwardable(request: "Request") -> tuple[tuple[int, bytes], ...]:
@@ -200,14 +211,61 @@ def forwardable(request: "Request") -> tuple[tuple[int, bytes], ...]:
     return tuple((t, v) for t, v in request.attributes if t not in _NOT_FORWARDED)
 
 
-def is_mschapv2(request: "Request") -> bool:
-    """True when the request carries an MS-CHAP2-Response (RFC 2548)."""
+def _microsoft_types(request: "Request") -> set[int]:
+    """The vendor types of every Microsoft attribute in the request."""
+    found: set[int] = set()
     for attr_type, value in request.attributes:
         split = split_vendor_specific(value) if attr_type == VENDOR_SPECIFIC else None
-        if split is not None and split[0] == MICROSOFT and any(
-                vendor_type == MS_CHAP2_RESPONSE for vendor_type, _ in split[1]):
-            return True
-    return False
+        if split is not None and split[0] == MICROSOFT:
+            found.update(vendor_type for vendor_type, _ in split[1])
+    return found
+
+
+def is_mschapv2(request: "Request") -> bool:
+    """True when the request carries an MS-CHAP2-Response (RFC 2548)."""
+    return MS_CHAP2_RESPONSE in _microsoft_types(request)
+
+
+#: The values :func:`method_of` returns (the audit record's ``method``).
+METHODS = ("pap", "chap", "mschap", "mschapv2", "eap", "none")
+
+
+def method_of(request: "Request") -> str:
+    """How the client proves the user's password, as the audit names it.
+
+    The first that applies: ``eap`` (an EAP-Message, RFC 3579: whatever
+    else the request carries, EAP decides), ``mschapv2`` (MS-CHAP2-Response,
+    RFC 2548), ``mschap`` (MS-CHAP v1: MS-CHAP-Response without
+    MS-CHAP2-Response), ``chap`` (CHAP-Password), ``pap`` (User-Password),
+    ``none`` (none of them: a State alone, or a second-factor-only request).
+    """
+    if any(kind == EAP_MESSAGE for kind, _ in request.attributes):
+        return "eap"
+    microsoft = _microsoft_types(request)
+    if MS_CHAP2_RESPONSE in microsoft:
+        return "mschapv2"
+    if MS_CHAP_RESPONSE in microsoft:
+        return "mschap"
+    if request.chap:
+        return "chap"
+    if request.password is not None:
+        return "pap"
+    return "none"
+
+
+def eap_failure(request: "Request") -> bytes | None:
+    """The EAP-Message value of an Access-Reject to an EAP request: an
+    EAP-Failure (RFC 3748 section 4.2: code 4, length 4) with the identifier
+    of the request's EAP packet (RFC 3579 section 2.6.3); identifier 0 for
+    an EAP-Start (an empty EAP-Message). None when the request carries no
+    EAP-Message.
+    """
+    parts = [value for kind, value in request.attributes if kind == EAP_MESSAGE]
+    if not parts:
+        return None
+    eap = b"".join(parts)
+    identifier = eap[1] if len(eap) >= 2 else 0
+    return bytes((EAP_FAILURE, identifier, 0, 4))
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,6 +324,8 @@ def decode_request(data: bytes, secret: bytes,
         has_message_authenticator=ma_ok is not None,
         message_authenticator_ok=ma_ok,
         user_name=_user_name(by_type.get(USER_NAME)),
+        user_name_raw=by_type.get(USER_NAME),
+        user_name_invalid=by_type.get(USER_NAME) is not None and _user_name(by_type[USER_NAME]) is None,
         password=password,
         chap=chap,
         state=by_type.get(STATE),
@@ -409,12 +469,40 @@ def _request_password(hidden: bytes | None, secret: bytes,
 
 
 def _user_name(value: bytes | None) -> str | None:
+    """The User-Name as text; None when absent or not UTF-8."""
     if value is None:
         return None
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise RemoteProtocolError("User-Name is not UTF-8") from None
+        return None
+
+
+def escape_user_name(raw: bytes) -> str:
+    """A User-Name's octets as printable text, for logs and the audit.
+
+    Valid UTF-8 printable characters stay as they are; every octet that is
+    not part of valid UTF-8 becomes ``\\xNN``; a control or other
+    non-printable character becomes ``\\xNN``, ``\\uNNNN`` or
+    ``\\UNNNNNNNN``; a backslash is doubled, so that the escaping is
+    unambiguous (``CORP\\alice`` reads ``CORP\\\\alice``).
+    """
+    out = []
+    for char in raw.decode("utf-8", errors="surrogateescape"):
+        point = ord(char)
+        if 0xDC80 <= point <= 0xDCFF:              # an undecodable octet
+            out.append(f"\\x{point - 0xDC00:02x}")
+        elif char == "\\":
+            out.append("\\\\")
+        elif char.isprintable():
+            out.append(char)
+        elif point <= 0xFF:
+            out.append(f"\\x{point:02x}")
+        elif point <= 0xFFFF:
+            out.append(f"\\u{point:04x}")
+        else:
+            out.append(f"\\U{point:08x}")
+    return "".join(out)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -540,10 +628,18 @@ def split_vendor_specific(value: bytes) -> tuple[int, list[tuple[int, bytes]]] |
 # Encoding
 
 
+class ReplyTooLarge(LocalProtocolError):
+    """The reply as asked would exceed 4,096 octets (RFC 2865 section 3)."""
+
+    def __init__(self, length: int):
+        self.length = length
+        super().__init__(f"packet of {length} octets exceeds {MAX_PACKET_LENGTH}")
+
+
 def encode_response(request: Request, code: int,
                     attributes: Sequence[tuple[AttributeKey, object]] = (),
                     secret: bytes | None = None) -> bytes:
-    """Encode the reply to ``request``.
+    """Encode the reply to ``request``, exactly as asked.
 
     Layout: Message-Authenticator first (always: BlastRADIUS), then the
     request's Proxy-State attributes unmodified and in order (RFC 2865
@@ -553,26 +649,244 @@ def encode_response(request: Request, code: int,
     one the request was decoded with.
 
     Raises :class:`LocalProtocolError` for a code that is not a reply, an
-    unknown attribute, a value that does not fit, or a packet over 4096
-    octets.
+    unknown attribute or a value that does not fit, and
+    :class:`ReplyTooLarge` (a LocalProtocolError) for a packet over 4096
+    octets. A server answering a NAS uses :func:`encode_fitting`, which
+    never fails so.
     """
-    if code not in RESPONSE_CODES:
-        raise LocalProtocolError(f"code {code} is not an Access-Request reply")
+    _check_reply_code(code)
     secret = request.secret if secret is None else secret
     encoder = _AttributeEncoder(request.packet.dict, secret, request.authenticator)
-    body = bytearray(_MA_PLACEHOLDER)
-    for state in request.proxy_states:
-        body += _tlv(PROXY_STATE, state)
+    wire = [_encode_reply_attribute(encoder, key, value) for key, value in attributes]
+    return _assemble(request, code, request.proxy_states, wire, secret)
+
+
+@dataclass(frozen=True)
+class FittedReply:
+    """What :func:`encode_fitting` sent.
+
+    ``code`` is the code asked for, or ACCESS_REJECT when the reply asked
+    for could not be sent (``reason`` then says why: ``"too_large"`` or
+    ``"unencodable"``; None otherwise). ``dropped`` names each attribute
+    left out, once per attribute, in the order they were dropped (for a
+    replaced reply: every name that was asked for, once each;
+    ``"Proxy-State"`` when a Proxy-State could not be echoed); ``truncated`` names those
+    shortened (only ``"Reply-Message"``). Names only: never a value.
+    """
+    packet: bytes = field(repr=False)
+    code: int
+    dropped: tuple[str, ...] = ()
+    truncated: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+@dataclass
+class _Item:
+    name: str
+    wire: bytes
+    value: object = field(default=None, repr=False)
+
+
+def encode_fitting(request: Request, code: int,
+                   attributes: Sequence[tuple[AttributeKey, object]] = (),
+                   secret: bytes | None = None) -> FittedReply:
+    """Encode the reply to ``request`` so that it can always be sent: a
+    packet of at most 4,096 octets, Message-Authenticator first and every
+    Proxy-State echoed as :func:`encode_response` does.
+
+    When the reply as asked does not fit, in this order, stopping as soon
+    as it fits:
+
+    1. Access-Challenge and Access-Reject: the optional attributes are
+       dropped, the last first. Optional is anything but State and
+       EAP-Message in a challenge, anything but EAP-Message in a reject,
+       nothing in an Access-Accept (its attributes authorise the session:
+       an Accept is never sent with less than it was given).
+    2. Reply-Message (all of them, concatenated) is truncated at a UTF-8
+       character boundary to what fits, or dropped when nothing does.
+    3. An Accept or a Challenge that still does not fit is replaced by an
+       Access-Reject (``reason="too_large"``) carrying only an EAP-Failure
+       for an EAP request (:func:`eap_failure`), fitted in turn.
+    4. A Reject that still does not fit (possible only for a request that
+       carried neither Message-Authenticator nor User-Password and was
+       padded with Proxy-State to the last octet): its EAP-Message is
+       dropped, then the *first* Proxy-States, those of the farthest
+       proxies, until it fits; the ones kept are the nearest hop's, in
+       order. Never the Message-Authenticator.
+
+    An attribute the encoder cannot carry (:class:`LocalProtocolError`: a
+    value too long or of the wrong type) is dropped when optional (as in
+    1, Reply-Message included); in an Accept, or a State or EAP-Message,
+    it replaces the reply with an Access-Reject (``reason="unencodable"``).
+
+    Raises :class:`LocalProtocolError` only for a code that is not a reply.
+    """
+    _check_reply_code(code)
+    secret = request.secret if secret is None else secret
+    dictionary = request.packet.dict
+    encoder = _AttributeEncoder(dictionary, secret, request.authenticator)
+    items: list[_Item] = []
+    dropped: list[str] = []
     for key, value in attributes:
-        if key in ("Message-Authenticator", "Proxy-State", MESSAGE_AUTHENTICATOR, PROXY_STATE):
-            raise LocalProtocolError(f"{key} is added by the codec, not by the caller")
-        body += encoder.encode(key, value)
+        name = _attribute_name(dictionary, key)
+        try:
+            items.append(_Item(name, _encode_reply_attribute(encoder, key, value), value))
+        except LocalProtocolError:
+            if _essential(code, name):
+                return _fallback_reject(request, secret, encoder, "unencodable",
+                                        [*dropped, *(_attribute_name(dictionary, k)
+                                                     for k, _ in attributes)])
+            dropped.append(name)
+    proxy_states = list(request.proxy_states)
+    truncated: list[str] = []
+    if _fit(code, items, proxy_states, encoder, dropped, truncated):
+        return FittedReply(_assemble(request, code, proxy_states, [i.wire for i in items], secret),
+                           code, tuple(dropped), tuple(truncated))
+    return _fallback_reject(request, secret, encoder, "too_large",
+                            [*dropped, *(_attribute_name(dictionary, k) for k, _ in attributes)])
+
+
+def _fallback_reject(request: Request, secret: bytes, encoder: "_AttributeEncoder",
+                     reason: str, dropped: list[str]) -> FittedReply:
+    """The Access-Reject that replaces a reply that cannot be sent."""
+    failure = eap_failure(request)
+    items = [] if failure is None else [
+        _Item("EAP-Message", encoder.encode("EAP-Message", failure), failure)]
+    proxy_states = list(request.proxy_states)
+    seen = list(dict.fromkeys(dropped))          # once each, in order
+    truncated: list[str] = []
+    _fit(ACCESS_REJECT, items, proxy_states, encoder, seen, truncated)
+    return FittedReply(_assemble(request, ACCESS_REJECT, proxy_states, [i.wire for i in items],
+                                 secret), ACCESS_REJECT, tuple(seen), tuple(truncated), reason)
+
+
+def _fit(code: int, items: list[_Item], proxy_states: list[bytes],
+         encoder: "_AttributeEncoder", dropped: list[str], truncated: list[str]) -> bool:
+    """Trim ``items`` (and, for a reject, ``proxy_states``) in place as
+    :func:`encode_fitting` documents; True when the packet now fits."""
+    def size() -> int:
+        return (HEADER_LENGTH + len(_MA_PLACEHOLDER) + sum(2 + len(p) for p in proxy_states)
+                + sum(len(item.wire) for item in items))
+
+    if size() <= MAX_PACKET_LENGTH:
+        return True
+    if code != ACCESS_ACCEPT:                                   # 1. optional attributes
+        for index in range(len(items) - 1, -1, -1):
+            item = items[index]
+            if item.name != "Reply-Message" and not _essential(code, item.name):
+                del items[index]
+                dropped.append(item.name)
+                if size() <= MAX_PACKET_LENGTH:
+                    return True
+    messages = [item for item in items if item.name == "Reply-Message"]
+    if messages:                                                # 2. Reply-Message
+        room = MAX_PACKET_LENGTH - (size() - sum(len(item.wire) for item in messages))
+        text = b"".join(_message_octets(item.value) for item in messages)
+        shortened = _truncated_message(text, room, encoder)
+        first = items.index(messages[0])
+        items[:] = [item for item in items if item.name != "Reply-Message"]
+        if shortened is not None:
+            items.insert(first, shortened)
+            truncated.append("Reply-Message")
+        else:
+            dropped.append("Reply-Message")
+        if size() <= MAX_PACKET_LENGTH:
+            return True
+    if code != ACCESS_REJECT:
+        return False
+    for item in [item for item in items if item.name == "EAP-Message"]:     # 4. a bare reject
+        items.remove(item)
+        dropped.append(item.name)
+    while proxy_states and size() > MAX_PACKET_LENGTH:
+        proxy_states.pop(0)
+        dropped.append("Proxy-State")
+    return size() <= MAX_PACKET_LENGTH
+
+
+def _essential(code: int, name: str) -> bool:
+    """Whether an attribute may not be left out of a reply of ``code``."""
+    if name == "Reply-Message":
+        return False
+    if code == ACCESS_ACCEPT:
+        return True
+    if code == ACCESS_CHALLENGE:
+        return name in ("State", "EAP-Message")
+    return name == "EAP-Message"
+
+
+def _message_octets(value: object) -> bytes:
+    if isinstance(value, (list, tuple)):
+        return b"".join(_message_octets(one) for one in value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return bytes(value)          # encoded once already: bytes or bytearray
+
+
+def _truncated_message(text: bytes, room: int, encoder: "_AttributeEncoder") -> _Item | None:
+    """The longest prefix of ``text`` (cut at a UTF-8 character boundary)
+    whose Reply-Message attributes take at most ``room`` octets; None when
+    no character fits."""
+    def prefix(length: int) -> bytes:
+        while 0 < length < len(text) and (text[length] & 0xC0) == 0x80:
+            length -= 1
+        return text[:length]
+
+    best: _Item | None = None
+    low, high = 1, len(text)
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = prefix(middle)
+        wire = encoder.encode("Reply-Message", candidate) if candidate else b""
+        if candidate and len(wire) <= room:
+            best = _Item("Reply-Message", wire, candidate)
+            low = middle + 1
+        else:
+            high = middle - 1
+    return best
+
+
+def _attribute_name(dictionary: Dictionary, key: AttributeKey) -> str:
+    """The dictionary name of an attribute key, for logs (no tag, no value)."""
+    if isinstance(key, str):
+        return key.partition(":")[0]
+    index = dictionary.attrindex
+    try:
+        if index.HasBackward(key):
+            return str(index.GetBackward(key))
+    except TypeError:                  # an unhashable key: named below
+        pass
+    if isinstance(key, tuple) and len(key) == 2:
+        return f"Vendor-{key[0]}-Attr-{key[1]}"
+    return f"Attr-{key}"
+
+
+def _check_reply_code(code: int) -> None:
+    if code not in RESPONSE_CODES:
+        raise LocalProtocolError(f"code {code} is not an Access-Request reply")
+
+
+def _encode_reply_attribute(encoder: "_AttributeEncoder", key: AttributeKey,
+                            value: object) -> bytes:
+    if key in ("Message-Authenticator", "Proxy-State", MESSAGE_AUTHENTICATOR, PROXY_STATE):
+        raise LocalProtocolError(f"{key} is added by the codec, not by the caller")
+    return encoder.encode(key, value)
+
+
+def _assemble(request: Request, code: int, proxy_states: Sequence[bytes],
+              wire: Sequence[bytes], secret: bytes) -> bytes:
+    body = bytearray(_MA_PLACEHOLDER)
+    for state in proxy_states:
+        body += _tlv(PROXY_STATE, state)
+    for attribute in wire:
+        body += attribute
+    if HEADER_LENGTH + len(body) > MAX_PACKET_LENGTH:
+        raise ReplyTooLarge(HEADER_LENGTH + len(body))
     packet = _sign(code, request.id, request.authenticator, bytes(body), secret,
                    ma_offset=HEADER_LENGTH)
     return _with_response_authenticator(packet, request.authenticator, secret)
 
 
-def build_access_request(secret: bytes, user_name: str | None,
+def build_access_request(secret: bytes, user_name: str | bytes | None,
                          password: bytes | str | None = None, *,
                          id: int = 0,  # noqa: A002 - the RADIUS field name
                          authenticator: bytes | None = None,
