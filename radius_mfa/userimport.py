@@ -26,9 +26,12 @@ Why it is built this way:
   using the same store keeps recording sign-ins meanwhile.
 * **Hashes carried over as they are.** A ``password`` that is already a hash
   :func:`radius_mfa.passwords.verify_password` understands is stored verbatim:
-  that is how a migration keeps passwords it does not know. A value that looks
-  like a hash of another scheme (``$2b$…``, ``$argon2id$…``) is refused rather
-  than hashed as if it were the password itself.
+  that is how a migration keeps passwords it does not know (the local backend
+  replaces it with the configured scheme at the user's next sign-in). A value
+  that looks like a hash of another scheme (``$2b$…``, ``$argon2id$…``) is
+  refused rather than hashed as if it were the password itself, and so is one
+  below a minimum cost (PBKDF2 under 1,000 iterations, scrypt under N=2^10).
+  Plain passwords are hashed with the configured ``passwords`` scheme.
 * **The file cannot change between the passes unnoticed.** Passes 2 and 3
   check every row again and compare a digest of the whole file with pass
   1's; in pass 3 a mismatch raises inside the transaction, which rolls back.
@@ -68,6 +71,7 @@ from radius_mfa.validate import (
 )
 
 if TYPE_CHECKING:
+    from radius_mfa.config import PasswordsConfig
     from radius_mfa.store.base import Store
 
 COLUMNS = ("name", "display_name", "email", "phone", "password", "totp_secret")
@@ -97,6 +101,7 @@ def import_users(
     clock: Callable[[], float] = time.monotonic,
     issuer: str = "radius-mfa",
     hash_workers: int | None = None,
+    passwords_config: "PasswordsConfig | None" = None,
 ) -> UserImportSummary:
     """Import every user of the CSV file at ``path``, or none.
 
@@ -107,12 +112,19 @@ def import_users(
     ``hash_workers``: processes hashing plain passwords (default: one per
     CPU; 1 hashes in this process). ``issuer`` is accepted for symmetry with
     the token commands; the import prints no URI, so it is not used.
+    ``passwords_config``: the ``passwords`` section plain passwords are
+    hashed with (None: scrypt, the default).
     """
     started = clock()
+    try:
+        passwords.needs_rehash("", passwords_config)      # a section hash_password cannot use
+    except ValueError as exc:
+        raise ImportFailed([Problem(path, str(exc))]) from None
     plan = _check(store, path, progress)
     serials = _fresh_serials(store, plan.tokens)
     workers = min(hash_workers or os.cpu_count() or 1, plan.plain_passwords)
-    hashes = _hash_passwords(path, plan, workers, progress) if plan.plain_passwords else None
+    hashes = (_hash_passwords(path, plan, workers, progress, passwords_config)
+              if plan.plain_passwords else None)
     users = _users(path, plan, hashes, serials, progress)
     try:
         count = store.add_users(users)
@@ -199,13 +211,26 @@ def _parse_row(line: int, cells: list[str], columns: list[str]) -> tuple[_Row | 
 def _classify_password(value: str) -> tuple[str | None, str | None]:
     """``(plain, None)`` or ``(None, stored_hash)``; RefusedError for a value
     that looks like a hash radius-mfa could not verify (hashing it as a
-    password would lock the user out without a word)."""
+    password would lock the user out without a word), or one below the
+    minimum cost of a carried-over hash: PBKDF2 with fewer than
+    :data:`~radius_mfa.passwords.MIN_IMPORTED_PBKDF2_ITERATIONS` (1,000,
+    the minimum of RFC 8018) iterations, scrypt with N below
+    2^:data:`~radius_mfa.passwords.MIN_IMPORTED_SCRYPT_LOG2_N` (2^10). Such a
+    hash falls to a brute force of a stolen store in moments; the timing
+    floor of the local backend keeps any carried-over hash from showing by
+    its speed, and a weaker-than-configured one is replaced at the user's
+    next sign-in, but an absurd one is refused here."""
     for prefix in HASH_PREFIXES:
         if value.startswith(prefix):
             if not passwords.is_verifiable_hash(value):
                 raise RefusedError(
                     f"password: looks like a {prefix} hash but is malformed "
                     "or has parameters out of range")
+            problem = passwords.imported_hash_problem(value)
+            if problem is not None:
+                raise RefusedError(f"password: the {prefix} hash is too weak to carry over "
+                                   f"({problem}); import the users without it and set "
+                                   "their passwords anew")
             return None, value
     if _CRYPT_LIKE.match(value):
         raise RefusedError(
@@ -215,10 +240,10 @@ def _classify_password(value: str) -> tuple[str | None, str | None]:
 
 
 
-def _hash(password: str) -> str:
+def _hash(password: str, config: "PasswordsConfig | None" = None) -> str:
     """The hash of a plain password (looked up at call time, so tests may
     replace the slow scrypt with a cheap stand-in)."""
-    return passwords.hash_password(password)
+    return passwords.hash_password(password, config)
 
 
 # --- reading the file ------------------------------------------------------------
@@ -405,7 +430,8 @@ def _rows(path: str, plan: _Plan) -> Iterator[_Row]:
             raise _changed(path)
 
 
-def _hash_passwords(path: str, plan: _Plan, workers: int, progress: TextIO | None) -> IO[str]:
+def _hash_passwords(path: str, plan: _Plan, workers: int, progress: TextIO | None,
+                    config: "PasswordsConfig | None" = None) -> IO[str]:
     """The hashes of the plain passwords, one per line in file order, in an
     anonymous temporary file. Hashing before the write transaction, not
     inside it, keeps the store's write lock for the seconds the inserts take
@@ -416,10 +442,10 @@ def _hash_passwords(path: str, plan: _Plan, workers: int, progress: TextIO | Non
             if workers <= 1:
                 for row in _rows(path, plan):
                     if row.password is not None:
-                        spool.write(_hash(row.password) + "\n")
+                        spool.write(_hash(row.password, config) + "\n")
                         bar.update()
             else:
-                _hash_in_pool(_rows(path, plan), spool, workers, bar)
+                _hash_in_pool(_rows(path, plan), spool, workers, bar, config)
         spool.seek(0)
     except BaseException:
         spool.close()
@@ -427,7 +453,8 @@ def _hash_passwords(path: str, plan: _Plan, workers: int, progress: TextIO | Non
     return spool
 
 
-def _hash_in_pool(rows: Iterator[_Row], spool: IO[str], workers: int, bar: Any) -> None:
+def _hash_in_pool(rows: Iterator[_Row], spool: IO[str], workers: int, bar: Any,
+                  config: "PasswordsConfig | None" = None) -> None:
     """Hash in ``workers`` processes, in file order, with at most
     ``IN_FLIGHT_PER_WORKER`` passwords queued per worker (Executor.map would
     queue the whole file)."""
@@ -438,7 +465,7 @@ def _hash_in_pool(rows: Iterator[_Row], spool: IO[str], workers: int, bar: Any) 
             for row in rows:
                 if row.password is None:
                     continue
-                pending.append(executor.submit(passwords.hash_password, row.password))
+                pending.append(executor.submit(passwords.hash_password, row.password, config))
                 while len(pending) >= window or (pending and pending[0].done()):
                     spool.write(pending.popleft().result() + "\n")
                     bar.update()

@@ -11,6 +11,7 @@ import pyotp
 import pytest
 
 from radius_mfa import passwords, userimport
+from radius_mfa.config import PasswordsConfig
 from radius_mfa.model import Token, User
 from radius_mfa.otp import otp_at
 from radius_mfa.userimport import ImportFailed, Problem, import_users
@@ -58,9 +59,10 @@ def b64(raw: bytes) -> str:
 
 
 def cheap_scrypt_hash(password: str, salt: bytes = b"0123456789abcdef") -> str:
-    """A hash in our format with a low cost, computed independently of passwords.py."""
-    key = hashlib.scrypt(password.encode(), salt=salt, n=2**4, r=8, p=1, dklen=32)
-    return f"$scrypt$ln=4,r=8,p=1${b64(salt)}${b64(key)}"
+    """A hash in our format at the lowest cost an import accepts (N=2^10),
+    computed independently of passwords.py."""
+    key = hashlib.scrypt(password.encode(), salt=salt, n=2**10, r=8, p=1, dklen=32)
+    return f"$scrypt$ln=10,r=8,p=1${b64(salt)}${b64(key)}"
 
 
 def passlib_pbkdf2_hash(password: str, salt: bytes = b"saltsaltsalt", rounds: int = 1000) -> str:
@@ -102,7 +104,7 @@ def test_good_file_imports_users_passwords_and_totp_tokens(store, tmp_path: Path
 
 
 def test_prehashed_passwords_are_kept_verbatim_and_verify(store, tmp_path: Path, monkeypatch) -> None:
-    def no_hashing(password: str) -> str:
+    def no_hashing(password: str, config=None) -> str:
         raise AssertionError("a carried-over hash must not be hashed again")
 
     monkeypatch.setattr(passwords, "hash_password", no_hashing)
@@ -148,7 +150,7 @@ def test_blank_lines_and_trailing_empty_cells_are_ignored(store, tmp_path: Path)
 
 
 def test_password_cells_are_read_verbatim_other_cells_trimmed(store, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(passwords, "hash_password", lambda password: "hashed:" + password)
+    monkeypatch.setattr(passwords, "hash_password", lambda password, config=None: "hashed:" + password)
     path = write(tmp_path, "name, display_name, password\nalice , Alice , two words \n")
 
     import_users(store, path, hash_workers=1)
@@ -201,6 +203,56 @@ def test_password_problems_never_repeat_the_cell(store, tmp_path: Path) -> None:
     assert error.problems[1].message.startswith("password: looks like a $scheme$ hash that radius-mfa cannot verify")
     for secret in (broken, bcrypt, "$argon2id$", "R9h/cIPz", "$2b$"):
         assert secret not in str(error)
+
+
+def test_an_imported_hash_below_the_minimum_cost_is_rejected(store, tmp_path: Path) -> None:
+    # such hashes would otherwise be stored, and fall to a brute force of a
+    # stolen store in moments
+    weak_pbkdf2 = passlib_pbkdf2_hash("bob pw", rounds=999)
+    salt = b"0123456789abcdef"
+    key = hashlib.scrypt(b"carl pw", salt=salt, n=2**9, r=8, p=1, dklen=32)
+    weak_scrypt = f"$scrypt$ln=9,r=8,p=1${b64(salt)}${b64(key)}"
+    path = write(tmp_path, (
+        f'name,password\nalice,"{cheap_scrypt_hash("alice pw")}"\nbob,{weak_pbkdf2}\n'
+        f'carl,"{weak_scrypt}"\ndave,{passlib_pbkdf2_hash("dave pw", rounds=1000)}\n'))
+
+    error = failure(store, path)
+
+    assert [p.where for p in error.problems] == [f"{path}:3", f"{path}:4"]
+    assert error.problems[0].message.startswith(
+        "password: the $pbkdf2-sha256$ hash is too weak to carry over (999 iterations, "
+        "fewer than the 1,000")
+    assert error.problems[1].message.startswith(
+        "password: the $scrypt$ hash is too weak to carry over (N=2^9, less than the 2^10")
+    for secret in (weak_pbkdf2, weak_scrypt, "saltsalt", b64(key)):
+        assert secret not in str(error)
+
+
+def test_hashes_at_the_minimum_cost_are_carried_over(store, tmp_path: Path) -> None:
+    scrypt_hash, pbkdf2_hash = cheap_scrypt_hash("alice pw"), passlib_pbkdf2_hash("bob pw", rounds=1000)
+    path = write(tmp_path, f'name,password\nalice,"{scrypt_hash}"\nbob,{pbkdf2_hash}\n')
+    assert import_users(store, path, hash_workers=1).passwords == 2
+    assert store.get_user("bob").password_hash == pbkdf2_hash
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_plain_passwords_are_hashed_with_the_configured_scheme(store, tmp_path: Path, workers) -> None:
+    config = PasswordsConfig(scheme="pbkdf2-sha256", pbkdf2_iterations=3_000)
+    path = write(tmp_path, "name,password\nalice,pw-a\nbob,pw-b\n")
+
+    import_users(store, path, hash_workers=workers, passwords_config=config)
+
+    for name, password in (("alice", "pw-a"), ("bob", "pw-b")):
+        encoded = store.get_user(name).password_hash
+        assert encoded.startswith("$pbkdf2-sha256$3000$")
+        assert passwords.verify_password(password, encoded)
+        assert not passwords.needs_rehash(encoded, config)
+
+
+def test_an_unusable_passwords_section_is_one_problem(store, tmp_path: Path) -> None:
+    path = write(tmp_path, "name,password\nalice,pw-a\n")
+    error = failure(store, path, passwords_config=PasswordsConfig(scheme="md5"))
+    assert "passwords.scheme" in error.problems[0].message
 
 
 def test_secrets_never_appear_in_messages(store, tmp_path: Path) -> None:
