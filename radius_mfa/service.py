@@ -459,6 +459,9 @@ def run(config: Config) -> int:
     (:mod:`radius_mfa.workers`); a worker it started serves here."""
     configure_logging(config.log.level, config.log.format)
     slot = worker_slot()
+    if slot is None:
+        for warning in config.warnings:      # once, not once per worker
+            log.warning("config.warning", problem=warning)
     if slot is None and config.server.workers > 1:
         return supervise(config)
     if slot is not None:
