@@ -46,6 +46,23 @@ def unavailable() -> str | None:
     return None
 
 
+PREFIX = "radius-mfa-test-"
+
+
+def remove_stale_services() -> None:
+    """Service files a killed test run left behind (their process is gone)."""
+    for path in PAM_DIR.glob(f"{PREFIX}*"):
+        pid = path.name[len(PREFIX):].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass                      # alive, someone else's
+
+
 @dataclass
 class Server:
     """One line of pam_radius's configuration file."""
@@ -77,7 +94,8 @@ class PamRadius:
         if unavailable():
             raise RuntimeError(unavailable())
         self.directory = Path(directory)
-        self.name = f"radius-mfa-test-{os.getpid()}-{secrets.token_hex(4)}"
+        remove_stale_services()
+        self.name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self.conf = self.directory / "pam_radius_auth.conf"
         # the file holds the shared secret: readable by its owner only
         fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
