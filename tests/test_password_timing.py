@@ -378,6 +378,7 @@ def test_a_check_that_starts_late_in_the_pool_is_not_run(cheap) -> None:
     backend = LocalBackend(slow_pool, SCRYPT, clock=clock)
     result = run(backend.authenticate(request(ALICE, deadline=5.0, received=clock())))
     assert result.reason is Reason.OVERLOADED and cheap == []
+    assert backend.expired == 1
 
 
 def test_equalize_waits_no_longer_than_its_deadline(cheap) -> None:

@@ -76,4 +76,7 @@ class PrimaryBackend(Protocol):
         """Spend what a check would cost without deciding anything, so that
         a request refused early (locked, disabled) takes as long as one that
         was checked. Backends whose checks reach another system do nothing
-        (a bind or request for a locked user would count against it there)."""
+        (a bind or request for a locked user would count against it there).
+        The local backend also takes keyword ``deadline`` and ``received``
+        (as in PrimaryRequest) and returns False when the check waited past
+        them and was dropped unrun."""

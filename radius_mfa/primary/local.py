@@ -218,7 +218,10 @@ class _CheckQueue:
 
     async def submit(self, start_by: float | None, fn: Callable[..., Any], *args: Any) -> Any:
         if self._concurrency is None:
-            return await self._start(start_by, fn, args)
+            outcome = await self._start(start_by, fn, args)
+            if outcome is EXPIRED:
+                self.expired += 1
+            return outcome
         result: defer.Deferred = defer.Deferred()
         self._waiting.append(_Waiting(start_by, self._clock(), fn, args, result))
         if len(self._waiting) > MAX_QUEUED:
@@ -228,7 +231,6 @@ class _CheckQueue:
 
     def _start(self, start_by: float | None, fn: Callable[..., Any], args: tuple) -> defer.Deferred:
         if start_by is not None and self._clock() > start_by:
-            self.expired += 1
             return defer.succeed(EXPIRED)
         guarded = fn if start_by is None else _guard(fn, start_by, self._clock)
         outcome = self._run(guarded, *args)
