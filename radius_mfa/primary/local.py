@@ -305,5 +305,5 @@ class NoPrimary:
             return PrimaryResult(False, Reason.UNKNOWN_USER)
         return PrimaryResult(True)
 
-    async def equalize(self, password: bytes) -> None:
+    async def equalize(self, password: bytes, **_deadline) -> None:
         return None
