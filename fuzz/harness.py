@@ -54,6 +54,21 @@ def make_server(directory: Path, *, store: str = "sqlite:///radius-mfa.db", work
     return server
 
 
+def start(server: Server) -> Server:
+    """Start (again): each start logs to a file of its own, so that the wait
+    for ``server.listening`` sees this start's line, not an earlier one's."""
+    starts = getattr(server, "starts", 0) + 1
+    server.starts = starts
+    server.stderr_path = server.directory / f"server-{starts}.log"
+    return server.start()
+
+
+def all_logs(server: Server) -> str:
+    """The stderr of every start of ``server``."""
+    return "".join(path.read_text(errors="replace")
+                   for path in sorted(server.directory.glob("server-*.log")))
+
+
 @dataclass
 class User:
     """A user with a password and a TOTP token, and the last time step a code
