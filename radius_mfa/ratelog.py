@@ -53,7 +53,8 @@ class RateLimitedLog:
             raise ValueError("interval must be positive")
         self.event = event
         self.interval = interval
-        self._emit_line = getattr(logger, level)
+        self._logger = logger
+        self._level = level
         self._clock = clock
         self._context = dict(context or {})
         self._max_keys = max_keys
@@ -101,6 +102,9 @@ class RateLimitedLog:
     def suppressed(self) -> int:
         """Occurrences counted and not yet reported, over every key."""
         return sum(window.suppressed for window in self._windows.values())
+
+    def _emit_line(self, event: str, **fields: Any) -> None:
+        getattr(self._logger, self._level)(event, **fields)   # looked up each time: loggers get reconfigured
 
     def _slot(self, key: Hashable) -> Hashable:
         if key in self._windows or len(self._windows) < self._max_keys:

@@ -149,6 +149,62 @@ def test_reply_attributes_survive_exactly_and_keys_are_reencrypted():
     assert to_nas.get("MS-MPPE-Recv-Key") == recv_key
 
 
+TUNNEL_MEDIUM_TYPE = 65
+TUNNEL_PASSWORD = 69
+
+
+def test_upstream_tag_above_31_is_dropped_not_the_reply():
+    # the defect: _untag read tag 0x20, the encoder takes 0..31, and the
+    # whole reply to the NAS was lost while the audit said accept
+    response, authenticator = _upstream_reply([
+        ("Class", b"c"), ("Tunnel-Type:1", 13),
+        (TUNNEL_MEDIUM_TYPE, b"\x20\x00\x00\x06"),                   # tag 32
+        (TUNNEL_PASSWORD, b"\x40\x81\x02" + bytes(16)),               # tag 64, encrypted
+        ("Tunnel-Private-Group-Id:1", "100")])
+    names = ["Class", "Tunnel-Type", "Tunnel-Medium-Type", "Tunnel-Password", "Tunnel-Private-Group-Id"]
+    dropped: dict[str, str] = {}
+    converted = ReplyAttributes(load_dictionary(), names).convert(
+        response, b"upstream", authenticator, dropped=dropped)
+    assert converted == (("Class", b"c"), ("Tunnel-Type:1", 13), ("Tunnel-Private-Group-Id:1", "100"))
+    assert dropped == {"Tunnel-Medium-Type": "tag 32 above 31 (RFC 2868)",
+                       "Tunnel-Password": "tag 64 above 31 (RFC 2868)"}
+    # what is left goes to the NAS
+    nas_request = codec.decode_request(codec.build_access_request(NAS_SECRET, "u", b"p"), NAS_SECRET)
+    to_nas = codec.decode_response(codec.encode_response(nas_request, codec.ACCESS_ACCEPT, converted),
+                                   NAS_SECRET, nas_request.authenticator)
+    assert to_nas.get("Class") == b"c"
+
+
+def test_tags_up_to_31_still_pass():
+    response, authenticator = _upstream_reply([(TUNNEL_MEDIUM_TYPE, b"\x1f\x00\x00\x06")])
+    dropped: dict[str, str] = {}
+    converted = ReplyAttributes(load_dictionary(), ["Tunnel-Medium-Type"]).convert(
+        response, b"upstream", authenticator, dropped=dropped)
+    assert converted == (("Tunnel-Medium-Type:31", 6),) and dropped == {}
+
+
+def test_every_converted_attribute_is_checked_by_the_encoder(monkeypatch):
+    # the safety net behind the tag check: whatever the codec would refuse is
+    # dropped by name, whatever the reason
+    response, authenticator = _upstream_reply([("Class", b"c"), ("Filter-Id", "acl")])
+    monkeypatch.setattr(codec, "can_encode", lambda dictionary, key, value: key != "Filter-Id")
+    dropped: dict[str, str] = {}
+    converted = ReplyAttributes(load_dictionary(), ["Class", "Filter-Id"]).convert(
+        response, b"upstream", authenticator, dropped=dropped)
+    assert converted == (("Class", b"c"),)
+    assert dropped == {"Filter-Id": "cannot be encoded again"}
+
+
+def test_can_encode():
+    dictionary = load_dictionary()
+    assert codec.can_encode(dictionary, "Tunnel-Medium-Type:31", 6)
+    assert not codec.can_encode(dictionary, "Tunnel-Medium-Type:32", 6)
+    assert not codec.can_encode(dictionary, "Class", b"x" * 254)
+    assert not codec.can_encode(dictionary, "Session-Timeout", "soon")
+    assert not codec.can_encode(dictionary, "Proxy-State", b"x")
+    assert codec.can_encode(dictionary, (9, 1), b"shell:priv-lvl=15")
+
+
 def test_reply_attributes_filter():
     response, authenticator = _upstream_reply([
         ("Class", b"c"), ("Port-Limit", 2), ((9, 1), b"x"), ("MS-CHAP2-Success", b"\x01S=00"),
@@ -211,10 +267,11 @@ class BackendTest(unittest.TestCase):
 
     def backend(self, *servers: RadiusServerConfig, **options) -> RadiusBackend:
         probe_interval = options.pop("probe_interval", None)
+        log_interval = options.pop("log_interval", 60.0)
         config = RadiusPrimaryConfig(servers=servers, timeout=options.pop("timeout", TIMEOUT),
                                      retries=options.pop("retries", 1), **options)
         backend = RadiusBackend(config, reactor=reactor, dictionary=load_dictionary(),
-                                probe_interval=probe_interval)
+                                probe_interval=probe_interval, log_interval=log_interval)
         backend.start()
         self.addCleanup(backend.stop)
         return backend
@@ -631,6 +688,51 @@ class ScriptedUpstreamTest(BackendTest):
         assert result.reason is Reason.UPSTREAM_DOWN
 
     @async_test
+    async def test_upstream_reply_with_tag_above_31_still_reaches_the_nas(self):
+        def script(request, count):
+            return [(0, codec.encode_response(request, codec.ACCESS_ACCEPT, [
+                ("Class", b"vpn-users"), ("Tunnel-Type:1", 13),
+                (TUNNEL_MEDIUM_TYPE, b"\x20\x00\x00\x06")]))]
+
+        peer, config = self.upstream(script)
+        backend = self.backend(config, reply_attributes=("Class", "Tunnel-Type", "Tunnel-Medium-Type"))
+        with structlog.testing.capture_logs() as events:
+            first = await backend.authenticate(self.pap("dave", "pa55"))
+            second = await backend.authenticate(self.pap("dave", "pa55"))
+        assert first.ok and second.ok
+        assert dict(first.attributes) == {"Class": b"vpn-users", "Tunnel-Type:1": 13}
+        warnings = [e for e in events if e["event"] == "radius.upstream.attributes_dropped"]
+        assert warnings == [{"event": "radius.upstream.attributes_dropped", "log_level": "warning",
+                             "server": config_label(config),
+                             "dropped": {"Tunnel-Medium-Type": "tag 32 above 31 (RFC 2868)"}}]
+        # and the NAS gets its Access-Accept
+        nas_request = codec.decode_request(codec.build_access_request(NAS_SECRET, "dave", b"x"), NAS_SECRET)
+        fitted = codec.encode_fitting(nas_request, codec.ACCESS_ACCEPT, list(first.attributes))
+        assert fitted.code == codec.ACCESS_ACCEPT and fitted.dropped == ()
+        to_nas = codec.decode_response(fitted.packet, NAS_SECRET, nas_request.authenticator)
+        assert to_nas.get("Class") == b"vpn-users"
+        assert (64, b"\x01\x00\x00\x0d") in to_nas.attributes              # Tunnel-Type, tag 1, 13
+
+    @async_test
+    async def test_dead_upstream_is_logged_once_per_interval_with_a_count(self):
+        backend = self.backend(server(closed_port()), timeout=0.05, retries=0, log_interval=0.6)
+        with structlog.testing.capture_logs() as events:
+            started = time.monotonic()
+            results = [await backend.authenticate(self.pap("alice", "pw")) for _ in range(5)]
+            assert time.monotonic() - started < 0.6
+            assert backend.flush_logs() == 0          # the interval is not over
+            await sleep(0.6)
+            assert backend.flush_logs() == 1
+            again = await backend.authenticate(self.pap("alice", "pw"))
+        assert all(r.reason is Reason.UPSTREAM_DOWN for r in [*results, again])
+        down = [e for e in events if e["event"] == "radius.upstream.down"]
+        assert len(down) == 3
+        assert down[0]["reason"] == "no server answered" and "suppressed" not in down[0]
+        assert (down[1]["suppressed"], down[1]["interval"]) == (4, 0.6)   # the summary of the burst
+        assert "suppressed" not in down[2]                                 # counted once, not twice
+        assert len([e for e in events if e["event"] == "radius.upstream.dead"]) == 1
+
+    @async_test
     async def test_late_first_answer_to_a_retransmission_is_used(self):
         def script(request, count):
             return [(0, codec.encode_response(request, codec.ACCESS_ACCEPT))] if count == 2 else []
@@ -639,6 +741,10 @@ class ScriptedUpstreamTest(BackendTest):
         backend = self.backend(config, timeout=0.1, retries=2)
         result = await backend.authenticate(self.pap("dave", "pa55"))
         assert result.ok and len(peer.received) == 2
+
+
+def config_label(config: RadiusServerConfig) -> str:
+    return f"{config.host}:{config.port}"
 
 
 def _ipv6_loopback() -> bool:

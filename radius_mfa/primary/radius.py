@@ -53,6 +53,7 @@ from radius_mfa.config import RadiusPrimaryConfig, RadiusServerConfig
 from radius_mfa.errors import LocalProtocolError, RemoteProtocolError
 from radius_mfa.primary.base import Attribute, PrimaryRequest, PrimaryResult, UpstreamChallenge
 from radius_mfa.radius import codec
+from radius_mfa.ratelog import RateLimitedLog
 from radius_mfa.verdicts import Reason
 
 log = structlog.get_logger("radius_mfa.primary.radius")
@@ -78,6 +79,13 @@ MAX_SOCKETS_PER_INTERFACE = 64               # 16,384 requests in flight per ser
 PROXY_STATE_LENGTH = 8
 RESOLVE_TTL = 300.0                          # seconds a host name's address is reused
 RECEIVE_BUFFER = 1 << 20
+LOG_INTERVAL = 60.0                          # seconds: a repeating warning is logged once per interval
+#: Warnings every request can repeat while a server is down or misbehaving:
+#: logged once per LOG_INTERVAL (per server where one is named), with a count.
+_RATE_LIMITED = {
+    "down": "warning", "no_answer": "warning", "busy": "warning", "send_failed": "warning",
+    "unresolved": "warning", "attributes_dropped": "warning", "failed": "exception",
+}
 
 Destination = tuple[str, int]                # (IP address as text, port)
 
@@ -128,19 +136,34 @@ class ReplyAttributes:
                                "when Vendor-Specific is allowed")
 
     def convert(self, response: codec.Response, secret: bytes, request_authenticator: bytes, *,
-                exclude: frozenset[str] = frozenset()) -> tuple[Attribute, ...]:
+                exclude: frozenset[str] = frozenset(),
+                dropped: dict[str, str] | None = None) -> tuple[Attribute, ...]:
+        """The attributes to pass on. One that is allowed but cannot be
+        passed on (a tag above 31, a value that does not decrypt or that
+        the codec cannot encode again) is left out, never the reply: its
+        name and a value-free reason go into ``dropped`` when given."""
+        dropped = {} if dropped is None else dropped
         out: list[Attribute] = []
         for kind, value in response.attributes:
             if kind in _NEVER_PASSED:
                 continue
             if kind == codec.VENDOR_SPECIFIC:
-                out += self._vendor(value, secret, request_authenticator, exclude)
+                out += self._vendor(value, secret, request_authenticator, exclude, dropped)
             else:
-                out += self._one(kind, value, secret, request_authenticator, exclude)
-        return tuple(out)
+                out += self._one(kind, value, secret, request_authenticator, exclude, dropped)
+        return tuple(attribute for attribute in out if self._encodable(attribute, dropped))
+
+    def _encodable(self, attribute: Attribute, dropped: dict[str, str]) -> bool:
+        """The codec must be able to write it into the NAS's reply: an
+        attribute it cannot carry is dropped here, never the whole reply."""
+        key, value = attribute
+        if codec.can_encode(self.dictionary, key, value):
+            return True
+        dropped[codec.attribute_name(self.dictionary, key)] = "cannot be encoded again"
+        return False
 
     def _vendor(self, value: bytes, secret: bytes, authenticator: bytes,
-                exclude: frozenset[str]) -> list[Attribute]:
+                exclude: frozenset[str], dropped: dict[str, str]) -> list[Attribute]:
         split = codec.split_vendor_specific(value)
         vendor_known = split is not None and self.dictionary.vendors.HasBackward(split[0])
         if split is None or (not vendor_known and len(split[1]) != 1):
@@ -149,11 +172,12 @@ class ReplyAttributes:
         vendor_id, subs = split
         out: list[Attribute] = []
         for vendor_type, sub_value in subs:
-            out += self._one((vendor_id, vendor_type), sub_value, secret, authenticator, exclude)
+            out += self._one((vendor_id, vendor_type), sub_value, secret, authenticator, exclude,
+                             dropped)
         return out
 
     def _one(self, key: int | tuple[int, int], raw: bytes, secret: bytes, authenticator: bytes,
-             exclude: frozenset[str]) -> list[Attribute]:
+             exclude: frozenset[str], dropped: dict[str, str]) -> list[Attribute]:
         index = self.dictionary.attrindex
         name = index.GetBackward(key) if index.HasBackward(key) else None
         is_vendor = isinstance(key, tuple)
@@ -164,26 +188,28 @@ class ReplyAttributes:
         if name is None:
             return [(key, raw)]                       # an unknown vendor attribute, as it came
         converted = self._named(self.dictionary.attributes[name], key, raw, secret, authenticator)
-        return [converted] if converted is not None else []
+        if isinstance(converted, str):
+            dropped[name] = converted
+            return []
+        return [converted]
 
     def _named(self, attr: DictAttribute, key: int | tuple[int, int], raw: bytes,
-               secret: bytes, authenticator: bytes) -> Attribute | None:
+               secret: bytes, authenticator: bytes) -> Attribute | str:
+        """The attribute to pass on, or why it cannot be (no value in it)."""
         tag, payload = _untag(attr, raw)
+        if tag is not None and tag > _TAG_MAX:
+            return f"tag {tag} above {_TAG_MAX} (RFC 2868)"
         encrypted = attr.encrypt in (1, 2)
         if attr.encrypt == 2:
             payload = codec.salt_decrypt(payload, secret, authenticator)
         elif attr.encrypt == 1:
             payload = codec.unhide_password(payload, secret, authenticator)
         if payload is None:
-            log.warning("radius.upstream.bad_attribute", attribute=attr.name,
-                        reason="encrypted value cannot be decrypted")
-            return None
+            return "encrypted value cannot be decrypted"
         value = _plain_value(attr.type, payload)
         if value is None:
             if encrypted or tag is not None:
-                log.warning("radius.upstream.bad_attribute", attribute=attr.name,
-                            reason=f"{attr.type} value of {len(payload)} octets")
-                return None
+                return f"{attr.type} value of {len(payload)} octets"
             return (key, raw)
         return (_tagged_name(attr, tag), value)
 
@@ -193,7 +219,9 @@ def _untag(attr: DictAttribute, raw: bytes) -> tuple[int | None, bytes]:
 
     Tagged integers: the tag is the first of the four octets. Salt-encrypted
     tagged values always start with the tag. Other tagged strings have one
-    only when the first octet is 0x00–0x1F.
+    only when the first octet is 0x00–0x1F. The tag returned may be above
+    0x1F (an integer's or an encrypted value's): not valid, and the caller
+    drops the attribute.
     """
     if not attr.has_tag:
         return None, raw
@@ -335,13 +363,19 @@ class RadiusBackend:
     returns a Deferred that fires once the sockets are closed.
     ``probe_interval``: seconds between Status-Server probes of a dead
     server (default: the per-try timeout, at least one second).
+    ``log_interval``: the warnings that every request can repeat while a
+    server is down (``radius.upstream.down``, ``no_answer``, ``busy``,
+    ``send_failed``, ``unresolved``, ``attributes_dropped``, and the
+    traceback of ``failed``) are logged once per interval per server, with
+    ``suppressed=N``; :meth:`flush_logs` reports the counts of a burst that
+    has ended.
     """
 
     name = "radius"
     supports_mschap = True
 
     def __init__(self, config: RadiusPrimaryConfig, *, reactor, dictionary: Dictionary,
-                 probe_interval: float | None = None):
+                 probe_interval: float | None = None, log_interval: float = LOG_INTERVAL):
         self.config = config
         self.reactor = reactor
         self.dictionary = dictionary
@@ -351,6 +385,9 @@ class RadiusBackend:
         self._sockets: dict[str, list[_UpstreamSocket]] = {}
         self._exchanges: set[_Exchange] = set()
         self._stopped = False
+        self._logs = {name: RateLimitedLog(log, f"radius.upstream.{name}", clock=reactor,
+                                           interval=log_interval, level=level)
+                      for name, level in _RATE_LIMITED.items()}
 
     # --- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -390,6 +427,11 @@ class RadiusBackend:
         return tuple(u.label for u in self.upstreams
                      if u.dead_until is not None and now < u.dead_until)
 
+    def flush_logs(self) -> int:
+        """Log the counts of rate-limited warnings whose interval has passed
+        (for a periodic timer); return the number of lines."""
+        return sum(limited.flush() for limited in self._logs.values())
+
     def server_health(self) -> dict[str, bool]:
         """``host:port`` of each configured server → in use (False: skipped as dead)."""
         dead = set(self.dead_servers())
@@ -402,7 +444,7 @@ class RadiusBackend:
         except defer.CancelledError:
             raise
         except Exception:                       # a bug of ours: fail closed, never raise
-            log.exception("radius.upstream.failed", user=request.user_name)
+            self._logs["failed"].emit(user=request.user_name)
             return PrimaryResult(False, Reason.ERROR)
 
     async def _authenticate(self, request: PrimaryRequest) -> PrimaryResult:
@@ -420,9 +462,8 @@ class RadiusBackend:
             if reply is not None:
                 response, authenticator = reply
                 return self._result(response, upstream, authenticator)
-        log.warning("radius.upstream.down", user=request.user_name,
-                    servers=[u.label for u in self.upstreams],
-                    reason="deadline" if self._spent(budget_end) else "no server answered")
+        self._logs["down"].emit(user=request.user_name, servers=[u.label for u in self.upstreams],
+                                reason="deadline" if self._spent(budget_end) else "no server answered")
         return PrimaryResult(False, Reason.UPSTREAM_DOWN)
 
     def _spent(self, budget_end: float | None) -> bool:
@@ -444,7 +485,7 @@ class RadiusBackend:
             return None
         slot = self._allocate(dest)
         if slot is None:
-            log.warning("radius.upstream.busy", server=upstream.label)
+            self._logs["busy"].emit(upstream.label, server=upstream.label)
             return None
         sock, ident = slot
         authenticator = os.urandom(codec.AUTHENTICATOR_LENGTH)
@@ -470,8 +511,8 @@ class RadiusBackend:
         other requests meanwhile is busy or dropped this one, not dead
         (FreeRADIUS's home servers do the same): dead only when silent."""
         if upstream.last_answer >= started:
-            log.warning("radius.upstream.no_answer", server=upstream.label,
-                        detail="answers other requests: not marked dead")
+            self._logs["no_answer"].emit(upstream.label, server=upstream.label,
+                                         detail="answers other requests: not marked dead")
             return
         self._mark_dead(upstream)
 
@@ -527,8 +568,8 @@ class RadiusBackend:
         try:
             exchange.sock.transport.write(exchange.packet, exchange.dest)
         except OSError as exc:                 # unreachable network: this try is lost
-            log.warning("radius.upstream.send_failed", server=exchange.upstream.label,
-                        reason=exc.strerror or str(exc))
+            self._logs["send_failed"].emit(exchange.upstream.label, server=exchange.upstream.label,
+                                           reason=exc.strerror or str(exc))
 
     async def _wait(self, exchange: _Exchange, seconds: float) -> codec.Response | None:
         waiter: defer.Deferred = defer.Deferred()
@@ -574,20 +615,29 @@ class RadiusBackend:
     def _result(self, response: codec.Response, upstream: _Upstream,
                 authenticator: bytes) -> PrimaryResult:
         secret = upstream.config.secret
-        if response.code == codec.ACCESS_ACCEPT:
-            attributes = self.reply_attributes.convert(response, secret, authenticator)
-            return PrimaryResult(True, attributes=attributes)
-        if response.code == codec.ACCESS_CHALLENGE:
-            return PrimaryResult(False, challenge=self._challenge(response, secret, authenticator))
-        return PrimaryResult(False, Reason.BAD_PASSWORD)
+        dropped: dict[str, str] = {}
+        try:
+            if response.code == codec.ACCESS_ACCEPT:
+                attributes = self.reply_attributes.convert(response, secret, authenticator,
+                                                           dropped=dropped)
+                return PrimaryResult(True, attributes=attributes)
+            if response.code == codec.ACCESS_CHALLENGE:
+                return PrimaryResult(False, challenge=self._challenge(response, secret, authenticator,
+                                                                      dropped))
+            return PrimaryResult(False, Reason.BAD_PASSWORD)
+        finally:
+            if dropped:         # names and reasons only: a value could be a key or a password
+                self._logs["attributes_dropped"].emit(upstream.label, server=upstream.label,
+                                                      dropped=dropped)
 
     def _challenge(self, response: codec.Response, secret: bytes,
-                   authenticator: bytes) -> UpstreamChallenge:
+                   authenticator: bytes, dropped: dict[str, str]) -> UpstreamChallenge:
         state = next((value for kind, value in response.attributes if kind == codec.STATE), None)
         parts = [value for kind, value in response.attributes if kind == _REPLY_MESSAGE]
         message = b"".join(parts).decode("utf-8", errors="replace") if parts else None
         attributes = self.reply_attributes.convert(
-            response, secret, authenticator, exclude=frozenset({"State", "Reply-Message"}))
+            response, secret, authenticator, exclude=frozenset({"State", "Reply-Message"}),
+            dropped=dropped)
         return UpstreamChallenge(state, message, attributes)
 
     # --- addresses and sockets -----------------------------------------------------------
@@ -601,7 +651,7 @@ class RadiusBackend:
             resolving = self.reactor.resolve(upstream.config.host, timeout=(max(wait, 0.1),))
             ip = await resolving
         except Exception as exc:             # DNS failure of any kind: no address, no try
-            log.warning("radius.upstream.unresolved", server=upstream.label, reason=str(exc))
+            self._logs["unresolved"].emit(upstream.label, server=upstream.label, reason=str(exc))
             if upstream.destination is not None:
                 return upstream.destination  # the last known address beats none
             return None

@@ -92,6 +92,11 @@ _PYRAD_DECODE_ERRORS = (
     struct.error, UnicodeError,
 )
 
+# What encoding a value the caller got from elsewhere may raise: ours,
+# and what a value of an unexpected type makes Python raise.
+_ENCODE_ERRORS = (LocalProtocolError, ValueError, TypeError, struct.error, OverflowError,
+                  UnicodeError)
+
 #: An attribute to encode: a dictionary name (``"Tunnel-Type:1"`` with a
 #: tag), a raw type code, or ``(vendor_id, vendor_type)``; raw keys take
 #: bytes values and are copied as they are (pass-through of attributes the
@@ -728,13 +733,13 @@ def encode_fitting(request: Request, code: int,
     items: list[_Item] = []
     dropped: list[str] = []
     for key, value in attributes:
-        name = _attribute_name(dictionary, key)
+        name = attribute_name(dictionary, key)
         try:
             items.append(_Item(name, _encode_reply_attribute(encoder, key, value), value))
-        except LocalProtocolError:
+        except _ENCODE_ERRORS:
             if _essential(code, name):
                 return _fallback_reject(request, secret, encoder, "unencodable",
-                                        [*dropped, *(_attribute_name(dictionary, k)
+                                        [*dropped, *(attribute_name(dictionary, k)
                                                      for k, _ in attributes)])
             dropped.append(name)
     proxy_states = list(request.proxy_states)
@@ -743,7 +748,19 @@ def encode_fitting(request: Request, code: int,
         return FittedReply(_assemble(request, code, proxy_states, [i.wire for i in items], secret),
                            code, tuple(dropped), tuple(truncated))
     return _fallback_reject(request, secret, encoder, "too_large",
-                            [*dropped, *(_attribute_name(dictionary, k) for k, _ in attributes)])
+                            [*dropped, *(attribute_name(dictionary, k) for k, _ in attributes)])
+
+
+def can_encode(dictionary: Dictionary, key: AttributeKey, value: object) -> bool:
+    """Whether ``(key, value)`` can go into a reply (:func:`encode_response`
+    would not raise for it): for checking attributes that come from
+    elsewhere (an upstream server) before they are handed on."""
+    encoder = _AttributeEncoder(dictionary, b"trial", _ZERO_MA)
+    try:
+        _encode_reply_attribute(encoder, key, value)
+    except _ENCODE_ERRORS:
+        return False
+    return True
 
 
 def _fallback_reject(request: Request, secret: bytes, encoder: "_AttributeEncoder",
@@ -845,7 +862,7 @@ def _truncated_message(text: bytes, room: int, encoder: "_AttributeEncoder") -> 
     return best
 
 
-def _attribute_name(dictionary: Dictionary, key: AttributeKey) -> str:
+def attribute_name(dictionary: Dictionary, key: AttributeKey) -> str:
     """The dictionary name of an attribute key, for logs (no tag, no value)."""
     if isinstance(key, str):
         return key.partition(":")[0]
