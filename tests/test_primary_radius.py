@@ -733,6 +733,22 @@ class ScriptedUpstreamTest(BackendTest):
         assert len([e for e in events if e["event"] == "radius.upstream.dead"]) == 1
 
     @async_test
+    async def test_garbage_flood_to_the_upstream_socket_is_logged_once(self):
+        peer, config = self.upstream(lambda request, n: [])
+        backend = self.backend(config, timeout=0.3, retries=0)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.1", 0))
+        self.addCleanup(stranger.close)
+        port = next(iter(backend._sockets["127.0.0.1"])).transport.getHost().port
+        with structlog.testing.capture_logs() as events:
+            for _ in range(200):
+                stranger.sendto(b"\x02\x00\x00", ("127.0.0.1", port))
+            await sleep(0.2)
+        bad = [e for e in events if e["event"] == "radius.upstream.bad_reply"]
+        assert len(bad) == 1 and bad[0]["reason"] == "packet shorter than 20 octets"
+        assert backend._logs["bad_reply"].suppressed >= 100      # the rest counted, not lost
+
+    @async_test
     async def test_late_first_answer_to_a_retransmission_is_used(self):
         def script(request, count):
             return [(0, codec.encode_response(request, codec.ACCESS_ACCEPT))] if count == 2 else []

@@ -85,6 +85,7 @@ LOG_INTERVAL = 60.0                          # seconds: a repeating warning is l
 _RATE_LIMITED = {
     "down": "warning", "no_answer": "warning", "busy": "warning", "send_failed": "warning",
     "unresolved": "warning", "attributes_dropped": "warning", "failed": "exception",
+    "bad_reply": "warning",          # per (server, reason): forged datagrams cannot flood the log
 }
 
 Destination = tuple[str, int]                # (IP address as text, port)
@@ -364,9 +365,10 @@ class RadiusBackend:
     ``probe_interval``: seconds between Status-Server probes of a dead
     server (default: the per-try timeout, at least one second).
     ``log_interval``: the warnings that every request can repeat while a
-    server is down (``radius.upstream.down``, ``no_answer``, ``busy``,
-    ``send_failed``, ``unresolved``, ``attributes_dropped``, and the
-    traceback of ``failed``) are logged once per interval per server, with
+    server is down or a stranger sends garbage (``radius.upstream.down``,
+    ``no_answer``, ``busy``, ``send_failed``, ``unresolved``,
+    ``attributes_dropped``, ``bad_reply`` per reason, and the traceback of
+    ``failed``) are logged once per interval per server, with
     ``suppressed=N``; :meth:`flush_logs` reports the counts of a burst that
     has ended.
     """
@@ -588,7 +590,8 @@ class RadiusBackend:
         try:
             header = codec.peek(data)
         except RemoteProtocolError as exc:
-            log.warning("radius.upstream.bad_reply", source=f"{source[0]}:{source[1]}", reason=str(exc))
+            self._logs["bad_reply"].emit(("", str(exc)), source=f"{source[0]}:{source[1]}",
+                                         reason=str(exc))
             return
         exchange = sock.exchanges.get((source[0], source[1], header.id))
         if exchange is None or exchange.waiter is None:
@@ -603,11 +606,12 @@ class RadiusBackend:
                 require_message_authenticator=upstream.config.require_message_authenticator,
                 dictionary=self.dictionary)
         except RemoteProtocolError as exc:
-            log.warning("radius.upstream.bad_reply", server=upstream.label, reason=str(exc))
+            self._logs["bad_reply"].emit((upstream.label, str(exc)), server=upstream.label,
+                                         reason=str(exc))
             return
         if exchange.proxy_state is not None and exchange.proxy_state not in response.proxy_states:
-            log.warning("radius.upstream.bad_reply", server=upstream.label,
-                        reason="our Proxy-State is missing")
+            self._logs["bad_reply"].emit((upstream.label, "proxy_state"), server=upstream.label,
+                                         reason="our Proxy-State is missing")
             return
         upstream.last_answer = self.reactor.seconds()
         _fire(exchange.waiter, response)
