@@ -12,6 +12,10 @@ security of the protocol rests on is done here, explicitly:
   that start with ``0x`` (a Class or State could), and we need the
   Message-Authenticator first in every reply (BlastRADIUS, CVE-2024-3596)
   and Proxy-State copied byte for byte, in order, right after it.
+* A reply never exceeds 4,096 octets: :func:`encode_fitting` trims what may
+  be trimmed, else answers an Access-Reject that fits.
+* User-Name is octets (RFC 2865 section 5.1): one that is not UTF-8 is
+  decoded, not refused (``Request.user_name_raw``, :func:`escape_user_name`).
 
 RFC 2865 section 3 (packet, authenticators), 5.2 (User-Password hiding),
 RFC 2868 section 3.5 (salt encryption, also MS-MPPE keys: RFC 2548),
