@@ -291,7 +291,7 @@ def cmd_user_add(args: argparse.Namespace, ctx: Context) -> int:
     if args.password_stdin:
         from radius_mfa.passwords import hash_password
 
-        password_hash = hash_password(read_password(ctx))
+        password_hash = hash_password(read_password(ctx), ctx.config().passwords)
     store = ctx.store()
     if store.get_user(name) is not None:
         raise AlreadyExistsError(f"user {quoted(name)} exists already")
@@ -314,7 +314,8 @@ def cmd_user_import(args: argparse.Namespace, ctx: Context) -> int:
 
     store = ctx.store()
     try:
-        summary = import_users(store, args.file, progress=ctx.stderr, issuer=ctx.config().server.name)
+        summary = import_users(store, args.file, progress=ctx.stderr, issuer=ctx.config().server.name,
+                               passwords_config=ctx.config().passwords, canonical=ctx.name)
     except ImportFailed as exc:
         raise _import_failed(ctx, exc, args.file) from None
     ctx.out(f"imported {summary.users} user{'s' if summary.users != 1 else ''} from {args.file} "

@@ -692,7 +692,7 @@ class Engine:
         name = req.sent_name if self.primary.name == "radius" and req.sent_name else req.user_name
         return PrimaryRequest(
             user_name=name, user=user, password=password, client=req.client.name,
-            forward=req.forward, upstream_state=upstream_state,
+            forward=req.forward, upstream_state=upstream_state, received=req.received,
             deadline=max(1.0, req.client.timeout - DEADLINE_MARGIN))
 
     async def _usable_tokens(self, user: User) -> list[Token]:

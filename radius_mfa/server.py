@@ -12,6 +12,7 @@ deciding becomes an Access-Reject (fail closed) with one logged traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,9 +29,14 @@ from radius_mfa.radius import codec
 from radius_mfa.radius.clients import ClientTable
 from radius_mfa.radius.dupcache import DuplicateCache, Lookup
 from radius_mfa.radius.droplog import DropLogger
+from radius_mfa.ratelog import RateLimitedLog
 from radius_mfa.verdicts import Reason, Verdict
 
 log = structlog.get_logger("radius_mfa.server")
+
+# Seconds between two tracebacks of the same error (a store outage fails
+# every request the same way; the lines between are counted).
+ERROR_LOG_INTERVAL = 10.0
 
 RESPONSE_CODES = {
     Verdict.ACCEPT: codec.ACCESS_ACCEPT,
@@ -85,20 +91,10 @@ def response_for(decision: Decision) -> tuple[int, list[tuple[str, object]]] | N
 def _name_and_method(request) -> dict:
     """The AuthRequest fields for the User-Name as octets (RFC 2865: one that
     is not UTF-8 is answered, escaped for the audit) and the method used."""
-    fields = {"method": method_of(request)}
-    if getattr(request, "user_name_invalid", False):
+    fields = {"user_name": request.user_name, "method": codec.method_of(request)}
+    if request.user_name_invalid:
         fields.update(user_name=codec.escape_user_name(request.user_name_raw), name_invalid=True)
     return fields
-
-
-def method_of(request) -> str:
-    if hasattr(codec, "method_of"):
-        return codec.method_of(request)
-    if codec.is_mschapv2(request):
-        return "mschapv2"
-    if request.chap:
-        return "chap"
-    return "pap" if request.password is not None else "none"
 
 
 class RadiusServer(DatagramProtocol):
@@ -114,6 +110,8 @@ class RadiusServer(DatagramProtocol):
         self.duplicates = duplicates
         self.wall_clock = wall_clock
         self.in_flight: set[defer.Deferred] = set()
+        self.errors = RateLimitedLog(log, "auth.error", clock=reactor, interval=ERROR_LOG_INTERVAL,
+                                     level="error")
 
     # --- the datagram path ----------------------------------------------------
     def datagramReceived(self, data: bytes, addr) -> None:
@@ -195,7 +193,7 @@ class RadiusServer(DatagramProtocol):
     def _start(self, request, client: ClientConfig, key, addr) -> None:
         started = self.reactor.seconds()
         request_id = uuid.uuid4().hex
-        auth = AuthRequest(client=client, user_name=request.user_name, password=request.password,
+        auth = AuthRequest(client=client, password=request.password,
                            state=request.state, calling_station_id=request.calling_station_id,
                            request_id=request_id, mschap=codec.is_mschapv2(request),
                            forward=codec.forwardable(request), **_name_and_method(request))
@@ -207,18 +205,20 @@ class RadiusServer(DatagramProtocol):
         d.addBoth(self._done, d)
 
     def _fail_closed(self, failure, auth: AuthRequest) -> Decision:
-        log.error("auth.error", client=auth.client.name, user=auth.user_name,
-                  request_id=auth.request_id, exception=failure.getTraceback())
+        """An unexpected error while deciding: a Reject (fail closed). During
+        an outage every request fails the same way: the traceback is logged
+        once per interval per kind of error, with a count of the others."""
+        kind = (failure.type.__name__, failure.getErrorMessage()[:200])
+        if self.errors.due(kind):
+            self.errors.emit(kind, client=auth.client.name, user=auth.user_name,
+                             request_id=auth.request_id, exception=failure.getTraceback())
+        else:
+            self.errors.emit(kind)
         return Decision(Verdict.REJECT, auth.user_name, primary="", reason=Reason.ERROR)
 
     def _answer(self, decision: Decision, request, client: ClientConfig, key, addr,
                 started: float, request_id: str, method: str = "pap") -> None:
-        response = response_for(decision)
-        if response is not None and method == "eap" and response[0] == codec.ACCESS_REJECT \
-                and hasattr(codec, "eap_failure"):
-            failure = codec.eap_failure(request)
-            if failure is not None:            # RFC 3579 2.6.3: an EAP request's reject says so
-                response = (response[0], [*response[1], ("EAP-Message", failure)])
+        packet, decision = self._encode(decision, request, client, method, request_id)
         host = self.transport.getHost() if self.transport is not None else None
         finished = Finished(
             decision=decision, client=client, client_ip=addr[0],
@@ -233,12 +233,36 @@ class RadiusServer(DatagramProtocol):
             # a failing audit hook must not reach _lost, whose abandon() would
             # let a retransmission decide again: the reply still goes out
             log.exception("radius.finished_failed", request_id=request_id)
-        if response is None:
+        if packet is None:
             self.duplicates.abandon(key)     # no reply: a retransmission is worked on afresh
         else:
-            code, attributes = response
-            self._send(key, addr, codec.encode_response(request, code, attributes=attributes,
-                                                        secret=client.secret))
+            self._send(key, addr, packet)
+
+    def _encode(self, decision: Decision, request, client: ClientConfig, method: str,
+                request_id: str) -> tuple[bytes | None, Decision]:
+        """The reply's bytes (None: send nothing), always within 4,096
+        octets, and the decision as sent: a reply that could not be sent as
+        decided (too large even trimmed, or an attribute that cannot be
+        encoded) goes out as an Access-Reject, and the audit says so."""
+        response = response_for(decision)
+        if response is None:
+            return None, decision
+        code, attributes = response
+        if method == "eap" and code == codec.ACCESS_REJECT:
+            failure = codec.eap_failure(request)
+            if failure is not None:            # RFC 3579 2.6.3: an EAP request's reject says so
+                attributes = [*attributes, ("EAP-Message", failure)]
+        fitted = codec.encode_fitting(request, code, attributes, secret=client.secret)
+        if fitted.code != code:
+            log.warning("radius.reply_replaced", request_id=request_id, why=fitted.reason,
+                        decided=decision.verdict.value, dropped=list(fitted.dropped))
+            reason = Reason.REPLY_TOO_LARGE if fitted.reason == "too_large" else Reason.REPLY_UNENCODABLE
+            decision = dataclasses.replace(decision, verdict=Verdict.REJECT, reason=reason,
+                                           state=None, reply_message=None, attributes=())
+        elif fitted.dropped or fitted.truncated:
+            log.warning("radius.reply_trimmed", request_id=request_id,
+                        dropped=list(fitted.dropped), truncated=list(fitted.truncated))
+        return fitted.packet, decision
 
     def _lost(self, failure, key) -> None:
         self.duplicates.abandon(key)

@@ -102,6 +102,7 @@ def import_users(
     issuer: str = "radius-mfa",
     hash_workers: int | None = None,
     passwords_config: "PasswordsConfig | None" = None,
+    canonical: Callable[[str], str] = str,
 ) -> UserImportSummary:
     """Import every user of the CSV file at ``path``, or none.
 
@@ -113,14 +114,16 @@ def import_users(
     CPU; 1 hashes in this process). ``issuer`` is accepted for symmetry with
     the token commands; the import prints no URI, so it is not used.
     ``passwords_config``: the ``passwords`` section plain passwords are
-    hashed with (None: scrypt, the default).
+    hashed with (None: scrypt, the default). ``canonical``: the names as
+    the store keeps them (radius_mfa.usernames, policy.username), so that
+    ``Alice`` and ``alice`` in one file are one user repeated.
     """
     started = clock()
     try:
         passwords.needs_rehash("", passwords_config)      # a section hash_password cannot use
     except ValueError as exc:
         raise ImportFailed([Problem(path, str(exc))]) from None
-    plan = _check(store, path, progress)
+    plan = _check(store, path, progress, canonical)
     serials = _fresh_serials(store, plan.tokens)
     workers = min(hash_workers or os.cpu_count() or 1, plan.plain_passwords)
     hashes = (_hash_passwords(path, plan, workers, progress, passwords_config)
@@ -158,7 +161,8 @@ class _Row:
     secret: str | None = field(repr=False)    # base32, normalised
 
 
-def _parse_row(line: int, cells: list[str], columns: list[str]) -> tuple[_Row | None, list[str]]:
+def _parse_row(line: int, cells: list[str], columns: list[str],
+               canonical: Callable[[str], str] = str) -> tuple[_Row | None, list[str]]:
     """The row, or None and what is wrong with it (each message names its
     cell; none repeats a password or a secret)."""
     if any(cell.strip() for cell in cells[len(columns):]):
@@ -189,10 +193,15 @@ def _parse_row(line: int, cells: list[str], columns: list[str]) -> tuple[_Row | 
             return None
 
     name = text("name")
-    if name is None:
+    if name is None or not canonical(name):
         problems.append("name is empty")
+        name = None
     else:
-        name = check("name", validate_user_name)
+        try:
+            name = validate_user_name(canonical(name))
+        except RefusedError as exc:
+            problems.append(str(exc))
+            name = None
     display_name = check("display_name", validate_display_name)
     email = check("email", validate_email)
     phone = check("phone", validate_phone)
@@ -332,9 +341,11 @@ class _Plan:
     tokens: int
     size: int
     digest: bytes
+    canonical: Callable[[str], str] = str
 
 
-def _check(store: "Store", path: str, progress: TextIO | None) -> _Plan:
+def _check(store: "Store", path: str, progress: TextIO | None,
+           canonical: Callable[[str], str] = str) -> _Plan:
     problems = Problems()
 
     def problem(line: int, message: str) -> None:
@@ -348,10 +359,10 @@ def _check(store: "Store", path: str, progress: TextIO | None) -> _Plan:
         with progress_bar(progress, "checking", total, "B") as bar:
             shown = 0
             for line, cells in records:
-                row, row_problems = _parse_row(line, cells, columns)
+                row, row_problems = _parse_row(line, cells, columns, canonical)
                 for message in row_problems:
                     problem(line, message)
-                name = row.name if row else _valid_name(cells, columns)
+                name = row.name if row else _valid_name(cells, columns, canonical)
                 if name is not None:
                     first = names.setdefault(name, line)
                     if first != line:
@@ -371,13 +382,14 @@ def _check(store: "Store", path: str, progress: TextIO | None) -> _Plan:
     for name in sorted(store.existing_user_names(names), key=names.__getitem__):
         problem(names[name], f"user {quoted(name)} exists already")
     problems.raise_if_any()
-    return _Plan(columns, names, plain, hashed, tokens, size, digest)
+    return _Plan(columns, names, plain, hashed, tokens, size, digest, canonical)
 
 
-def _valid_name(cells: list[str], columns: list[str]) -> str | None:
+def _valid_name(cells: list[str], columns: list[str],
+                canonical: Callable[[str], str] = str) -> str | None:
     """The name of a row that has other problems, when the name itself is
     fine: it still counts for repeats and for "exists already"."""
-    raw = dict(zip(columns, cells)).get("name", "").strip()
+    raw = canonical(dict(zip(columns, cells)).get("name", "").strip())
     try:
         return validate_user_name(raw) if raw else None
     except RefusedError:
@@ -420,7 +432,7 @@ def _rows(path: str, plan: _Plan) -> Iterator[_Row]:
         if _header(path, records) != plan.columns:
             raise _changed(path)
         for line, cells in records:
-            row, problems = _parse_row(line, cells, plan.columns)
+            row, problems = _parse_row(line, cells, plan.columns, plan.canonical)
             if problems or row is None or plan.names.get(row.name) != line:
                 raise _changed(path)
             yield row

@@ -40,6 +40,8 @@ class Reason(str, enum.Enum):
     BAD_REQUEST = "bad_request"      # no User-Name, no password where one is needed, …
     UNSUPPORTED_METHOD = "unsupported_method"   # CHAP, MS-CHAP v1, EAP, or MS-CHAPv2 the backend cannot check
     ENROL = "enrol"                  # policy.unenrolled: enrol — a one-time enrolment link was sent
+    REPLY_TOO_LARGE = "reply_too_large"    # the reply did not fit in 4,096 octets, even trimmed
+    REPLY_UNENCODABLE = "reply_unencodable"  # an attribute of an Accept could not be encoded
     OVERLOADED = "overloaded"        # queued longer than the client waits: dropped unanswered
     ERROR = "error"                  # our fault: a store or code failure (fails closed)
 

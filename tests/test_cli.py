@@ -675,3 +675,15 @@ def test_table_cells_escape_control_characters():
 def test_iso_time_is_utc_with_z():
     assert cli.iso_time(0) == "1970-01-01T00:00:00Z"
     assert cli.iso_time(None) is None
+
+
+def test_user_import_takes_names_as_the_store_keeps_them(run, store, tmp_path):
+    good = tmp_path / "users.csv"
+    good.write_text("name,email\n Alice ,alice@example.org\n")
+    assert run("user", "import", str(good))[0] == 0
+    assert store.get_user("alice").email == "alice@example.org"
+    twice = tmp_path / "twice.csv"
+    twice.write_text("name\nbob\nBOB\n")
+    code, _, err = run("user", "import", str(twice))
+    assert code == 1 and store.get_user("bob") is None
+    assert ":3:" in err

@@ -380,7 +380,7 @@ def test_the_audit_record_names_the_delivery_provider(h):
     assert d.provider is None
     finished = SimpleNamespace(decision=d, client=client(), client_ip="127.0.0.1",
                                server_ip="127.0.0.1", calling_station_id=None, request_id="r1",
-                               duration_ms=1.0)
+                               duration_ms=1.0, method="pap")
     assert audit_record(finished, "mfa1", h.clock())["provider"] is None
     sent = SimpleNamespace(**{**vars(finished), "decision": d.__class__(
         **{**vars(d), "factor": "sms", "provider": "gateway-a"})})

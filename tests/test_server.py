@@ -618,3 +618,98 @@ def test_limit_proxy_state_drops_proxy_state_without_message_authenticator(tmp_p
     plain = request(id=4, message_authenticator=False)
     assert answer(plain, h.send(plain, source=LENIENT), to=LENIENT).code == codec.ACCESS_CHALLENGE
     h.sync.close()
+
+
+# --- replies that cannot go out as decided, odd names, methods, error floods ----------
+
+
+def padded_request(target: int = 4096, **kw) -> bytes:
+    """An Access-Request padded with Proxy-State to ``target`` octets: a reply
+    must echo every Proxy-State, so a Challenge with its prompt cannot fit."""
+    base = request(**kw)
+    states, room = [], target - len(base)
+    while room >= 3:
+        size = min(room, 255)
+        if room - size in (1, 2):
+            size -= 3
+        states.append(("Proxy-State", b"p" * (size - 2)))
+        room -= size
+    raw = request(attributes=states, **kw)
+    assert len(raw) <= 4096
+    return raw
+
+
+def test_a_challenge_that_would_exceed_4096_octets_is_trimmed_to_fit_and_still_works(h):
+    raw = padded_request(id=7)
+    [(data, _)] = h.send(raw)
+    assert len(data) <= 4096
+    reply = codec.decode_response(data, SECRET, raw[4:20])
+    assert reply.code == codec.ACCESS_CHALLENGE
+    state = dict(reply.attributes)[codec.STATE]
+    [finished] = h.finished
+    assert finished.decision.verdict is Verdict.CHALLENGE
+    assert h.send(raw) == [(data, NAS)] and h.counting.calls == 1     # cached: no second hash
+    nxt = request(password=h.code(), id=8, state=state)
+    assert answer(nxt, h.send(nxt)).code == codec.ACCESS_ACCEPT
+
+
+class BigAcceptEngine(CountingEngine):
+    """Accepts with more reply attributes than fit beside the request's Proxy-States."""
+
+    async def handle(self, req):
+        self.calls += 1
+        return Decision(Verdict.ACCEPT, req.user_name, primary="radius", factor="none",
+                        attributes=tuple(("Filter-Id", "f" * 200) for _ in range(10)))
+
+
+def test_an_accept_that_cannot_fit_goes_out_as_a_reject_audited_so(h):
+    h.use_engine(BigAcceptEngine(h.engine))
+    raw = padded_request(target=3000, id=7)
+    [(data, _)] = h.send(raw)
+    assert len(data) <= 4096
+    assert codec.decode_response(data, SECRET, raw[4:20]).code == codec.ACCESS_REJECT
+    [finished] = h.finished
+    assert (finished.decision.verdict, finished.decision.reason) == \
+        (Verdict.REJECT, Reason.REPLY_TOO_LARGE)
+    assert h.send(raw) == [(data, NAS)]                  # the retransmission: the same reject
+
+
+def test_a_user_name_that_is_not_utf8_gets_a_reject_not_silence(h):
+    raw = codec.build_access_request(SECRET, None, PASSWORD, id=3, attributes=[(1, b"ali\xce\xff")])
+    reply = answer(raw, h.send(raw))
+    assert reply.code == codec.ACCESS_REJECT
+    [finished] = h.finished
+    assert finished.decision.reason is Reason.UNKNOWN_USER
+    assert finished.decision.user_name == "ali\\xce\\xff"
+    assert not h.drops()
+
+
+def test_an_eap_request_gets_a_reject_with_eap_failure(h):
+    eap_response_identity = b"\x02\x2a\x00\x0a\x01alice"
+    raw = request(password=None, id=4, attributes=[("EAP-Message", eap_response_identity)])
+    reply = answer(raw, h.send(raw))
+    assert reply.code == codec.ACCESS_REJECT
+    assert (codec.EAP_MESSAGE, b"\x04\x2a\x00\x04") in reply.attributes
+    [finished] = h.finished
+    assert (finished.decision.reason, finished.method) == (Reason.UNSUPPORTED_METHOD, "eap")
+
+
+def test_chap_gets_unsupported_method(h):
+    raw = request(password=None, id=5, attributes=[("CHAP-Password", b"\x01" + b"x" * 16)])
+    assert answer(raw, h.send(raw)).code == codec.ACCESS_REJECT
+    [finished] = h.finished
+    assert (finished.decision.reason, finished.method) == (Reason.UNSUPPORTED_METHOD, "chap")
+
+
+def test_an_outage_logs_one_traceback_per_interval_with_a_count(h):
+    h.use_engine(BrokenEngine(h.engine))
+    with structlog.testing.capture_logs() as events:
+        for i in range(50):
+            h.send(request(user="boom", id=i))
+        h.clock.advance(11)
+        h.send(request(user="boom", id=60))
+    errors = [e for e in events if e["event"] == "auth.error"]
+    assert len(errors) == 2
+    assert "RuntimeError" in errors[0]["exception"]
+    assert errors[1]["suppressed"] == 49
+    assert len(h.finished) == 51 and all(f.decision.reason is Reason.ERROR for f in h.finished)
