@@ -177,7 +177,8 @@ class Service:
         self._loops = []
         for work, interval in ((self.activity.flush, ACTIVITY_FLUSH_SECONDS),
                                (self._purge, PURGE_SECONDS),
-                               (droplog.flush, DROPLOG_FLUSH_SECONDS)):
+                               (droplog.flush, DROPLOG_FLUSH_SECONDS),
+                               (self._flush_logs, DROPLOG_FLUSH_SECONDS)):
             loop = task.LoopingCall(work)
             loop.clock = reactor
             loop.start(interval, now=False).addErrback(self._loop_failed)
@@ -228,6 +229,16 @@ class Service:
         engine = build_engine(config, self.store, primary, self.reactor.seconds, reactor=self.reactor,
                               push=self.push_hub)
         return Runtime(clients=ClientTable(config.clients), engine=engine)
+
+    def _flush_logs(self) -> None:
+        """Rate-limited warnings (an upstream down, an error during a store
+        outage) whose interval has passed: their counts are logged now, not
+        only when the next such warning comes."""
+        for protocol in self.protocols:
+            protocol.errors.flush()
+        primary = getattr(self.protocols[0].runtime.engine, "primary", None) if self.protocols else None
+        if hasattr(primary, "flush_logs"):
+            primary.flush_logs()
 
     # --- per request -------------------------------------------------------------
     def _finished(self, finished: Finished) -> None:
