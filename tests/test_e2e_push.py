@@ -11,6 +11,7 @@ password, the request waits for the device)."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import itertools
 import json
 import re
@@ -264,12 +265,17 @@ def test_a_retransmission_during_the_wait_joins_it_one_push_one_record(rdgw, tmp
 
 
 # --- the device API, spoken to directly ------------------------------------------------
+_sources = itertools.count()
+
+
 class Device:
     """A device of the test's own making: its key, and signed calls."""
 
     def __init__(self, server: Server, name: str):
         self.server = server
         self.key = Ed25519PrivateKey.generate()
+        index = next(_sources)
+        self.source = f"127.0.{2 + index // 250}.{index % 250 + 1}"
         url = json.loads(server.cli("device", "pair", name, "--json").stdout)["url"]
         self.link = crypto.parse_pairing_url(url)
         pem = ssl.get_server_certificate(("127.0.0.1", server.push_port))
@@ -288,13 +294,17 @@ class Device:
             now = int(time.time())
             headers.update({"X-Time": str(now), "X-Signature": crypto.sign(
                 self.key, crypto.request_message(method, path.split("?")[0], now, self.id))})
-        request = urllib.request.Request(self.link.base_url + path, method=method, headers=headers,
-                                         data=None if body is None else json.dumps(body).encode())
+        data = None if body is None else json.dumps(body).encode()
+        # each device from a loopback address of its own, as phones come from
+        # their own addresses (the device API limits pairing per source)
+        connection = http.client.HTTPSConnection("127.0.0.1", self.server.push_port, context=context,
+                                                 timeout=70, source_address=(self.source, 0))
         try:
-            with urllib.request.urlopen(request, context=context, timeout=70) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+            connection.request(method, path, body=data, headers=headers)
+            answer = connection.getresponse()
+            return answer.status, json.loads(answer.read())
+        finally:
+            connection.close()
 
     def answer(self, push_id: str, decision: str = "approve", key=None, number=None):
         now = int(time.time())
