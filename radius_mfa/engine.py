@@ -139,7 +139,7 @@ class Engine:
         self.policy = policy
         self.sessions = sessions
         self.clock = clock
-        self.exempt_users = frozenset(policy.exempt_users)
+        self.exempt_users = frozenset(canonical(u, policy.username) for u in policy.exempt_users)
         self.exempt_groups = frozenset(g.lower() for g in policy.exempt_groups)
 
     # --- entry point ----------------------------------------------------------

@@ -158,3 +158,10 @@ def test_second_factor_only_code_guesses_stop_at_the_lockout(h):
     for _ in range(5):
         h.handle(password=wrong(h), mode=Mode.SECOND_FACTOR_ONLY)
     assert h.handle(password=h.code(), mode=Mode.SECOND_FACTOR_ONLY).reason is Reason.LOCKED
+
+
+def test_exempt_users_are_matched_by_their_canonical_name(tmp_path):
+    h = Harness(tmp_path, exempt_users=("SvcBackup",))
+    h.add_user("svcbackup", token=False)
+    d = h.handle(user="SVCBACKUP", password=PASSWORD)
+    assert (d.verdict, d.factor) == (Verdict.ACCEPT, "none")
