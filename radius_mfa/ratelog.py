@@ -30,7 +30,7 @@ class SecondsClock(Protocol):
 
 
 @dataclass
-class _Window:
+class Window:
     logged_at: float
     suppressed: int = 0
 
@@ -58,7 +58,7 @@ class RateLimitedLog:
         self._clock = clock
         self._context = dict(context or {})
         self._max_keys = max_keys
-        self._windows: dict[Hashable, _Window] = {}
+        self._windows: dict[Hashable, Window] = {}
 
     def due(self, key: Hashable = None) -> bool:
         """Whether :meth:`emit` would log a line now: lets a caller skip
@@ -76,7 +76,7 @@ class RateLimitedLog:
             window.suppressed += 1
             return False
         suppressed = window.suppressed if window is not None else 0
-        self._windows[slot] = _Window(logged_at=now)
+        self._windows[slot] = Window(logged_at=now)
         line = {**self._context, **fields}
         if suppressed:
             line["suppressed"] = suppressed

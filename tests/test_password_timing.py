@@ -16,6 +16,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from helpers import FakeClock, open_sqlite, run
+from test_passwords import count_derivations
 from radius_mfa import passwords
 from radius_mfa.config import PasswordsConfig
 from radius_mfa.errors import StoreError
@@ -62,18 +63,7 @@ def configured_cost(config: PasswordsConfig) -> tuple[str, int]:
 @pytest.fixture
 def derivations(monkeypatch) -> list[tuple[str, int]]:
     """Every key derivation run, as (scheme, cost): hash operations counted."""
-    seen: list[tuple[str, int]] = []
-    real = passwords._derive
-
-    def counting(password, parsed):
-        if isinstance(parsed, passwords._Scrypt):
-            seen.append(("scrypt", parsed.log2_n))
-        else:
-            seen.append(("pbkdf2-sha256", parsed.iterations))
-        return real(password, parsed)
-
-    monkeypatch.setattr(passwords, "_derive", counting)
-    return seen
+    return count_derivations(monkeypatch)
 
 
 # Every way a password check can go: what the user's record holds.

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
+
+from radius_mfa.ratelog import SecondsClock, Window
 
 EVENT = "radius.drop"
 SUMMARY_EVENT = "radius.drop.suppressed"
@@ -45,16 +46,6 @@ class DropReason(str, enum.Enum):
 
 class WarningLogger(Protocol):
     def warning(self, event: str, **kw: Any) -> Any: ...
-
-
-class SecondsClock(Protocol):
-    def seconds(self) -> float: ...
-
-
-@dataclass
-class _Window:
-    logged_at: float
-    suppressed: int = 0
 
 
 class DropLogger:
@@ -80,7 +71,7 @@ class DropLogger:
         self._interval = interval
         self._max_sources = max_sources
         self._max_lines = max_lines
-        self._windows: OrderedDict[tuple[DropReason, str], _Window] = OrderedDict()
+        self._windows: OrderedDict[tuple[DropReason, str], Window] = OrderedDict()
         self._period_start: float | None = None      # the global cap's current interval
         self._lines = 0                              # lines logged in it
         self._held: Counter[DropReason] = Counter()  # drops the cap kept out of the log
@@ -108,7 +99,7 @@ class DropLogger:
             return False
         suppressed = window.suppressed if window is not None else 0
         self._windows.pop(key, None)
-        self._windows[key] = _Window(logged_at=now)
+        self._windows[key] = Window(logged_at=now)
         self._forget_old(now)
         self._emit(reason, source_ip, client, detail, suppressed)
         return True
