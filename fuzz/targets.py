@@ -196,7 +196,7 @@ def tokens(data: bytes) -> None:
         pass
 
 
-def _cheap_hash(password: str) -> str:
+def _cheap_hash(password: str, *config) -> str:
     """A stand-in for scrypt while fuzzing the reader, not the hash: the
     carried-over forms are still parsed by the real code."""
     return "$pbkdf2-sha256$i=1000$AAAAAAAAAAAAAAAAAAAAAA$" + "A" * 43
