@@ -25,6 +25,9 @@ from radius_mfa.audit import user_ip_from
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import Attempt, Device, Push, SentCode, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
+from radius_mfa.challenges import DIRECTORY_FIELDS, challenge_data, unpack_attributes
+from radius_mfa.prompts import (PUSH_RATE_LIMITED_MESSAGE, RATE_LIMITED_MESSAGE, mask_destination, menu_for,
+                                push_prompt, code_sent_prompt, code_sent_instruction)
 from radius_mfa.sessions import Sessions
 from radius_mfa.usernames import canonical
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
@@ -33,17 +36,12 @@ from radius_mfa.verifiers.base import CodeVerifier
 log = structlog.get_logger("radius_mfa.engine")
 
 CODE = re.compile(r"\d{6,8}")
-# What a directory (LDAP) tells about a user that the store keeps too.
-DIRECTORY_FIELDS = ("display_name", "email", "phone")
 # Seconds kept back from the client's timeout for our own answer to reach it.
 DEADLINE_MARGIN = 1.0
 # Words a user may answer with at a prompt or after the delimiter.
 FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
 # Channels that send a code, in menu order; phone channels first.
 DELIVERY_CHANNELS = ("sms", "voice", "email")
-PHONE_CHANNELS = frozenset({"sms", "voice"})
-RATE_LIMITED_MESSAGE = "Too many codes were sent. Try again in a few minutes."
-PUSH_RATE_LIMITED_MESSAGE = "Too many sign-in requests were sent to your device. Try again in a few minutes."
 # Methods no backend here can verify (RFC 1994 CHAP, MS-CHAP v1, EAP).
 UNSUPPORTED_METHODS = frozenset({"chap", "mschap", "eap"})
 # What a push's outcome means for the sign-in waiting for it.
@@ -123,12 +121,14 @@ class Engine:
                  policy: PolicyConfig, sessions: Sessions, clock: Callable[[], float],
                  senders: Mapping[str, Sender] | None = None,
                  delivery: Mapping[str, DeliveryFactorConfig] | None = None,
-                 push=None, number_matching: bool = True):
+                 push=None, number_matching: bool = True, app_passwords=None):
         """``delivery``: the configured code channels (``sms``, ``voice``,
         ``email``) and ``senders`` their providers; a channel is offered only
         when it has both. ``push``: the PushHub when factors.push is
-        configured (radius_mfa.push.hub)."""
+        configured (radius_mfa.push.hub). ``app_passwords``: the
+        AppPasswordFactor (radius_mfa.verifiers.app_password)."""
         self.push = push
+        self.app_passwords = app_passwords
         self.number_matching = number_matching
         self.store = store                      # AsyncStore
         self.senders = dict(senders or {})
@@ -187,10 +187,30 @@ class Engine:
         if refusal is not None:
             await self.primary.equalize(secret)
             return self._reject(req, refusal, user=user)
+        if attempt is not None and not req.mschap and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
+            decided = await self._app_password(req, user, text, attempt)
+            if decided is not None:
+                return decided
 
         result = await self.primary.authenticate(self._primary_request(
             req, user, None if req.mschap else secret))
         return await self._after_primary(req, user, result, answer, attempt)
+
+    async def _app_password(self, req: AuthRequest, user: User, text: str,
+                            attempt: Attempt) -> Decision | None:
+        """The whole User-Password as one of the user's app passwords, in place
+        of password and factor, whatever the primary backend; None when it is
+        not one the user holds (then it is an ordinary password)."""
+        factor = self.app_passwords
+        ident = factor.candidate(text) if factor is not None else None
+        record = await factor.held(user, ident) if ident is not None else None
+        if record is None:
+            return None
+        result = await factor.verify(user, record, text)
+        await self._settle(user, attempt, result.reason, accepted=result.ok)
+        if result.ok:
+            return self._accept(req, user, factor=result.factor, device=result.device)
+        return self._reject(req, result.reason, user=user, factor=result.factor, device=result.device)
 
     async def _after_primary(self, req: AuthRequest, user: User | None, result: PrimaryResult,
                              answer: str | None, attempt: Attempt | None = None) -> Decision:
@@ -435,11 +455,7 @@ class Engine:
         data = challenge_data(attributes, info)
         data.update({"stage": "push", "push_id": push.id})
         state = await self.sessions.open(user.name, req.client.name, ("push",), data)
-        if push.number is not None:
-            prompt = (f"Approve the sign-in on your device and enter the number {push.number} "
-                      f"there. Then press OK.")
-        else:
-            prompt = "Approve the sign-in on your device. Then press OK."
+        prompt = push_prompt(push.number)
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
                         factor="push", state=state, reply_message=prompt,
                         user_info=dict(info or {}))
@@ -537,14 +553,13 @@ class Engine:
             return self._reject(
                 req, Reason.CODE_SENT, user=user, factor=sent.channel, info=info,
                 provider=sent.provider,
-                reply_message=f"A code was sent to {where}. Sign in again with password"
-                              f"{self.policy.delimiter}CODE")
+                reply_message=code_sent_instruction(where, self.policy.delimiter))
         data = challenge_data(attributes, info)
         data.update({"stage": "sent_code", "code_id": sent.id, "channel": sent.channel})
         state = await self.sessions.open(user.name, req.client.name, (sent.channel,), data)
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
                         factor=sent.channel, state=state, provider=sent.provider,
-                        reply_message=f"A code was sent to {where}. Enter it:",
+                        reply_message=code_sent_prompt(where),
                         user_info=dict(info or {}))
 
     def _is_inline_request(self, req: AuthRequest) -> bool:
@@ -750,90 +765,7 @@ def decode_password(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def prompt_for(tokens: Sequence[Token]) -> str:
-    """The Reply-Message of an Access-Challenge: what to enter."""
-    digits = sorted({t.digits for t in tokens})
-    size = "-".join(str(d) for d in digits) if len(digits) > 1 else str(digits[0])
-    return f"Enter the {size}-digit code from your authenticator app"
-
-
 def is_digits(answer: str) -> bool:
     """ASCII digits only (``str.isdigit`` also takes superscripts and other scripts)."""
     text = answer.strip()
     return text.isascii() and text.isdigit()
-
-
-def mask_destination(channel: str, destination: str | None) -> str:
-    """Where a code went, as users and logs may see it."""
-    masked = mask_email(destination) if channel == "email" else mask_phone(destination)
-    return masked or "***"
-
-
-def menu_for(tokens: Sequence[Token], channels: Sequence[str], user: User,
-             push: bool = False) -> str:
-    """The Reply-Message of the first challenge: the code prompt, and the
-    words that send a code, each with its masked destination, and ``push``
-    when the user has a paired device."""
-    if not channels:
-        if not push:
-            return prompt_for(tokens)
-        if not tokens:
-            return "Type push to approve the sign-in on your device"
-        return f"{prompt_for(tokens)}, or type push to approve on your device"
-    choices = []
-    phone = [c for c in channels if c in PHONE_CHANNELS]
-    if phone:
-        choices.append(" or ".join(phone) + f" ({mask_phone(user.phone)})")
-    if "email" in channels:
-        choices.append(f"email ({mask_email(user.email)})")
-    words = " or ".join(choices)
-    if push:
-        head = f"{prompt_for(tokens)}, or type push" if tokens else "Type push"
-        return f"{head} to approve on your device, or {words} to get a code"
-    if not tokens:
-        return f"Type {words} to get a code"
-    return f"{prompt_for(tokens)}, or type {words}"
-
-
-def challenge_data(attributes, info: dict | None) -> dict:
-    """What a pending challenge keeps for the final Access-Accept."""
-    data: dict = {}
-    if attributes:
-        data["attributes"] = pack_attributes(attributes)
-    if info:
-        data["info"] = {k: v for k, v in info.items() if k in DIRECTORY_FIELDS}
-    return data
-
-
-def pack_attributes(attributes) -> list:
-    """Reply attributes → JSON for a pending challenge (kept until the Accept)."""
-    packed = []
-    for key, value in attributes:
-        if isinstance(key, tuple):
-            k = {"vendor": list(key)}
-        elif isinstance(key, int):
-            k = {"code": key}
-        else:
-            k = {"name": key}
-        if isinstance(value, bytes):
-            v = {"bytes": value.hex()}
-        elif isinstance(value, bool) or not isinstance(value, int):
-            v = {"text": str(value)}
-        else:
-            v = {"int": value}
-        packed.append([k, v])
-    return packed
-
-
-def unpack_attributes(packed: list) -> tuple:
-    out = []
-    for k, v in packed:
-        key = tuple(k["vendor"]) if "vendor" in k else k.get("code", k.get("name"))
-        if "bytes" in v:
-            value = bytes.fromhex(v["bytes"])
-        elif "int" in v:
-            value = v["int"]
-        else:
-            value = v["text"]
-        out.append((key, value))
-    return tuple(out)

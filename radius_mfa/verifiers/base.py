@@ -1,14 +1,19 @@
 """The seam for second factors.
 
-A verifier is small, typed and knows nothing of RADIUS. Code verifiers (TOTP,
-HOTP) check a typed code against the user's tokens; out-of-band factors (SMS,
-voice, email, push) plug in beside them as they come.
+A factor is small, typed and knows nothing of RADIUS: it declares as class
+data what picks it and where it works (:class:`Factor`), checks what it is
+given, and returns a :class:`FactorResult`; the engine turns results into
+decisions and the protocol layer into packets. Code verifiers (TOTP, HOTP)
+check a typed code against the user's tokens; app passwords stand in for the
+password and the factor together; sent codes (SMS, voice, email) and push
+approval are picked by a word.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 from radius_mfa.model import Token, User
 from radius_mfa.verdicts import Reason
@@ -20,6 +25,26 @@ class FactorResult:
     factor: str
     device: str | None = None        # the token serial or device id that answered
     reason: Reason | None = None     # set when not ok
+
+
+class FactorKind(str, enum.Enum):
+    TYPED = "typed"                  # the user types it (a code, an app password)
+    OUT_OF_BAND = "out_of_band"      # answered elsewhere (a device approves)
+
+
+# The request methods a factor can work over (the audit's `method`): PAP carries
+# typed text, MS-CHAPv2 carries none, `none` is a request without a password
+# (second-factor-only).
+PAP, MSCHAPV2, NO_PASSWORD = "pap", "mschapv2", "none"
+
+
+class Factor(Protocol):
+    """What every factor declares, as class data."""
+
+    name: ClassVar[str]                  # the audit's `factor`
+    words: ClassVar[frozenset[str]]      # answer words that pick it ("push", "sms"); none for codes
+    methods: ClassVar[frozenset[str]]    # request methods it works over
+    kind: ClassVar[FactorKind]
 
 
 class CodeVerifier(Protocol):
