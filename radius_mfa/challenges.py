@@ -4,6 +4,22 @@ audit, packed as JSON for the store."""
 
 from __future__ import annotations
 
+import enum
+
+class Stage(str, enum.Enum):
+    """What a pending challenge waits for; the engine answers each with one
+    method (its table in ``Engine._answer_challenge``)."""
+    CODE = "code"              # the code prompt or the menu: a code, or a word picking a factor
+    SENT_CODE = "sent_code"    # a code that was sent: that code only
+    PUSH = "push"              # a push was started: any answer waits for the device
+    UPSTREAM = "upstream"      # the upstream RADIUS server's own challenge: relayed back
+
+    @classmethod
+    def of(cls, data: dict) -> "Stage":
+        """The stage of a challenge's data (the menu's has none)."""
+        return cls(data.get("stage", cls.CODE.value))
+
+
 # What a directory (LDAP) tells about a user that the store keeps too.
 DIRECTORY_FIELDS = ("display_name", "email", "phone")
 

@@ -10,28 +10,25 @@ service writes the audit record.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import re
-import secrets
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Sequence
 
 import structlog
 
 from radius_mfa.config import ClientConfig, DeliveryFactorConfig, Mode, PolicyConfig
-from radius_mfa.delivery.base import DeliveryFailed, Outgoing
 from radius_mfa.audit import user_ip_from
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import Attempt, Device, Push, SentCode, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
-from radius_mfa.challenges import DIRECTORY_FIELDS, challenge_data, unpack_attributes
+from radius_mfa.challenges import DIRECTORY_FIELDS, Stage, challenge_data, unpack_attributes
 from radius_mfa.prompts import (PUSH_RATE_LIMITED_MESSAGE, RATE_LIMITED_MESSAGE, mask_destination, menu_for,
                                 push_prompt, code_sent_prompt, code_sent_instruction)
 from radius_mfa.sessions import Sessions
 from radius_mfa.usernames import canonical
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
-from radius_mfa.verifiers.base import CodeVerifier
+from radius_mfa.verifiers.base import CodeVerifier, FactorResult
+from radius_mfa.verifiers.sent_codes import Sender, SentCodeFactor, destination
 
 log = structlog.get_logger("radius_mfa.engine")
 
@@ -40,20 +37,11 @@ CODE = re.compile(r"\d{6,8}")
 DEADLINE_MARGIN = 1.0
 # Words a user may answer with at a prompt or after the delimiter.
 FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
-# Channels that send a code, in menu order; phone channels first.
-DELIVERY_CHANNELS = ("sms", "voice", "email")
 # Methods no backend here can verify (RFC 1994 CHAP, MS-CHAP v1, EAP).
 UNSUPPORTED_METHODS = frozenset({"chap", "mschap", "eap"})
 # What a push's outcome means for the sign-in waiting for it.
 PUSH_REJECTS = {"denied": Reason.DENIED, "fraud": Reason.FRAUD, "wrong_number": Reason.WRONG_NUMBER,
                 "pending": Reason.TIMEOUT}
-
-
-class Sender(Protocol):
-    """One channel's providers with failover (radius_mfa.delivery)."""
-
-    async def send(self, message: Outgoing, deadline: float) -> str:
-        """Deliver within ``deadline`` seconds; the provider's name, or DeliveryFailed."""
 
 
 @dataclass(frozen=True)
@@ -131,9 +119,7 @@ class Engine:
         self.app_passwords = app_passwords
         self.number_matching = number_matching
         self.store = store                      # AsyncStore
-        self.senders = dict(senders or {})
-        self.delivery = {k: v for k, v in (delivery or {}).items() if k in self.senders}
-        self._code_key: bytes | None = None     # fetched from the store on first use
+        self.codes = SentCodeFactor(store, clock, delivery, senders)
         self.primary = primary
         self.verifiers = tuple(verifiers)
         self.policy = policy
@@ -242,7 +228,7 @@ class Engine:
             return await self._unenrolled(req, None, attributes, info)
 
         tokens = await self._usable_tokens(user)
-        channels = self._channels(user)
+        channels = self.codes.channels(user)
         devices = await self._devices(user)
         if req.mschap:
             # MS-CHAPv2 cannot carry a code: only the device can complete it
@@ -276,7 +262,7 @@ class Engine:
         """The upstream answered with an Access-Challenge (a new PIN, the next
         code): our own State stands for the upstream's, the prompt is its."""
         upstream = result.challenge
-        data = {"stage": "upstream",
+        data = {"stage": Stage.UPSTREAM.value,
                 "upstream_state": upstream.state.hex() if upstream.state is not None else None}
         state = await self.sessions.open(req.user_name, req.client.name, ("upstream",), data)
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
@@ -294,33 +280,50 @@ class Engine:
                     return joined
             return self._reject(req, why_not, user=user)
         answer = decode_password(req.password) if req.password is not None else ""
-        if challenge.data.get("stage") == "upstream":
-            refusal = self._refusal(user)
-            attempt = None
-            if refusal is None and user is not None:
-                attempt = await self._take_attempt(user)
-                if attempt is None:
-                    refusal = Reason.LOCKED
+        stage = Stage.of(challenge.data)
+        if stage is not Stage.UPSTREAM:
+            refusal = Reason.UNKNOWN_USER if user is None else self._refusal(user)
             if refusal is not None:
                 return self._reject(req, refusal, user=user)
-            upstream_state = challenge.data.get("upstream_state")
-            result = await self.primary.authenticate(self._primary_request(
-                req, user, answer.encode("utf-8", "surrogateescape"),
-                bytes.fromhex(upstream_state) if upstream_state else None))
-            return await self._after_primary(req, user, result, None, attempt)
-        refusal = Reason.UNKNOWN_USER if user is None else self._refusal(user)
+        answering = {Stage.UPSTREAM: self._answer_upstream, Stage.SENT_CODE: self._answer_sent_code,
+                     Stage.PUSH: self._answer_push, Stage.CODE: self._answer_code}
+        return await answering[stage](req, user, challenge.data, answer,
+                                      unpack_attributes(challenge.data.get("attributes", [])),
+                                      challenge.data.get("info", {}))
+
+    # --- answering a challenge, one method per stage ------------------------------
+    async def _answer_upstream(self, req: AuthRequest, user: User | None, data: dict, answer: str,
+                               attributes, info: dict) -> Decision:
+        """The upstream's own challenge (a new PIN): its answer goes back to it."""
+        refusal = self._refusal(user)
+        attempt = None
+        if refusal is None and user is not None:
+            attempt = await self._take_attempt(user)
+            if attempt is None:
+                refusal = Reason.LOCKED
         if refusal is not None:
             return self._reject(req, refusal, user=user)
-        attributes = unpack_attributes(challenge.data.get("attributes", []))
-        info = challenge.data.get("info", {})
-        if challenge.data.get("stage") == "sent_code":
-            return await self._check_bound_code(req, user, challenge.data, answer, attributes, info)
-        if challenge.data.get("stage") == "push":
-            # any answer (an empty OK too): wait for the device's approval
-            push = await self.store.get_push(challenge.data.get("push_id", ""))
-            if push is None or push.user != user.name:
-                return self._reject(req, Reason.EXPIRED, user=user, factor="push", info=info)
-            return await self._await_push(req, user, push, attributes, info)
+        upstream_state = data.get("upstream_state")
+        result = await self.primary.authenticate(self._primary_request(
+            req, user, answer.encode("utf-8", "surrogateescape"),
+            bytes.fromhex(upstream_state) if upstream_state else None))
+        return await self._after_primary(req, user, result, None, attempt)
+
+    async def _answer_sent_code(self, req: AuthRequest, user: User, data: dict, answer: str,
+                                attributes, info: dict) -> Decision:
+        return await self._check_bound_code(req, user, data, answer, attributes, info)
+
+    async def _answer_push(self, req: AuthRequest, user: User, data: dict, answer: str,
+                           attributes, info: dict) -> Decision:
+        """Any answer (an empty OK too): wait for the device's approval."""
+        push = await self.store.get_push(data.get("push_id", ""))
+        if push is None or push.user != user.name:
+            return self._reject(req, Reason.EXPIRED, user=user, factor="push", info=info)
+        return await self._await_push(req, user, push, attributes, info)
+
+    async def _answer_code(self, req: AuthRequest, user: User, data: dict, answer: str,
+                           attributes, info: dict) -> Decision:
+        """The menu or code prompt: a code, or a word that picks a factor."""
         tokens = await self._usable_tokens(user)
         return await self._check_answer(req, user, tokens, answer, attributes, info)
 
@@ -332,7 +335,7 @@ class Engine:
         nothing, and the push's compare-and-set still allows one Accept."""
         used = await self.sessions.used(req.state)
         if used is None or used.user != user.name or used.client != req.client.name \
-                or used.data.get("stage") != "push" \
+                or Stage.of(used.data) is not Stage.PUSH \
                 or used.used is None or used.used < self.clock() - req.client.timeout:
             return None
         push = await self.store.get_push(used.data.get("push_id", ""))
@@ -353,12 +356,12 @@ class Engine:
             return self._accept(req, user, factor="none")
         tokens = await self._usable_tokens(user)
         answer = decode_password(req.password) if req.password else None
-        if (tokens or self._channels(user)) and answer is not None and classify(answer) == "code":
+        if (tokens or self.codes.channels(user)) and answer is not None and classify(answer) == "code":
             return await self._check_answer(req, user, tokens, answer, (), {})
         if await self._devices(user):
             # RD Gateway behind NPS: the request waits for the device
             return await self._push_and_wait(req, user, (), {})
-        if not tokens and not self._channels(user):
+        if not tokens and not self.codes.channels(user):
             return await self._unenrolled(req, user, (), {})
         # the out-of-band factors (push, voice) that this mode waits for are
         # not configured: nothing can complete the sign-in
@@ -382,7 +385,7 @@ class Engine:
             if req.client.mode is Mode.CHALLENGE:
                 return await self._push_challenge(req, user, attributes, info)
             return await self._push_and_wait(req, user, attributes, info)
-        if kind in self._channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
+        if kind in self.codes.channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
             return await self._send_code(req, user, kind, attributes, info)
         # not configured, or no number, address or device for it
         return self._reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
@@ -390,12 +393,12 @@ class Engine:
     async def _check_typed(self, req: AuthRequest, user: User, tokens: Sequence[Token],
                            answer: str, attributes, info: dict) -> Decision:
         """A typed answer, its attempt taken: a sent code, else the tokens."""
-        if is_digits(answer) and self.delivery:
+        if is_digits(answer) and self.codes.configured:
             # a sent code may be shorter or longer than a token's (code_digits);
             # without a code channel configured there is none to look up
-            sent = await self._check_sent_codes(req, user, answer.strip(), attributes, info)
+            sent = await self.codes.check(user, answer.strip())
             if sent is not None:
-                return sent
+                return self._decide(req, user, sent, attributes, info)
         if classify(answer) == "code":
             code = answer.strip()
             for verifier in self.verifiers:
@@ -403,19 +406,14 @@ class Engine:
                 if not mine:
                     continue
                 result = await verifier.verify(user, mine, code, self.clock())
-                if result is None:
-                    continue
-                if result.ok:
-                    return self._accept(req, user, factor=result.factor, device=result.device,
-                                        attributes=attributes, info=info)
-                return self._reject(req, result.reason, user=user, factor=result.factor,
-                                    device=result.device, info=info)
+                if result is not None:
+                    return self._decide(req, user, result, attributes, info)
         return self._reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
                             info=info)
 
     async def _challenge(self, req: AuthRequest, user: User, tokens: Sequence[Token],
                          attributes=(), info: dict | None = None, push: bool = False) -> Decision:
-        channels = self._channels(user)
+        channels = self.codes.channels(user)
         factors = tuple(sorted({t.type for t in tokens})) + channels + (("push",) if push else ())
         state = await self.sessions.open(user.name, req.client.name, factors,
                                          challenge_data(attributes, info))
@@ -453,7 +451,7 @@ class Engine:
                                 reply_message=PUSH_RATE_LIMITED_MESSAGE)
         push = started.push
         data = challenge_data(attributes, info)
-        data.update({"stage": "push", "push_id": push.id})
+        data.update({"stage": Stage.PUSH.value, "push_id": push.id})
         state = await self.sessions.open(user.name, req.client.name, ("push",), data)
         prompt = push_prompt(push.number)
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
@@ -501,61 +499,28 @@ class Engine:
         """The user asked for a code (or it is their only factor): join the
         code already on its way for this login attempt, or send one, and say
         where it went."""
-        config = self.delivery[channel]
-        now = self.clock()
-        pending = await self.store.pending_sent_code(
-            req.client.name, user.name, req.calling_station_id, now - req.client.timeout, now,
-            channel=channel)
-        if pending is not None:
-            # one login attempt, one send: a NAS retry or another server of
-            # the pool answers as the first did, and nothing is sent again
-            log.info("code.joined", user=user.name, channel=channel, client=req.client.name)
-            return await self._code_sent(req, user, pending, attributes, info)
-        allowed = await self.store.allow_send(user.name, now, config.rate_limit.sends,
-                                              config.rate_limit.minutes * 60.0)
-        if not allowed:
-            log.warning("code.rate_limited", user=user.name, channel=channel)
-            return self._reject(req, Reason.RATE_LIMITED, user=user, factor=channel, info=info,
-                                reply_message=RATE_LIMITED_MESSAGE)
-        code = f"{secrets.randbelow(10 ** config.code_digits):0{config.code_digits}d}"
-        sent = SentCode(id=secrets.token_hex(16), user=user.name, channel=channel,
-                        code_mac=await self._code_mac(user.name, code), client=req.client.name,
-                        calling_station_id=req.calling_station_id, created=now,
-                        expires=now + config.code_ttl)
-        # stored before it leaves, so a retry arriving meanwhile joins it
-        await self.store.put_sent_code(sent)
-        destination = user.email if channel == "email" else user.phone
-        message = Outgoing(channel=channel, to=destination, user=user.name, code=code,
-                           text=config.message.replace("{code}", code),
-                           subject=config.subject if channel == "email" else None)
-        try:
-            provider = await self.senders[channel].send(
-                message, max(1.0, req.client.timeout - DEADLINE_MARGIN))
-        except DeliveryFailed as exc:
-            await self.store.remove_sent_code(sent.id)
-            log.error("code.delivery_failed", user=user.name, channel=channel,
-                      to=mask_destination(channel, destination), error=str(exc))
-            return self._reject(req, Reason.DELIVERY_FAILED, user=user, factor=channel, info=info)
-        except BaseException:
-            await self.store.remove_sent_code(sent.id)
-            raise
-        await self.store.set_sent_code_provider(sent.id, provider)
-        log.info("code.sent", user=user.name, channel=channel, provider=provider,
-                 to=mask_destination(channel, destination))
-        return await self._code_sent(req, user, dataclasses.replace(sent, provider=provider), attributes, info)
+        outcome = await self.codes.send(user, channel, client=req.client.name,
+                                        calling_station_id=req.calling_station_id,
+                                        client_timeout=req.client.timeout,
+                                        deadline=max(1.0, req.client.timeout - DEADLINE_MARGIN))
+        if outcome.code is None:
+            message = RATE_LIMITED_MESSAGE if outcome.reason is Reason.RATE_LIMITED else None
+            return self._reject(req, outcome.reason, user=user, factor=channel, info=info,
+                                reply_message=message)
+        return await self._code_sent(req, user, outcome.code, attributes, info)
 
     async def _code_sent(self, req: AuthRequest, user: User, sent: SentCode, attributes,
                          info: dict) -> Decision:
         """The answer once a code is on its way: inline, a Reject that tells
         the user what to do next; otherwise a Challenge bound to the code."""
-        where = mask_destination(sent.channel, user.email if sent.channel == "email" else user.phone)
+        where = mask_destination(sent.channel, destination(user, sent.channel))
         if req.client.mode is Mode.INLINE or req.state is None and self._is_inline_request(req):
             return self._reject(
                 req, Reason.CODE_SENT, user=user, factor=sent.channel, info=info,
                 provider=sent.provider,
                 reply_message=code_sent_instruction(where, self.policy.delimiter))
         data = challenge_data(attributes, info)
-        data.update({"stage": "sent_code", "code_id": sent.id, "channel": sent.channel})
+        data.update({"stage": Stage.SENT_CODE.value, "code_id": sent.id, "channel": sent.channel})
         state = await self.sessions.open(user.name, req.client.name, (sent.channel,), data)
         return Decision(Verdict.CHALLENGE, req.user_name, self.primary.name, user=user,
                         factor=sent.channel, state=state, provider=sent.provider,
@@ -571,19 +536,6 @@ class Engine:
                                  req.client.mode)
         return answer is not None
 
-    async def _check_sent_codes(self, req: AuthRequest, user: User, code: str, attributes,
-                                info: dict) -> Decision | None:
-        """A code typed after the delimiter or at a menu: one of the user's
-        pending sent codes, or None (then the tokens' verifiers decide)."""
-        pending = await self.store.sent_codes_for(user.name)
-        if not pending:
-            return None
-        mac = await self._code_mac(user.name, code)
-        for sent in pending:
-            if hmac.compare_digest(sent.code_mac, mac):
-                return await self._use_sent_code(req, user, sent, attributes, info)
-        return None
-
     async def _check_bound_code(self, req: AuthRequest, user: User, data: dict, answer: str,
                                 attributes, info: dict) -> Decision:
         """The answer to a challenge that named where a code went: that code only."""
@@ -591,44 +543,21 @@ class Engine:
         attempt = await self._take_attempt(user)
         if attempt is None:
             return self._reject(req, Reason.LOCKED, user=user, factor=channel, info=info)
-        decision = self._reject(req, Reason.BAD_CODE, user=user, factor=channel, info=info)
         code = answer.strip()
-        if is_digits(code):
-            mac = await self._code_mac(user.name, code)
-            for sent in await self.store.sent_codes_for(user.name):
-                if sent.id == data.get("code_id") and hmac.compare_digest(sent.code_mac, mac):
-                    decision = await self._use_sent_code(req, user, sent, attributes, info)
-                    break
+        result = await self.codes.check(user, code, data.get("code_id")) if is_digits(code) else None
+        decision = (self._decide(req, user, result, attributes, info) if result is not None
+                    else self._reject(req, Reason.BAD_CODE, user=user, factor=channel, info=info))
         await self._settle(user, attempt, decision.reason, accepted=decision.verdict is Verdict.ACCEPT)
         return decision
 
-    async def _use_sent_code(self, req: AuthRequest, user: User, sent: SentCode, attributes,
-                             info: dict) -> Decision:
-        """The code matched: expired, or taken once (atomically) and accepted."""
-        if sent.expires <= self.clock():
-            await self.store.remove_sent_code(sent.id)
-            return self._reject(req, Reason.EXPIRED, user=user, factor=sent.channel, info=info,
-                                provider=sent.provider)
-        if not await self.store.take_sent_code(sent.id):
-            # another request (or server) used it a moment ago
-            return self._reject(req, Reason.REPLAY, user=user, factor=sent.channel, info=info,
-                                provider=sent.provider)
-        return self._accept(req, user, factor=sent.channel, attributes=attributes, info=info,
-                            provider=sent.provider)
-
-    async def _code_mac(self, user: str, code: str) -> str:
-        """HMAC-SHA256 of (user, code): what the store keeps instead of the code."""
-        if self._code_key is None:
-            self._code_key = await self.store.sent_code_key()
-        return hmac.new(self._code_key, f"{user}\0{code}".encode(), hashlib.sha256).hexdigest()
-
-    def _channels(self, user: User | None) -> tuple[str, ...]:
-        """The code channels this user can receive: configured, and a number
-        (sms, voice) or an address (email) on record."""
-        if user is None:
-            return ()
-        return tuple(c for c in DELIVERY_CHANNELS if c in self.delivery
-                     and (user.email if c == "email" else user.phone))
+    def _decide(self, req: AuthRequest, user: User, result: FactorResult, attributes,
+                info: dict) -> Decision:
+        """A factor's result as the engine's decision."""
+        if result.ok:
+            return self._accept(req, user, factor=result.factor, device=result.device,
+                                attributes=attributes, info=info, provider=result.provider)
+        return self._reject(req, result.reason, user=user, factor=result.factor,
+                            device=result.device, info=info, provider=result.provider)
 
     async def _clear_failures(self, user: User) -> None:
         """A success ends the user's run of bad answers. Most users have none

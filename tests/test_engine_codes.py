@@ -282,7 +282,7 @@ def test_a_channel_without_a_sender_is_not_offered(tmp_path):
 
 def test_a_short_code_length_is_accepted_too(tmp_path):
     h = Harness(tmp_path, channels=("sms",))
-    h.engine.delivery["sms"] = DeliveryFactorConfig(code_digits=4)
+    h.engine.codes.delivery["sms"] = DeliveryFactorConfig(code_digits=4)
     h.add_user()
     sent = h.handle(PASSWORD, mode=Mode.INLINE)
     assert sent.reason is Reason.CODE_SENT and len(h.last_code()) == 4

@@ -25,6 +25,7 @@ class FactorResult:
     factor: str
     device: str | None = None        # the token serial or device id that answered
     reason: Reason | None = None     # set when not ok
+    provider: str | None = None      # a sent code: the delivery provider that sent it (audit)
 
 
 class FactorKind(str, enum.Enum):
