@@ -1,0 +1,867 @@
+"""Every Store method, written once for SQLite and PostgreSQL.
+
+:class:`SqlStore` holds the statements and the logic around them; a dialect
+(:class:`~radius_mfa.store.sqlite.SqliteStore`,
+:class:`~radius_mfa.store.postgres.PostgresStore`) is a short subclass that
+supplies only what truly differs, as Django's database backends do:
+
+- how it connects, and ``_write`` (a write transaction: SQLite's ``BEGIN
+  IMMEDIATE`` takes the file's write lock before it reads; PostgreSQL locks
+  the rows it reads, ``FOR_UPDATE`` / ``FOR_KEY_SHARE``, or a user's sends
+  with an advisory lock, ``_lock_sends``);
+- the spelling of a statement (``_sql``): every statement here is in
+  PostgreSQL's form (``%s`` placeholders, ``"user"`` quoted, ``greatest`` /
+  ``least``, ``IS NOT DISTINCT FROM``), which SQLite's store rewrites;
+- executing many rows at once, and savepoints;
+- which driver errors are a taken key or a missing user (``_violation``);
+- its schema's column types (each dialect's ``MIGRATIONS``).
+
+Statements used by more than one method live in :mod:`radius_mfa.store.sql`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import time
+from typing import Any, ClassVar, ContextManager, Iterable, Iterator, Sequence
+
+from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
+from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.secretbox import SecretBox, is_sealed
+from radius_mfa.store import rows as _rows
+from radius_mfa.store.sql import (_DELETE_RENAMED_USER, _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP,
+                                  _RENAME_USER, _TAKE_ATTEMPT)
+
+UNIQUE = "unique"
+FOREIGN_KEY = "foreign_key"
+
+_TOKEN_INSERT = (
+    'INSERT INTO tokens (serial, type, secret, "user", digits, period, algorithm, counter,'
+    " last_step, drift, hardware, created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_USER_INSERT = (
+    "INSERT INTO users (name, display_name, email, phone, password_hash,"
+    " disabled, failures, locked_until, created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+class SqlStore:
+    """:class:`radius_mfa.store.base.Store` over a SQL database; a dialect
+    subclass supplies the connection and the differences listed in the
+    module's docstring."""
+
+    #: What errors and messages call the store (a path, a redacted URL).
+    label: str
+    _box: SecretBox
+    #: The driver's base exception class.
+    DB_ERROR: ClassVar[type[BaseException]]
+    #: Appended to a SELECT inside ``_write`` that must hold the row until the
+    #: transaction ends ("" where the transaction locks everything already).
+    FOR_UPDATE: ClassVar[str] = ""
+    #: Likewise, for a row that must only not be deleted meanwhile.
+    FOR_KEY_SHARE: ClassVar[str] = ""
+    #: Values per ``IN (...)`` list, and rows per batch of an import.
+    CHUNK: ClassVar[int] = 500
+
+    # --- what a dialect supplies ---------------------------------------------
+
+    def _write(self, operation: str) -> ContextManager[Any]:
+        """A short write transaction, yielding a connection whose ``execute``
+        takes statements in the form written here."""
+        raise NotImplementedError
+
+    def _read(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _change(self, operation: str, sql: str, params: Sequence[Any] = ()) -> int:
+        """One writing statement, atomic on its own; the rows it changed."""
+        raise NotImplementedError
+
+    def _returning(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """One writing statement with ``RETURNING``, atomic on its own."""
+        raise NotImplementedError
+
+    def _executemany(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def _savepoint(self, conn: Any) -> ContextManager[None]:
+        """A savepoint inside ``_write``: an error undoes only what it holds."""
+        raise NotImplementedError
+
+    def _lock_sends(self, conn: Any, user: str) -> None:
+        """Inside ``_write``: hold the user's rate-limit count until the end
+        of the transaction (nothing to do where the transaction locks the
+        whole store)."""
+
+    def _violation(self, exc: BaseException | None) -> str | None:
+        """``UNIQUE`` or ``FOREIGN_KEY`` when the driver error ``exc`` is that
+        constraint refusing a row; None for anything else."""
+        raise NotImplementedError
+
+    def _refused(self, exc: BaseException, kind: str) -> bool:
+        """Whether ``exc`` (a StoreError or a driver error) is ``kind`` of
+        constraint refusing a row."""
+        cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+        return self._violation(cause) == kind
+
+    # --- the key ---------------------------------------------------------------
+
+    def _check_key(self, conn: Any) -> None:
+        """Check that the key is this store's; on the first open with a key,
+        record its check value and seal every secret still in clear (inside
+        the caller's transaction)."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        if row is not None:
+            if not hmac.compare_digest(row["value"], self._box.check_value):
+                raise StoreError(
+                    f"the key in {self._box.source} is not the key of the store {self.label}:"
+                    " its token secrets were sealed with another key file"
+                )
+            return
+        conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', %s)", (self._box.check_value,))
+        for plain in conn.execute("SELECT serial, secret FROM tokens").fetchall():
+            if not is_sealed(plain["secret"]):
+                conn.execute("UPDATE tokens SET secret = %s WHERE serial = %s",
+                             (self._box.seal(plain["secret"], plain["serial"]), plain["serial"]))
+
+    # --- users -------------------------------------------------------------
+
+    def add_user(self, user: User) -> None:
+        """Create a user; AlreadyExistsError when the name is taken.
+        A ``created`` of 0 is read as "now"."""
+        if not user.name:
+            raise RefusedError("a user name must not be empty")
+        try:
+            self._change("add user", _USER_INSERT, _user_row(user, time.time()))
+        except StoreError as exc:
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError(f"user {user.name} exists already") from None
+            raise
+
+    def existing_user_names(self, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` are users already (asked in chunks)."""
+        return self._existing("users", "name", names)
+
+    def add_users(self, users: Iterable[tuple[User, Sequence[Token]]]) -> int:
+        """`user import`: all or nothing in one transaction, streamed in
+        batches; AlreadyExistsError naming the first user or serial that
+        exists (or repeats), NotFoundError for a token of a user who is
+        neither in the store nor in the import."""
+        now = time.time()
+        count = 0
+        batch_users: list[User] = []
+        batch_tokens: list[Token] = []
+        with self._write("import users") as conn:
+            for user, tokens in users:
+                if not user.name:
+                    raise RefusedError("a user name must not be empty")
+                for token in tokens:
+                    _rows.check_token(token)
+                batch_users.append(user)
+                batch_tokens.extend(tokens)
+                if len(batch_users) >= self.CHUNK or len(batch_tokens) >= self.CHUNK:
+                    count += self._insert_batch(conn, batch_users, batch_tokens, now)
+                    batch_users, batch_tokens = [], []
+            if batch_users or batch_tokens:
+                count += self._insert_batch(conn, batch_users, batch_tokens, now)
+        return count
+
+    def _existing(self, table: str, column: str, values: Iterable[str]) -> set[str]:
+        """Which of ``values`` are in ``table.column``: asked ``CHUNK`` at a
+        time, so 100,000 names are a few hundred queries, not 100,000."""
+        found: set[str] = set()
+        for chunk in _chunks(values, self.CHUNK):
+            rows = self._read(f"find {table}",
+                              f"SELECT {column} AS v FROM {table} WHERE {column} IN ({_marks(chunk)})", chunk)
+            found.update(row["v"] for row in rows)
+        return found
+
+    def _insert_batch(self, conn: Any, users: list[User], tokens: list[Token], now: float) -> int:
+        """Write a batch of users, then tokens, in a savepoint; the number of
+        rows written (users when there are any, else tokens). When a key is
+        taken or a user missing, the savepoint is rolled back and the culprit
+        looked up: the same answer whatever language the server speaks."""
+        try:
+            with self._savepoint(conn):
+                if users:
+                    self._executemany(conn, _USER_INSERT, [_user_row(user, now) for user in users])
+                if tokens:
+                    self._executemany(conn, _TOKEN_INSERT, [self._token_row(token, now) for token in tokens])
+        except self.DB_ERROR as exc:
+            if self._violation(exc) is None:
+                raise
+            culprit = self._culprit(users, tokens)
+            if culprit is None:
+                raise
+            raise culprit from None
+        return len(users) if users else len(tokens)
+
+    def _culprit(self, users: list[User], tokens: list[Token]) -> RefusedError | None:
+        """After a batch was refused: the first user or token of it that
+        exists already (in the store or earlier in the import), or a token of
+        a user who does not; None when none is found."""
+        names = [user.name for user in users]
+        known = self._existing("users", "name", {*names, *(t.user for t in tokens if t.user is not None)})
+        seen: set[str] = set()
+        for name in names:
+            if name in known or name in seen:
+                return AlreadyExistsError(f"user {name} exists already")
+            seen.add(name)
+        known |= seen
+        taken = self._existing("tokens", "serial", [token.serial for token in tokens])
+        seen = set()
+        for token in tokens:
+            if token.serial in taken or token.serial in seen:
+                return AlreadyExistsError(f"token {token.serial} exists already")
+            if token.user is not None and token.user not in known:
+                return NotFoundError(f"token {token.serial}: no such user: {token.user}")
+            seen.add(token.serial)
+        return None
+
+    def _token_row(self, token: Token, now: float) -> tuple:
+        return (
+            token.serial, token.type, self._box.seal(token.secret, token.serial), token.user, token.digits,
+            token.period, token.algorithm, token.counter, token.last_step, token.drift, bool(token.hardware),
+            token.created or now,
+        )
+
+    def get_user(self, name: str) -> User | None:
+        rows = self._read("read user", "SELECT * FROM users WHERE name = %s", (name,))
+        return _rows.user(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        """Every user, sorted by name."""
+        return [_rows.user(row) for row in self._read("list users", "SELECT * FROM users ORDER BY name")]
+
+    def update_user(self, name: str, **fields: Any) -> User:
+        """Set display_name, email, phone, password_hash or disabled; returns the
+        new record; NotFoundError when absent, TypeError for any other field."""
+        unknown = sorted(set(fields) - _rows.USER_FIELDS)
+        if unknown:
+            raise TypeError(f"update_user: fields that cannot be set: {', '.join(unknown)}")
+        if not fields:
+            user = self.get_user(name)
+            if user is None:
+                raise NotFoundError(f"no such user: {name}")
+            return user
+        values = {key: bool(value) if key == "disabled" else value for key, value in fields.items()}
+        assignments = ", ".join(f"{key} = %s" for key in values)
+        rows = self._returning(
+            "update user",
+            f"UPDATE users SET {assignments} WHERE name = %s RETURNING *",
+            (*values.values(), name),
+        )
+        if not rows:
+            raise NotFoundError(f"no such user: {name}")
+        return _rows.user(rows[0])
+
+    def rename_user(self, old: str, new: str) -> None:
+        """Give a user another name, with everything that refers to them,
+        in one transaction; AlreadyExistsError when ``new`` is taken,
+        NotFoundError when ``old`` is absent."""
+        try:
+            with self._write("rename user") as conn:
+                if conn.execute(_RENAME_USER[0], (new, old)).rowcount != 1:
+                    raise NotFoundError(f"no such user: {old}")
+                for statement in _RENAME_USER[1:]:
+                    conn.execute(statement, (new, old))
+                conn.execute(_DELETE_RENAMED_USER, (old,))
+        except StoreError as exc:
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError(f"user {new} exists already") from None
+            raise
+
+    def remove_user(self, name: str) -> None:
+        """Delete the user, their software tokens, sent codes, devices,
+        pairing links, pushes and app passwords; their hardware tokens go
+        back to the pool, unassigned; NotFoundError. The user's row is locked
+        first, so no token, device or pairing can be given to them meanwhile."""
+        with self._write("remove user") as conn:
+            if conn.execute("SELECT 1 AS one FROM users WHERE name = %s" + self.FOR_UPDATE,
+                            (name,)).fetchone() is None:
+                raise NotFoundError(f"no such user: {name}")
+            _release_tokens(conn, name)
+            _drop_push_state(conn, name)    # before the user: these refer to them
+            conn.execute("DELETE FROM users WHERE name = %s", (name,))
+            _drop_sent_codes(conn, name)
+
+    def reset_user(self, name: str) -> int:
+        """Remove every factor of the user (software tokens deleted, hardware
+        tokens unassigned; sent codes, devices, pairing links, pushes and app
+        passwords dropped); returns how many tokens the user lost;
+        NotFoundError."""
+        with self._write("reset user") as conn:
+            if conn.execute("SELECT 1 AS one FROM users WHERE name = %s" + self.FOR_UPDATE,
+                            (name,)).fetchone() is None:
+                raise NotFoundError(f"no such user: {name}")
+            _drop_sent_codes(conn, name)
+            _drop_push_state(conn, name)
+            return _release_tokens(conn, name)
+
+    # --- lockout -----------------------------------------------------------
+
+    def record_failure(self, name: str, now: float, limit: int, lock_seconds: float) -> User | None:
+        """Atomically count one more bad answer in a row; at ``limit`` lock the
+        user until ``now + lock_seconds`` and count from zero again. Returns the
+        new record (None: no such user). One ``UPDATE``: its row lock orders
+        servers counting at once."""
+        if limit < 1:
+            raise ValueError("record_failure: limit must be at least 1")
+        rows = self._returning(
+            "record failure",
+            "UPDATE users SET"
+            " failures = CASE WHEN failures + 1 >= %s THEN 0 ELSE failures + 1 END,"
+            " locked_until = CASE WHEN failures + 1 >= %s THEN %s ELSE locked_until END"
+            " WHERE name = %s RETURNING *",
+            (limit, limit, float(now + lock_seconds), name),
+        )
+        return _rows.user(rows[0]) if rows else None
+
+    def take_attempt(self, name: str, now: float, limit: int, lock_seconds: float) -> Attempt | None:
+        """Take one attempt at an answer and count it as a failure, in one
+        statement (its row lock orders servers taking at once), before the
+        answer is checked: None when the user is locked (or unknown). The
+        attempt that reaches ``limit`` locks the user until ``now +
+        lock_seconds``; ``finish_attempt`` undoes that lock only if this very
+        answer was right. A lock that ran out starts a new count."""
+        if limit < 1:
+            raise ValueError("take_attempt: limit must be at least 1")
+        now = float(now)
+        rows = self._returning("take attempt", _TAKE_ATTEMPT,
+                               (now, now, limit, float(now + lock_seconds), now, name, now))
+        return Attempt(rows[0]["failures"], rows[0]["locked_until"]) if rows else None
+
+    def finish_attempt(self, name: str, attempt: Attempt, success: bool) -> None:
+        """The answer of ``attempt`` was not a wrong one: ``success`` (the
+        sign-in goes on or is accepted) ends the run of failures; otherwise
+        (nobody's fault: an upstream down, a code sent) the attempt is given
+        back. Either way a lock this attempt set is lifted."""
+        self._change("finish attempt", _FINISH_ATTEMPT, (int(success), attempt.locked_until, name))
+
+    def clear_failures(self, name: str) -> None:
+        """A success: the run of bad answers ends (lock untouched)."""
+        self._change("clear failures", "UPDATE users SET failures = 0 WHERE name = %s AND failures != 0", (name,))
+
+    def unlock(self, name: str) -> None:
+        """`user unlock`: failures 0, locked_until None; NotFoundError."""
+        changed = self._change(
+            "unlock user", "UPDATE users SET failures = 0, locked_until = NULL WHERE name = %s", (name,)
+        )
+        if changed == 0:
+            raise NotFoundError(f"no such user: {name}")
+
+    # --- tokens ------------------------------------------------------------
+
+    def add_token(self, token: Token) -> None:
+        """AlreadyExistsError when the serial is taken; NotFoundError when the
+        token is assigned to a user who does not exist."""
+        self.add_tokens([token])
+
+    def add_tokens(self, tokens: Iterable[Token]) -> int:
+        """All or nothing, in one transaction, written in batches as ``tokens``
+        is read; AlreadyExistsError naming the first serial that exists (or
+        repeats). Returns the count."""
+        now = time.time()
+        count = 0
+        batch: list[Token] = []
+        with self._write("add tokens") as conn:
+            for token in tokens:
+                _rows.check_token(token)
+                batch.append(token)
+                if len(batch) == self.CHUNK:
+                    count += self._insert_batch(conn, [], batch, now)
+                    batch = []
+            if batch:
+                count += self._insert_batch(conn, [], batch, now)
+        return count
+
+    def existing_token_serials(self, serials: Iterable[str]) -> set[str]:
+        """Which of ``serials`` the store holds already (asked in chunks)."""
+        return self._existing("tokens", "serial", serials)
+
+    def get_token(self, serial: str) -> Token | None:
+        rows = self._read("read token", "SELECT * FROM tokens WHERE serial = %s", (serial,))
+        return _rows.token(rows[0], self._box) if rows else None
+
+    def list_tokens(self, user: str | None = None) -> list[Token]:
+        """All tokens (user None) or the user's, sorted by serial."""
+        if user is None:
+            rows = self._read("list tokens", "SELECT * FROM tokens ORDER BY serial")
+        else:
+            rows = self._read("list tokens", 'SELECT * FROM tokens WHERE "user" = %s ORDER BY serial', (user,))
+        return [_rows.token(row, self._box) for row in rows]
+
+    def assign_token(self, serial: str, user: str) -> None:
+        """NotFoundError for an unknown serial or user; RefusedError when the
+        token belongs to another user already (assigning it to its own user
+        again changes nothing). The token's row is locked while deciding."""
+        with self._write("assign token") as conn:
+            row = conn.execute('SELECT "user" FROM tokens WHERE serial = %s' + self.FOR_UPDATE,
+                               (serial,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no such token: {serial}")
+            if conn.execute("SELECT 1 AS one FROM users WHERE name = %s" + self.FOR_KEY_SHARE,
+                            (user,)).fetchone() is None:
+                raise NotFoundError(f"no such user: {user}")
+            owner = row["user"]
+            if owner == user:
+                return
+            if owner is not None:
+                raise RefusedError(f"token {serial} is assigned to {owner} already")
+            conn.execute('UPDATE tokens SET "user" = %s WHERE serial = %s', (user, serial))
+
+    def remove_token(self, serial: str) -> None:
+        """NotFoundError."""
+        if self._change("remove token", "DELETE FROM tokens WHERE serial = %s", (serial,)) == 0:
+            raise NotFoundError(f"no such token: {serial}")
+
+    def advance_totp(self, serial: str, step: int) -> bool:
+        """True when ``step`` is later than every step used before (atomic
+        compare-and-set); False for a replay or an unknown serial."""
+        changed = self._change(
+            "advance totp",
+            "UPDATE tokens SET last_step = %s WHERE serial = %s AND type = 'totp'"
+            " AND (last_step IS NULL OR last_step < %s)",
+            (step, serial, step),
+        )
+        return changed == 1
+
+    def advance_hotp(self, serial: str, expected: int, new_counter: int) -> bool:
+        """Move the HOTP counter from ``expected`` to ``new_counter``: True when
+        it still was ``expected`` (atomic compare-and-set), else False."""
+        changed = self._change(
+            "advance hotp",
+            "UPDATE tokens SET counter = %s WHERE serial = %s AND type = 'hotp' AND counter = %s",
+            (new_counter, serial, expected),
+        )
+        return changed == 1
+
+    def set_totp_drift(self, serial: str, drift: int, last_step: int) -> bool:
+        """`token resync` of a TOTP token: True when ``last_step`` is later
+        than every step used before (atomic compare-and-set), else False."""
+        changed = self._change(
+            "resync totp",
+            "UPDATE tokens SET drift = %s, last_step = %s WHERE serial = %s AND type = 'totp'"
+            " AND (last_step IS NULL OR last_step < %s)",
+            (drift, last_step, serial, last_step),
+        )
+        return changed == 1
+
+    # --- challenges --------------------------------------------------------
+
+    def put_challenge(self, challenge: Challenge, max_open: int | None = None) -> None:
+        """Store a pending challenge; AlreadyExistsError when its digest is
+        stored already (States are random: that would be a bug). With
+        ``max_open``, the user's oldest open challenges beyond that many are
+        dropped in the same transaction."""
+        factors = _rows.to_json(list(challenge.factors), "challenge factors")
+        data = _rows.to_json(challenge.data, "challenge data")
+        try:
+            with self._write("put challenge") as conn:
+                conn.execute(
+                    'INSERT INTO challenges (state_digest, "user", client, created, expires, factors, data)'
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (challenge.state_digest, challenge.user, challenge.client,
+                     challenge.created, challenge.expires, factors, data),
+                )
+                if max_open is not None:
+                    conn.execute(_EVICT_CHALLENGES, (challenge.user, max_open))
+        except StoreError as exc:
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError("a challenge with this State exists already") from None
+            raise
+
+    def take_challenge(self, state_digest: str, now: float | None = None) -> Challenge | None:
+        """Mark the challenge used and return it, expired or not; of two
+        callers racing for it exactly one gets it (one ``UPDATE ...
+        RETURNING``). A used challenge is kept until it expires
+        (``used_challenge``)."""
+        rows = self._returning(
+            "take challenge",
+            "UPDATE challenges SET used = %s WHERE state_digest = %s AND used IS NULL RETURNING *",
+            (float(time.time() if now is None else now), state_digest),
+        )
+        return _rows.challenge(rows[0]) if rows else None
+
+    def used_challenge(self, state_digest: str) -> Challenge | None:
+        """The challenge of this State if it was answered already (its
+        ``used`` time set); None for an unknown or still open one."""
+        rows = self._read("read used challenge",
+                          "SELECT * FROM challenges WHERE state_digest = %s AND used IS NOT NULL",
+                          (state_digest,))
+        return _rows.challenge(rows[0]) if rows else None
+
+    def purge_challenges(self, now: float) -> int:
+        """Delete the challenges that expired before ``now``; returns the count."""
+        return self._change("purge challenges", "DELETE FROM challenges WHERE expires < %s", (now,))
+
+    def count_challenges(self, now: float) -> int:
+        """How many challenges are pending (not used, not expired at ``now``)."""
+        rows = self._read("count challenges",
+                          "SELECT COUNT(*) AS n FROM challenges WHERE expires >= %s AND used IS NULL", (now,))
+        return int(rows[0]["n"])
+
+    # --- sent codes (SMS, voice, email) -----------------------------------
+
+    def sent_code_key(self) -> bytes:
+        """The key that MACs sent codes: derived from the store key, so every
+        server sharing the store (and its key file) checks the same codes."""
+        return self._box.derive(b"sent codes")
+
+    def put_sent_code(self, sent: SentCode) -> None:
+        """Store a code about to be sent; AlreadyExistsError when its id is
+        taken (ids are random: that would be a bug)."""
+        try:
+            self._change(
+                "put sent code",
+                'INSERT INTO sent_codes (id, "user", channel, code_mac, client, calling_station_id,'
+                " provider, created, expires) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (sent.id, sent.user, sent.channel, sent.code_mac, sent.client,
+                 sent.calling_station_id, sent.provider, sent.created, sent.expires),
+            )
+        except StoreError as exc:
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError("a sent code with this id exists already") from None
+            raise
+
+    def set_sent_code_provider(self, code_id: str, provider: str) -> None:
+        """Record which provider delivered the code (for a joined attempt's audit)."""
+        self._change("note provider", "UPDATE sent_codes SET provider = %s WHERE id = %s", (provider, code_id))
+
+    def sent_codes_for(self, user: str) -> list[SentCode]:
+        """The user's codes not yet taken, expired ones included (the caller
+        decides, so the audit can say ``expired``), newest first."""
+        rows = self._read("sent codes", 'SELECT * FROM sent_codes WHERE "user" = %s ORDER BY created DESC, id',
+                          (user,))
+        return [_rows.sent_code(row) for row in rows]
+
+    def take_sent_code(self, code_id: str) -> bool:
+        """Use the code up: True for exactly one of any callers racing for it
+        (one ``DELETE``), False when it was taken or removed already."""
+        return self._change("take sent code", "DELETE FROM sent_codes WHERE id = %s", (code_id,)) == 1
+
+    def pending_sent_code(self, client: str, user: str, calling_station_id: str | None,
+                          since: float, now: float, channel: str | None = None) -> SentCode | None:
+        """The newest unexpired code sent for this login attempt (same client,
+        user and Calling-Station-Id, and ``channel`` when given) at ``since``
+        or later; None when there is none."""
+        sql = ('SELECT * FROM sent_codes WHERE client = %s AND "user" = %s'
+               " AND calling_station_id IS NOT DISTINCT FROM CAST(%s AS TEXT) AND created >= %s AND expires > %s")
+        params: list[Any] = [client, user, calling_station_id, since, now]
+        if channel is not None:
+            sql += " AND channel = %s"
+            params.append(channel)
+        rows = self._read("pending sent code", sql + " ORDER BY created DESC LIMIT 1", params)
+        return _rows.sent_code(rows[0]) if rows else None
+
+    def remove_sent_code(self, code_id: str) -> None:
+        """Forget a code that was never delivered (absent: nothing happens)."""
+        self._change("remove sent code", "DELETE FROM sent_codes WHERE id = %s", (code_id,))
+
+    def allow_send(self, user: str, now: float, limit: int, window_seconds: float,
+                   kind: str = "code") -> bool:
+        """The rate limit: True, and the send recorded, when fewer than
+        ``limit`` sends of ``kind`` ("code" or "push", counted apart) went to
+        the user in the last ``window_seconds``; else False. One transaction
+        holding the user's sends (``_lock_sends``), so servers sharing the
+        store cannot together exceed the limit."""
+        _rows.check_send_kind(kind)
+        with self._write("rate limit") as conn:
+            self._lock_sends(conn, user)
+            conn.execute('DELETE FROM code_sends WHERE "user" = %s AND kind = %s AND time <= %s',
+                         (user, kind, now - window_seconds))
+            row = conn.execute('SELECT COUNT(*) AS n FROM code_sends WHERE "user" = %s AND kind = %s',
+                               (user, kind)).fetchone()
+            if row["n"] >= limit:
+                return False
+            conn.execute('INSERT INTO code_sends ("user", kind, time) VALUES (%s, %s, %s)', (user, kind, now))
+            return True
+
+    def purge_sent_codes(self, now: float, keep_sends_seconds: float = 86400.0) -> int:
+        """Delete the codes that expired before ``now`` (and rate-limit
+        records older than ``keep_sends_seconds``); returns the codes deleted."""
+        with self._write("purge sent codes") as conn:
+            conn.execute("DELETE FROM code_sends WHERE time < %s", (now - keep_sends_seconds,))
+            return conn.execute("DELETE FROM sent_codes WHERE expires < %s", (now,)).rowcount
+
+    # --- push devices and approvals ----------------------------------------
+
+    def add_pairing(self, pairing: Pairing) -> None:
+        """Remember a one-time pairing token (its digest) for a user;
+        NotFoundError when the user does not exist (the foreign key decides,
+        so a user removed meanwhile cannot be paired)."""
+        try:
+            self._change(
+                "add pairing",
+                'INSERT INTO pairings (token_digest, "user", created, expires) VALUES (%s, %s, %s, %s)',
+                (pairing.token_digest, pairing.user, pairing.created, pairing.expires),
+            )
+        except StoreError as exc:
+            if self._refused(exc, FOREIGN_KEY):
+                raise NotFoundError(f"no such user: {pairing.user}") from None
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError("a pairing with this token exists already") from None
+            raise
+
+    def get_pairing(self, token_digest: str) -> Pairing | None:
+        rows = self._read("read pairing", "SELECT * FROM pairings WHERE token_digest = %s", (token_digest,))
+        return _rows.pairing(rows[0]) if rows else None
+
+    def complete_pairing(self, token_digest: str, device: Device, now: float) -> Device | None:
+        """Use the pairing up and store ``device`` for its user, in one
+        transaction: of two callers racing with one token, one deletes the
+        pairing and pairs, the other waits for it and finds nothing. The
+        user's row is locked (key share) before the pairing, the order user
+        removal and reset take them in, so neither waits for the other in a
+        circle. The pairing is deleted whatever happens next; None for an
+        unknown, used or expired token or a user gone meanwhile.
+        AlreadyExistsError when the device id is taken (ids are random: that
+        would be a bug)."""
+        taken = False
+        with self._write("complete pairing") as conn:
+            found = conn.execute('SELECT "user" FROM pairings WHERE token_digest = %s', (token_digest,)).fetchone()
+            if found is None:
+                return None
+            user_exists = conn.execute("SELECT 1 AS one FROM users WHERE name = %s" + self.FOR_KEY_SHARE,
+                                       (found["user"],)).fetchone() is not None
+            row = conn.execute("DELETE FROM pairings WHERE token_digest = %s RETURNING *", (token_digest,)).fetchone()
+            if row is None or not user_exists or row["user"] != found["user"] or row["expires"] <= now:
+                return None
+            try:
+                with self._savepoint(conn):     # a taken id leaves the pairing deleted
+                    stored = conn.execute(
+                        'INSERT INTO devices (id, "user", name, public_key, created, last_seen)'
+                        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
+                        (device.id, row["user"], device.name, device.public_key, device.created or now,
+                         device.last_seen),
+                    ).fetchone()
+            except self.DB_ERROR as exc:
+                if self._violation(exc) != UNIQUE:
+                    raise
+                taken = True
+        if taken:
+            raise AlreadyExistsError(f"device {device.id} exists already")
+        return _rows.device(stored)
+
+    def get_device(self, device_id: str) -> Device | None:
+        rows = self._read("read device", "SELECT * FROM devices WHERE id = %s", (device_id,))
+        return _rows.device(rows[0]) if rows else None
+
+    def list_devices(self, user: str | None = None) -> list[Device]:
+        """All devices (user None) or the user's, oldest first."""
+        if user is None:
+            rows = self._read("list devices", "SELECT * FROM devices ORDER BY created, id")
+        else:
+            rows = self._read("list devices", 'SELECT * FROM devices WHERE "user" = %s ORDER BY created, id',
+                              (user,))
+        return [_rows.device(row) for row in rows]
+
+    def remove_device(self, user: str, device_id: str) -> None:
+        """NotFoundError when the user has no such device (another user's
+        device is not theirs to remove)."""
+        changed = self._change("remove device", 'DELETE FROM devices WHERE id = %s AND "user" = %s',
+                               (device_id, user))
+        if changed == 0:
+            raise NotFoundError(f"user {user} has no device {device_id}")
+
+    def touch_device(self, device_id: str, now: float) -> None:
+        """Record the device's last signed request; the time only moves
+        forward (a late request cannot set it back)."""
+        now = float(now)
+        self._change("touch device",
+                     "UPDATE devices SET last_seen = greatest(coalesce(last_seen, %s), %s) WHERE id = %s",
+                     (now, now, device_id))
+
+    def put_push(self, push: Push) -> None:
+        """Store a new push; AlreadyExistsError for a taken id (ids are
+        random: that would be a bug), RefusedError for an unknown status."""
+        _rows.check_push(push)
+        try:
+            self._change(
+                "put push",
+                'INSERT INTO pushes (id, "user", client, calling_station_id, user_ip, created, expires,'
+                " number, status, device, answered) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (push.id, push.user, push.client, push.calling_station_id, push.user_ip, push.created,
+                 push.expires, push.number, push.status, push.device, push.answered),
+            )
+        except StoreError as exc:
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError("a push with this id exists already") from None
+            raise
+
+    def get_push(self, push_id: str) -> Push | None:
+        rows = self._read("read push", "SELECT * FROM pushes WHERE id = %s", (push_id,))
+        return _rows.push(rows[0]) if rows else None
+
+    def pushes_by_ids(self, push_ids: Sequence[str]) -> list[Push]:
+        """The pushes of these ids that exist, in any order; asked ``CHUNK``
+        at a time (SQLite limits the parameters of one statement)."""
+        found: list[Push] = []
+        for chunk in _chunks(dict.fromkeys(push_ids), self.CHUNK):
+            rows = self._read("read pushes", f"SELECT * FROM pushes WHERE id IN ({_marks(chunk)})", chunk)
+            found.extend(_rows.push(row) for row in rows)
+        return found
+
+    def pending_pushes(self, user: str, now: float) -> list[Push]:
+        """The user's pushes still pending and not expired at ``now``, oldest first."""
+        rows = self._read(
+            "pending pushes",
+            'SELECT * FROM pushes WHERE "user" = %s AND status = \'pending\' AND expires > %s'
+            " ORDER BY created, id",
+            (user, now),
+        )
+        return [_rows.push(row) for row in rows]
+
+    def joinable_push(self, client: str, user: str, calling_station_id: str | None,
+                      since: float, now: float) -> Push | None:
+        """The newest push of this login attempt (client, user and
+        Calling-Station-Id, None matching None) created at ``since`` or
+        later, not expired at ``now``, pending or approved; None when there
+        is none."""
+        rows = self._read(
+            "joinable push",
+            'SELECT * FROM pushes WHERE client = %s AND "user" = %s'
+            " AND calling_station_id IS NOT DISTINCT FROM CAST(%s AS TEXT) AND created >= %s AND expires > %s"
+            " AND status IN ('pending', 'approved') ORDER BY created DESC, id DESC LIMIT 1",
+            (client, user, calling_station_id, since, now),
+        )
+        return _rows.push(rows[0]) if rows else None
+
+    def answer_push(self, push_id: str, status: str, device: str, now: float) -> Push | None:
+        """Compare-and-set, one ``UPDATE ... WHERE status = 'pending' AND
+        expires > now RETURNING``: the new record for exactly one of racing
+        answers (the row lock orders them, and the losers see the status
+        the winner set); None when the push is gone, answered already or
+        expired. RefusedError for a status a device cannot answer with."""
+        _rows.check_answer(status)
+        now = float(now)
+        rows = self._returning(
+            "answer push",
+            "UPDATE pushes SET status = %s, device = %s, answered = %s"
+            " WHERE id = %s AND status = 'pending' AND expires > %s RETURNING *",
+            (status, device, now, push_id, now),
+        )
+        return _rows.push(rows[0]) if rows else None
+
+    def use_push(self, push_id: str) -> bool:
+        """Compare-and-set approved → used: True for the first caller only."""
+        changed = self._change(
+            "use push", "UPDATE pushes SET status = 'used' WHERE id = %s AND status = 'approved'", (push_id,)
+        )
+        return changed == 1
+
+    def purge_pushes(self, now: float, keep_seconds: float = 86400.0) -> int:
+        """Delete pushes that expired more than ``keep_seconds`` before
+        ``now`` and pairings expired before ``now``; returns the pushes deleted."""
+        with self._write("purge pushes") as conn:
+            conn.execute("DELETE FROM pairings WHERE expires < %s", (now,))
+            return conn.execute("DELETE FROM pushes WHERE expires < %s", (now - keep_seconds,)).rowcount
+
+    # --- health --------------------------------------------------------------
+
+    def ping(self) -> None:
+        """One trivial round trip: the database answers."""
+        self._read("ping", "SELECT 1 AS one")
+
+    # --- clients -----------------------------------------------------------
+
+    def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:
+        """Count ``count`` requests from the client, seen last at ``now``.
+        Times only move forward, so servers reporting late cannot set them back."""
+        column = "last_with_ma" if with_message_authenticator else "last_without_ma"
+        first = (", first_with_ma = least(coalesce(clients_seen.first_with_ma, excluded.first_with_ma),"
+                 " excluded.first_with_ma)") if with_message_authenticator else ""
+        self._change(
+            "note client request",
+            f"INSERT INTO clients_seen (name, requests, last_seen, {column}, first_with_ma)"
+            " VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET"
+            " requests = clients_seen.requests + excluded.requests,"
+            " last_seen = greatest(coalesce(clients_seen.last_seen, excluded.last_seen), excluded.last_seen),"
+            f" {column} = greatest(coalesce(clients_seen.{column}, excluded.{column}), excluded.{column})"
+            + first,
+            (name, count, now, now, now if with_message_authenticator else None),
+        )
+
+    def note_client_drops(self, drops: Sequence[tuple[str, str, int, float]]) -> None:
+        """Count requests dropped unanswered: (client, reason, count, last time)."""
+        with self._write("note client drops") as conn:
+            self._executemany(conn, _NOTE_DROP, [(c, r, n, float(t)) for c, r, n, t in drops])
+
+    def list_clients_seen(self) -> list[ClientSeen]:
+        """Every client that sent something, sorted by name, with its drops."""
+        rows = self._read("list clients", "SELECT * FROM clients_seen ORDER BY name")
+        drops = self._read("list client drops", "SELECT * FROM client_drops ORDER BY client, reason")
+        return _rows.clients_seen(rows, drops)
+
+    # --- authentication log ------------------------------------------------
+
+    def add_auth_record(self, record: AuthRecord) -> None:
+        """Append one record; ``fields["user"]`` is indexed for `report auth --user`."""
+        self.add_auth_records([record])
+
+    def add_auth_records(self, records: Sequence[AuthRecord]) -> None:
+        """Append the records in one transaction (the server writes its audit
+        trail in batches: one write for many sign-ins)."""
+        with self._write("add auth records") as conn:
+            self._executemany(conn, 'INSERT INTO auth_log (time, "user", fields) VALUES (%s, %s, %s)',
+                              [_rows.auth_log_row(record) for record in records])
+
+    def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
+        """Oldest first; ``since`` inclusive."""
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("time >= %s")
+            params.append(since)
+        if user is not None:
+            clauses.append('"user" = %s')
+            params.append(user)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read("read auth log", f"SELECT time, fields FROM auth_log{where} ORDER BY time, id", params)
+        return [AuthRecord(time=row["time"], fields=json.loads(row["fields"])) for row in rows]
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _chunks(values: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _user_row(user: User, now: float) -> tuple:
+    return (user.name, user.display_name, user.email, user.phone, user.password_hash, bool(user.disabled),
+            user.failures, user.locked_until, user.created or now)
+
+
+def _release_tokens(conn: Any, name: str) -> int:
+    """Take every token from the user: software ones are deleted, hardware
+    ones return to the pool with their counter and replay guard; the count."""
+    deleted = conn.execute('DELETE FROM tokens WHERE "user" = %s AND NOT hardware', (name,)).rowcount
+    return deleted + conn.execute('UPDATE tokens SET "user" = NULL WHERE "user" = %s', (name,)).rowcount
+
+
+def _drop_sent_codes(conn: Any, name: str) -> None:
+    """A user reset or removed: their pending codes and send history go too."""
+    conn.execute('DELETE FROM sent_codes WHERE "user" = %s', (name,))
+    conn.execute('DELETE FROM code_sends WHERE "user" = %s', (name,))
+
+
+def _drop_push_state(conn: Any, name: str) -> None:
+    """A user reset or removed: their devices, pairing links and pushes go
+    (the caller holds the user's row)."""
+    conn.execute('DELETE FROM devices WHERE "user" = %s', (name,))
+    conn.execute('DELETE FROM pairings WHERE "user" = %s', (name,))
+    conn.execute('DELETE FROM pushes WHERE "user" = %s', (name,))
