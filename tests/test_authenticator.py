@@ -8,7 +8,7 @@ signature with crypto.verify: the authenticator is tested against the
 contract, not against itself. The server side of radius-mfa
 (radius_mfa.push.api) is tested end to end elsewhere.
 
-The commands run in-process through authenticator.run() on trial's reactor
+The commands run in-process through radius_mfa_authenticator.cli.run() on trial's reactor
 (Twisted's reactor can run once per process, so main(), which calls
 task.react, runs as the console script in a subprocess).
 """
@@ -36,8 +36,10 @@ import pytest
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from radius_mfa import authenticator
 from radius_mfa.push import crypto
+from radius_mfa_authenticator import PROG, cli
+from radius_mfa_authenticator.client import MISMATCH
+from radius_mfa_authenticator.state import KEY_FILE, STATE_FILE, StateDir
 
 SERVER_NAME = "mfa-test"
 EXPIRED = "this pairing link is not valid: it was used already or has expired; ask for a new one"
@@ -286,9 +288,9 @@ class AuthenticatorTest(unittest.TestCase):
         return api
 
     async def cli(self, *words: str, stdin: io.StringIO | None = None, clock=time.time) -> tuple[int, str, str]:
-        args = authenticator.parse_args(["--state", self.state, *words])
+        args = cli.parse_args(["--state", self.state, *words])
         out, err = io.StringIO(), io.StringIO()
-        code = await authenticator.run(args, reactor, authenticator.Streams(stdin or io.StringIO(), out, err), clock)
+        code = await cli.run(args, reactor, cli.Streams(stdin or io.StringIO(), out, err), clock)
         await _settle()
         return code, out.getvalue(), err.getvalue()
 
@@ -305,13 +307,13 @@ class AuthenticatorTest(unittest.TestCase):
         [device_id] = api.devices
         assert out == f"paired as alice with {SERVER_NAME} at {api.base_url} (device {device_id})\n"
         assert stat.S_IMODE(os.stat(self.state).st_mode) == 0o700
-        key_file = Path(self.state, authenticator.KEY_FILE)
+        key_file = Path(self.state, KEY_FILE)
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert key_file.read_text().startswith("-----BEGIN PRIVATE KEY-----")
-        saved = json.loads(Path(self.state, authenticator.STATE_FILE).read_text())
+        saved = json.loads(Path(self.state, STATE_FILE).read_text())
         assert saved == {"base_url": api.base_url, "fingerprint": api.fingerprint, "device_id": device_id,
                          "user": "alice", "server": SERVER_NAME, "name": "alice's laptop"}
-        state, key = authenticator.StateDir(self.state).load()
+        state, key = StateDir(self.state).load()
         assert crypto.public_key_b64(key) == api.devices[device_id]["public_key"]
         assert api.devices[device_id]["name"] == "alice's laptop"
         # nothing secret on the screen
@@ -342,13 +344,13 @@ class AuthenticatorTest(unittest.TestCase):
     async def test_pairing_again_replaces_the_key_and_the_device(self):
         api = self.api()
         await self.paired(api)
-        first_key = Path(self.state, authenticator.KEY_FILE).read_text()
+        first_key = Path(self.state, KEY_FILE).read_text()
         await self.paired(api, "alice")
-        assert Path(self.state, authenticator.KEY_FILE).read_text() != first_key
-        state, key = authenticator.StateDir(self.state).load()
+        assert Path(self.state, KEY_FILE).read_text() != first_key
+        state, key = StateDir(self.state).load()
         assert len(api.devices) == 2
         assert api.devices[state.device_id]["public_key"] == crypto.public_key_b64(key)
-        assert sorted(os.listdir(self.state)) == sorted([authenticator.KEY_FILE, authenticator.STATE_FILE])
+        assert sorted(os.listdir(self.state)) == sorted([KEY_FILE, STATE_FILE])
 
     @async_test
     async def test_pinning_refuses_a_server_with_another_certificate(self):
@@ -358,7 +360,7 @@ class AuthenticatorTest(unittest.TestCase):
         url = crypto.pairing_url(impostor.base_url, link.token, link.fingerprint)
         code, out, err = await self.cli("pair", url)
         assert (code, out) == (1, "")
-        assert err == f"radius-mfa-authenticator: {authenticator.MISMATCH}\n"
+        assert err == f"radius-mfa-authenticator: {MISMATCH}\n"
         assert impostor.requests == [] and not os.path.exists(self.state)
 
     @async_test
@@ -367,13 +369,13 @@ class AuthenticatorTest(unittest.TestCase):
         await self.paired(api)
         api.add_push("alice")
         # the server comes back with a new certificate at the same address
-        state_file = Path(self.state, authenticator.STATE_FILE)
+        state_file = Path(self.state, STATE_FILE)
         impostor = self.api("impostor")
         saved = json.loads(state_file.read_text())
         state_file.write_text(json.dumps(saved | {"base_url": impostor.base_url}))
         code, out, err = await self.cli("pending")
         assert (code, out) == (1, "")
-        assert err == f"radius-mfa-authenticator: {authenticator.MISMATCH}\n"
+        assert err == f"radius-mfa-authenticator: {MISMATCH}\n"
         assert impostor.requests == []
 
     @async_test
@@ -409,7 +411,7 @@ class AuthenticatorTest(unittest.TestCase):
     async def test_damaged_state_says_so(self):
         api = self.api()
         await self.paired(api)
-        Path(self.state, authenticator.KEY_FILE).write_text("not a key")
+        Path(self.state, KEY_FILE).write_text("not a key")
         code, _, err = await self.cli("pending")
         assert code == 1 and err == f"radius-mfa-authenticator: the state in {self.state} is damaged; pair again\n"
 
@@ -427,8 +429,8 @@ class AuthenticatorTest(unittest.TestCase):
         assert [i["id"] for i in items] == [first, second]
         created = api.pushes[first]["created"]
         assert items[0] == {"id": first, "user": "alice", "client": "vpn", "user_ip": "192.0.2.7",
-                            "time": authenticator.iso_time(created),
-                            "expires": authenticator.iso_time(created + 50), "needs_number": True}
+                            "time": cli.iso_time(created),
+                            "expires": cli.iso_time(created + 50), "needs_number": True}
         assert items[0]["time"].endswith("Z") and "T" in items[0]["time"]
         assert items[1]["user_ip"] is None and items[1]["needs_number"] is False
         code, out, _ = await self.cli("pending")
@@ -579,28 +581,28 @@ def _is_tcp(selectable) -> bool:
     ("wait", "--timeout", "soon"), ("pair",), ("dance",),
 ])
 def test_bad_usage_exits_2(words, capsys, tmp_path):
-    assert authenticator.main(["--state", str(tmp_path), *words]) == 2
+    assert cli.main(["--state", str(tmp_path), *words]) == 2
     assert "usage:" in capsys.readouterr().err
 
 
 def test_state_comes_from_the_option_then_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(authenticator.STATE_ENV, str(tmp_path / "env"))
-    assert authenticator.parse_args(["pending"]).state == str(tmp_path / "env")
-    assert authenticator.parse_args(["pending", "--state", "x"]).state == "x"
-    assert authenticator.parse_args(["--state", "y", "pending"]).state == "y"
-    monkeypatch.delenv(authenticator.STATE_ENV)
+    monkeypatch.setenv(cli.STATE_ENV, str(tmp_path / "env"))
+    assert cli.parse_args(["pending"]).state == str(tmp_path / "env")
+    assert cli.parse_args(["pending", "--state", "x"]).state == "x"
+    assert cli.parse_args(["--state", "y", "pending"]).state == "y"
+    monkeypatch.delenv(cli.STATE_ENV)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
-    assert authenticator.parse_args(["pending"]).state == str(tmp_path / "cfg" / authenticator.PROG)
+    assert cli.parse_args(["pending"]).state == str(tmp_path / "cfg" / PROG)
 
 
 def test_pending_json_times_are_iso_utc():
-    assert authenticator.iso_time(1_700_000_000) == "2023-11-14T22:13:20Z"
-    assert authenticator.iso_time(None) is None and authenticator.iso_time("x") is None
+    assert cli.iso_time(1_700_000_000) == "2023-11-14T22:13:20Z"
+    assert cli.iso_time(None) is None and cli.iso_time("x") is None
 
 
 def _console_script() -> str:
-    beside_python = os.path.join(os.path.dirname(sys.executable), authenticator.PROG)
-    found = beside_python if os.path.exists(beside_python) else shutil.which(authenticator.PROG)
+    beside_python = os.path.join(os.path.dirname(sys.executable), PROG)
+    found = beside_python if os.path.exists(beside_python) else shutil.which(PROG)
     if not found:
         pytest.skip("the radius-mfa-authenticator console script is not installed")
     return found

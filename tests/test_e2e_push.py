@@ -86,7 +86,7 @@ def rdgw(tmp_path_factory):
 # --- the phone -------------------------------------------------------------------
 def authenticator_command() -> list[str]:
     script = shutil.which("radius-mfa-authenticator")
-    return [script] if script else [sys.executable, "-m", "radius_mfa.authenticator"]
+    return [script] if script else [sys.executable, "-m", "radius_mfa_authenticator"]
 
 
 class Phone:
