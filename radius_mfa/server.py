@@ -21,6 +21,7 @@ from typing import Callable
 import structlog
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from radius_mfa.config import ClientConfig, RequireMA
 from radius_mfa.engine import AuthRequest, Decision
@@ -191,18 +192,32 @@ class RadiusServer(DatagramProtocol):
 
     # --- deciding -------------------------------------------------------------
     def _start(self, request, client: ClientConfig, key, addr) -> None:
+        d = defer.Deferred.fromCoroutine(self._handle(request, client, key, addr))
+        d.addErrback(self._lost, key)
+        self.in_flight.add(d)
+        d.addBoth(self._done, d)
+
+    async def _handle(self, request, client: ClientConfig, key, addr) -> None:
+        """Decide one Access-Request and answer it.
+
+        Its ``request_id`` is bound here, once, for every line logged while
+        it is worked on (engine, primary, delivery, push, audit): the
+        coroutine runs in a copy of the caller's contextvars context, made by
+        ``Deferred.fromCoroutine`` and entered again at each step after an
+        await, so the binding follows the request and never reaches another.
+        """
         started = self.reactor.seconds()
         request_id = uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=request_id)
         auth = AuthRequest(client=client, password=request.password,
                            state=request.state, calling_station_id=request.calling_station_id,
                            request_id=request_id, mschap=codec.is_mschapv2(request),
                            forward=codec.forwardable(request), **_name_and_method(request))
-        d = defer.Deferred.fromCoroutine(self.runtime.engine.handle(auth))
-        d.addErrback(self._fail_closed, auth)
-        d.addCallback(self._answer, request, client, key, addr, started, request_id, auth.method)
-        d.addErrback(self._lost, key)
-        self.in_flight.add(d)
-        d.addBoth(self._done, d)
+        try:
+            decision = await self.runtime.engine.handle(auth)
+        except Exception:              # a bug, or the store gone: fail closed
+            decision = self._fail_closed(Failure(), auth)
+        self._answer(decision, request, client, key, addr, started, request_id, auth.method)
 
     def _fail_closed(self, failure, auth: AuthRequest) -> Decision:
         """An unexpected error while deciding: a Reject (fail closed). During

@@ -10,6 +10,7 @@ Authenticator and the Message-Authenticator with the client's secret.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import struct
 
@@ -713,3 +714,80 @@ def test_an_outage_logs_one_traceback_per_interval_with_a_count(h):
     assert "RuntimeError" in errors[0]["exception"]
     assert errors[1]["suppressed"] == 49
     assert len(h.finished) == 51 and all(f.decision.reason is Reason.ERROR for f in h.finished)
+
+
+# --- request_id on every line of a request -----------------------------------------------
+
+
+@contextlib.contextmanager
+def captured_with_context():
+    """Like structlog.testing.capture_logs, with the bound contextvars merged
+    in first, as audit.configure_logging's chain merges them."""
+    capture = structlog.testing.LogCapture()
+    processors = structlog.get_config()["processors"]
+    saved = processors.copy()
+    processors[:] = [structlog.contextvars.merge_contextvars, capture]
+    structlog.configure(processors=processors)
+    try:
+        yield capture.entries
+    finally:
+        processors[:] = saved
+        structlog.configure(processors=processors)
+
+
+class LoggingEngine(HeldEngine):
+    """Logs a line before and after its gate (a push answer, a thread-pool call),
+    each with the request id the engine was handed, then decides."""
+
+    async def handle(self, req):
+        engine_log = structlog.get_logger("radius_mfa.engine")
+        engine_log.info("test.deciding", own=req.request_id)
+        self.calls += 1
+        gate: Deferred = Deferred()
+        self.gates.append(gate)
+        await gate
+        engine_log.info("test.resumed", own=req.request_id)
+        return await self.engine.handle(req)
+
+
+def test_each_line_logged_while_deciding_carries_its_own_request_id(h):
+    held = LoggingEngine(h.engine)
+    h.use_engine(held)
+    first, second = request(id=1), request(id=2)
+    outside = structlog.get_logger("test")
+    with captured_with_context() as events:
+        h.send(first)
+        outside.info("test.between")
+        h.send(second)
+        held.gates[1].callback(None)             # the second request is answered first
+        held.gates[0].callback(None)
+        outside.info("test.after")
+    assert len(h.transport.written) == 2 and len(h.finished) == 2
+
+    lines = [e for e in events if e["event"] in ("test.deciding", "test.resumed")]
+    assert [e["event"] for e in lines] == ["test.deciding", "test.deciding", "test.resumed", "test.resumed"]
+    ids = {e["own"] for e in lines}
+    assert len(ids) == 2 and ids == {f.request_id for f in h.finished}
+    assert all(e["request_id"] == e["own"] for e in lines)       # A's line never carries B's id
+    assert [e["request_id"] for e in lines] == [lines[0]["own"], lines[1]["own"],
+                                                lines[1]["own"], lines[0]["own"]]
+    for e in events:
+        if e["event"] in ("test.between", "test.after"):
+            assert "request_id" not in e                         # nothing leaks out of a request
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_a_line_logged_by_the_audit_hook_carries_the_request_id(h):
+    def audit(finished):
+        structlog.get_logger("audit").info("test.audited")         # no request_id passed
+        h.finished.append(finished)
+
+    h.proto.on_finished = audit
+    h.use_engine(HeldEngine(h.engine))
+    raw = request(id=1)
+    with captured_with_context() as events:
+        h.send(raw)
+        h.proto.runtime.engine.gates[0].callback(None)
+    [audited] = [e for e in events if e["event"] == "test.audited"]
+    [finished] = h.finished
+    assert audited["request_id"] == finished.request_id
