@@ -176,3 +176,16 @@ class Push:
         return {"id": self.id, "user": self.user, "client": self.client,
                 "user_ip": self.user_ip, "created": self.created, "expires": self.expires,
                 "needs_number": self.number is not None}
+
+
+@dataclass(frozen=True)
+class AppPassword:
+    """A password for one device or program that cannot answer a second
+    factor: accepted alone in place of password and factor. Only its slow
+    hash is kept (as ``User.password_hash``), never printed."""
+    id: str                           # random, shown by `app-password list`
+    user: str
+    label: str | None
+    password_hash: str = field(repr=False)
+    created: float = 0.0
+    last_used: float | None = None

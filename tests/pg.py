@@ -87,8 +87,8 @@ def fresh_schema() -> Iterator[str]:
 _FREE: list[str] = []
 _POOLED: list[str] = []
 _admin: psycopg.Connection | None = None
-_STORE_TABLES = ("tokens", "devices", "pairings", "pushes", "users", "challenges", "clients_seen", "auth_log",
-                 "meta", "sent_codes", "code_sends")
+_STORE_TABLES = ("tokens", "devices", "pairings", "pushes", "app_passwords", "users", "challenges",
+                 "clients_seen", "client_drops", "auth_log", "meta", "sent_codes", "code_sends")
 
 
 def _pool_admin() -> psycopg.Connection:

@@ -16,7 +16,8 @@ import pytest
 
 from pg import StoreMaker, race, raw_rows
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import (AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode,
+                              Token, User)
 from radius_mfa.secretbox import KEY_BYTES, SecretBox, is_sealed
 from radius_mfa.store.base import Store
 
@@ -1163,3 +1164,77 @@ def test_rename_onto_a_taken_name_is_refused_and_changes_nothing(store: Store) -
 def test_rename_of_an_unknown_user_is_not_found(store: Store) -> None:
     with pytest.raises(NotFoundError):
         store.rename_user("nobody", "somebody")
+
+
+# --- app passwords -------------------------------------------------------------
+
+
+def app_password(ident: str, user: str = "alice", created: float = NOW, label: str | None = "mail") -> AppPassword:
+    return AppPassword(id=ident, user=user, label=label, password_hash=f"$scrypt${ident}", created=created)
+
+
+def test_app_passwords_read_back_oldest_first_with_their_hashes(users: Store) -> None:
+    users.add_app_password(app_password("a2", created=NOW + 1, label=None))
+    users.add_app_password(app_password("a1"))
+    users.add_app_password(app_password("b1", user="bob"))
+    assert users.list_app_passwords("alice") == [app_password("a1"), app_password("a2", created=NOW + 1, label=None)]
+    assert [ap.id for ap in users.list_app_passwords("bob")] == ["b1"]
+    assert users.list_app_passwords("carol") == []
+
+
+def test_app_password_of_an_unknown_user_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError, match="nobody"):
+        store.add_app_password(app_password("x1", user="nobody"))
+
+
+def test_app_password_id_is_taken_once(users: Store) -> None:
+    users.add_app_password(app_password("a1"))
+    with pytest.raises(AlreadyExistsError):
+        users.add_app_password(app_password("a1", user="bob"))
+
+
+def test_app_password_is_deleted_only_by_its_user(users: Store) -> None:
+    users.add_app_password(app_password("a1"))
+    with pytest.raises(NotFoundError):
+        users.delete_app_password("bob", "a1")
+    with pytest.raises(NotFoundError):
+        users.delete_app_password("alice", "a9")
+    users.delete_app_password("alice", "a1")
+    assert users.list_app_passwords("alice") == []
+
+
+def test_delete_all_app_passwords_of_one_user(users: Store) -> None:
+    for ident in ("a1", "a2"):
+        users.add_app_password(app_password(ident))
+    users.add_app_password(app_password("b1", user="bob"))
+    assert users.delete_app_passwords("alice") == 2
+    assert users.delete_app_passwords("alice") == 0
+    assert [ap.id for ap in users.list_app_passwords("bob")] == ["b1"]
+
+
+def test_app_password_last_use_only_moves_forward(users: Store) -> None:
+    users.add_app_password(app_password("a1"))
+    users.touch_app_password("a1", NOW + 10)
+    users.touch_app_password("a1", NOW + 5)
+    assert users.list_app_passwords("alice")[0].last_used == NOW + 10
+    users.touch_app_password("unknown", NOW)
+
+
+def test_reset_and_remove_user_drop_their_app_passwords(users: Store) -> None:
+    users.add_user(User("carol", created=NOW))
+    for name in ("alice", "bob", "carol"):
+        users.add_app_password(app_password(f"ap-{name}", user=name))
+    users.reset_user("alice")
+    users.remove_user("bob")
+    assert users.list_app_passwords("alice") == []
+    assert users.list_app_passwords("bob") == []
+    assert [ap.id for ap in users.list_app_passwords("carol")] == ["ap-carol"]
+    users.add_user(User("bob", created=NOW))
+    assert users.list_app_passwords("bob") == []
+
+
+def test_rename_moves_the_app_passwords(users: Store) -> None:
+    users.add_app_password(app_password("a1"))
+    users.rename_user("alice", "alicia")
+    assert [(ap.id, ap.user) for ap in users.list_app_passwords("alicia")] == [("a1", "alicia")]
+    assert users.list_app_passwords("alice") == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol, Sequence
 
-from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 
 
 class Store(Protocol):
@@ -38,15 +38,15 @@ class Store(Protocol):
 
     def remove_user(self, name: str) -> None:
         """Delete the user, their software tokens, pending sent codes, devices,
-        pairing links and pushes;
+        pairing links, pushes and app passwords;
         their hardware (imported) tokens go back to the pool, unassigned;
         NotFoundError."""
 
     def reset_user(self, name: str) -> int:
         """Remove every factor of the user (software tokens deleted, hardware
-        tokens unassigned; pending sent codes, paired devices, pairing links
-        and pushes dropped; app passwords as they come); returns how many
-        tokens the user lost; NotFoundError."""
+        tokens unassigned; pending sent codes, paired devices, pairing links,
+        pushes and app passwords dropped); returns how many tokens the user
+        lost; NotFoundError."""
 
     def existing_user_names(self, names: Iterable[str]) -> set[str]:
         """Which of ``names`` are users already (an import checks its whole
@@ -249,6 +249,24 @@ class Store(Protocol):
     def purge_pushes(self, now: float, keep_seconds: float = 86400.0) -> int:
         """Delete pushes that expired more than ``keep_seconds`` before ``now``
         and pairings expired before ``now``; returns the pushes deleted."""
+
+    # --- app passwords -----------------------------------------------------
+    def add_app_password(self, app_password: AppPassword) -> None:
+        """Store an app password (only its hash); NotFoundError when the user
+        does not exist, AlreadyExistsError for a taken id."""
+
+    def list_app_passwords(self, user: str) -> list[AppPassword]:
+        """The user's app passwords, oldest first, hashes included (the
+        caller never prints them)."""
+
+    def delete_app_password(self, user: str, app_password_id: str) -> None:
+        """NotFoundError when the user has no app password of this id."""
+
+    def delete_app_passwords(self, user: str) -> int:
+        """`app-password delete-all`: every one of the user's; the count."""
+
+    def touch_app_password(self, app_password_id: str, now: float) -> None:
+        """Record its last use at ``now`` (only ever later)."""
 
     # --- clients -----------------------------------------------------------
     def note_client_request(self, name: str, now: float, with_message_authenticator: bool, count: int = 1) -> None:

@@ -228,13 +228,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # app passwords: only their slow hash, as a user's password
+        """
+        CREATE TABLE app_passwords (
+            id            TEXT COLLATE "C" PRIMARY KEY,
+            "user"        TEXT COLLATE "C" NOT NULL REFERENCES users (name),
+            label         TEXT,
+            password_hash TEXT NOT NULL,
+            created       DOUBLE PRECISION NOT NULL,
+            last_used     DOUBLE PRECISION
+        )
+        """,
+        'CREATE INDEX app_passwords_user ON app_passwords ("user", created)',
+    ),
 )
 
 # The tables of the store: finding one of them in a schema without a
 # schema_version table means something else made it, and it is not ours to use.
 OUR_TABLES = frozenset({
     "schema_version", "users", "tokens", "challenges", "clients_seen", "auth_log", "meta",
-    "sent_codes", "code_sends", "pairings", "devices", "pushes", "client_drops",
+    "sent_codes", "code_sends", "pairings", "devices", "pushes", "client_drops", "app_passwords",
 })
 
 
@@ -414,18 +428,7 @@ class PostgresStore(SqlStore):
     def _migrate(self, conn: psycopg.Connection) -> None:
         """Bring the schema up to date; the caller holds the schema lock in
         the transaction these statements run in."""
-        found = self._current_version(conn)
-        latest = schema_version()
-        if found > latest:
-            raise StoreError(
-                f"the store {self.label} has schema version {found}, newer than the "
-                f"version {latest} this radius-mfa knows: upgrade radius-mfa"
-            )
-        for statements in MIGRATIONS[found:]:
-            for statement in statements:
-                conn.execute(statement)
-        if found < latest:
-            conn.execute("UPDATE schema_version SET version = %s", (latest,))
+        self._upgrade(conn, self._current_version(conn), MIGRATIONS)
 
     def _current_version(self, conn: psycopg.Connection) -> int:
         """The schema version in the current schema; 0 when none of our

@@ -1,9 +1,8 @@
 """What both stores share: checking a token before it is written, and turning
 a database row into a model object.
 
-The SQL differs between SQLite and PostgreSQL (placeholders, quoting,
-upserts, locks), so each store writes its own; the rows that come back have
-the same columns under the same names (``sqlite3.Row`` and psycopg's dict
+The SQL is written once (:mod:`radius_mfa.store.sqlstore`); the rows that
+come back have the same columns under the same names (``sqlite3.Row`` and psycopg's dict
 rows both index by column name), so reading them is done once, here.
 """
 
@@ -14,7 +13,8 @@ import json
 from typing import Any, Mapping, Sequence
 
 from radius_mfa.errors import RefusedError, StoreError
-from radius_mfa.model import (PUSH_STATUSES, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode,
+from radius_mfa.model import (PUSH_STATUSES, AppPassword, AuthRecord, Challenge, ClientSeen, Device, Pairing,
+                              Push, SentCode,
                               Token, User)
 from radius_mfa.secretbox import SecretBox
 
@@ -189,3 +189,8 @@ def push(row: Row) -> Push:
         device=row["device"],
         answered=row["answered"],
     )
+
+
+def app_password(row: Row) -> AppPassword:
+    return AppPassword(id=row["id"], user=row["user"], label=row["label"], password_hash=row["password_hash"],
+                       created=row["created"], last_used=row["last_used"])

@@ -61,6 +61,7 @@ _RENAME_USER = (
     " locked_until, created) SELECT %s, display_name, email, phone, password_hash, disabled,"
     " failures, locked_until, created FROM users WHERE name = %s",
     *(f'UPDATE {table} SET "user" = %s WHERE "user" = %s'
-      for table in ("tokens", "challenges", "sent_codes", "code_sends", "pairings", "devices", "pushes")),
+      for table in ("tokens", "challenges", "sent_codes", "code_sends", "pairings", "devices", "pushes",
+                    "app_passwords")),
 )
 _DELETE_RENAMED_USER = "DELETE FROM users WHERE name = %s"

@@ -213,6 +213,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # app passwords: only their slow hash, as a user's password
+        """
+        CREATE TABLE app_passwords (
+            id            TEXT PRIMARY KEY NOT NULL,
+            user          TEXT NOT NULL REFERENCES users (name),
+            label         TEXT,
+            password_hash TEXT NOT NULL,
+            created       REAL NOT NULL,
+            last_used     REAL
+        )
+        """,
+        "CREATE INDEX app_passwords_user ON app_passwords (user, created)",
+    ),
 )
 
 
@@ -359,18 +373,7 @@ class SqliteStore(SqlStore):
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            found = _current_version(conn, self.path)
-            latest = schema_version()
-            if found > latest:
-                raise StoreError(
-                    f"the store {self.path} has schema version {found}, newer than the "
-                    f"version {latest} this radius-mfa knows: upgrade radius-mfa"
-                )
-            for statements in MIGRATIONS[found:]:
-                for statement in statements:
-                    conn.execute(statement)
-            if found < latest:
-                conn.execute("UPDATE schema_version SET version = ?", (latest,))
+            self._upgrade(_Spelled(conn), _current_version(conn, self.path), MIGRATIONS)
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)

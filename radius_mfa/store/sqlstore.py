@@ -28,7 +28,7 @@ import time
 from typing import Any, ClassVar, ContextManager, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
 from radius_mfa.store.sql import (_DELETE_RENAMED_USER, _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP,
@@ -106,7 +106,22 @@ class SqlStore:
         cause = exc.__cause__ if isinstance(exc, StoreError) else exc
         return self._violation(cause) == kind
 
-    # --- the key ---------------------------------------------------------------
+    # --- schema and key ---------------------------------------------------------
+
+    def _upgrade(self, conn: Any, found: int, migrations: Sequence[Sequence[str]]) -> None:
+        """Run the steps of ``migrations`` after version ``found`` (inside the
+        caller's transaction); refuse a schema newer than this code."""
+        latest = len(migrations)
+        if found > latest:
+            raise StoreError(
+                f"the store {self.label} has schema version {found}, newer than the "
+                f"version {latest} this radius-mfa knows: upgrade radius-mfa"
+            )
+        for statements in migrations[found:]:
+            for statement in statements:
+                conn.execute(statement)
+        if found < latest:
+            conn.execute("UPDATE schema_version SET version = %s", (latest,))
 
     def _check_key(self, conn: Any) -> None:
         """Check that the key is this store's; on the first open with a key,
@@ -759,6 +774,52 @@ class SqlStore:
             conn.execute("DELETE FROM pairings WHERE expires < %s", (now,))
             return conn.execute("DELETE FROM pushes WHERE expires < %s", (now - keep_seconds,)).rowcount
 
+    # --- app passwords ---------------------------------------------------------
+
+    def add_app_password(self, app_password: AppPassword) -> None:
+        """Store an app password (its hash); NotFoundError when the user does
+        not exist (the foreign key decides, so a user removed meanwhile gets
+        none), AlreadyExistsError for a taken id."""
+        ap = app_password
+        try:
+            self._change(
+                "add app password",
+                'INSERT INTO app_passwords (id, "user", label, password_hash, created, last_used)'
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (ap.id, ap.user, ap.label, ap.password_hash, float(ap.created or time.time()), ap.last_used),
+            )
+        except StoreError as exc:
+            if self._refused(exc, FOREIGN_KEY):
+                raise NotFoundError(f"no such user: {ap.user}") from None
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError(f"app password {ap.id} exists already") from None
+            raise
+
+    def list_app_passwords(self, user: str) -> list[AppPassword]:
+        """The user's app passwords, oldest first, hashes included (the
+        caller checks against them and never prints them)."""
+        rows = self._read("list app passwords",
+                          'SELECT * FROM app_passwords WHERE "user" = %s ORDER BY created, id', (user,))
+        return [_rows.app_password(row) for row in rows]
+
+    def delete_app_password(self, user: str, app_password_id: str) -> None:
+        """NotFoundError when the user has no app password of this id."""
+        changed = self._change("delete app password", 'DELETE FROM app_passwords WHERE id = %s AND "user" = %s',
+                               (app_password_id, user))
+        if changed == 0:
+            raise NotFoundError(f"user {user} has no app password {app_password_id}")
+
+    def delete_app_passwords(self, user: str) -> int:
+        """Delete every app password of the user; how many there were."""
+        return self._change("delete app passwords", 'DELETE FROM app_passwords WHERE "user" = %s', (user,))
+
+    def touch_app_password(self, app_password_id: str, now: float) -> None:
+        """Record the app password's last use; the time only moves forward."""
+        now = float(now)
+        self._change("touch app password",
+                     "UPDATE app_passwords SET last_used = greatest(coalesce(last_used, %s), %s) WHERE id = %s",
+                     (now, now, app_password_id))
+
     # --- health --------------------------------------------------------------
 
     def ping(self) -> None:
@@ -860,8 +921,9 @@ def _drop_sent_codes(conn: Any, name: str) -> None:
 
 
 def _drop_push_state(conn: Any, name: str) -> None:
-    """A user reset or removed: their devices, pairing links and pushes go
-    (the caller holds the user's row)."""
+    """A user reset or removed: their devices, pairing links, pushes and app
+    passwords go (the caller holds the user's row)."""
+    conn.execute('DELETE FROM app_passwords WHERE "user" = %s', (name,))
     conn.execute('DELETE FROM devices WHERE "user" = %s', (name,))
     conn.execute('DELETE FROM pairings WHERE "user" = %s', (name,))
     conn.execute('DELETE FROM pushes WHERE "user" = %s', (name,))
