@@ -11,10 +11,13 @@ import pytest
 
 from radius_mfa.config import (
     Config,
+    HttpProviderConfig,
     ListenAddress,
     Mode,
     PasswordsConfig,
     RequireMA,
+    SmtpProviderConfig,
+    TwilioProviderConfig,
     UsernameConfig,
     load_config,
     mask_url_password,
@@ -361,6 +364,29 @@ factors:
         f"{path}:12: factors.sms.subject: unknown key",
         f"{path}:14: factors.sms.providers[0].type: 'smtp' is not one of http, twilio",
     ]
+
+
+def test_each_provider_is_read_into_the_section_of_its_kind(tmp_path: Path):
+    path = write(tmp_path, """\
+factors:
+  sms:
+    providers:
+      - {name: gw, type: http, url: "https://gw.example/send?to={phone}", timeout: 2}
+      - {name: tw, type: twilio, account_sid: AC1, auth_token: t0ken, from: "+15005550006"}
+  email:
+    providers:
+      - {name: mail, type: smtp, host: smtp.example.org, tls: true, from: mfa@example.org}
+""")
+    config = load_config(path)
+    http, twilio = config.factors.sms.providers
+    [smtp] = config.factors.email.providers
+    assert http == HttpProviderConfig(name="gw", timeout=2.0, url="https://gw.example/send?to={phone}")
+    assert twilio == TwilioProviderConfig(name="tw", account_sid="AC1", auth_token="t0ken",
+                                          from_number="+15005550006")
+    assert smtp == SmtpProviderConfig(name="mail", host="smtp.example.org", from_address="mfa@example.org",
+                                      port=465, tls=True)
+    assert [p.type for p in (http, twilio, smtp)] == ["http", "twilio", "smtp"]
+    assert not hasattr(http, "host") and not hasattr(smtp, "url")
 
 
 def test_a_delivery_factor_needs_a_provider(tmp_path: Path):

@@ -24,7 +24,8 @@ from twisted.trial import unittest
 
 from peers.gateway import HANG, Gateway
 from peers.slapd import make_tls
-from radius_mfa.config import DeliveryFactorConfig, FactorsConfig, ProviderConfig
+from radius_mfa.config import (DeliveryFactorConfig, FactorsConfig, HttpProviderConfig, SmtpProviderConfig,
+                               TwilioProviderConfig)
 from radius_mfa.delivery.base import DeliveryError, DeliveryFailed, Outgoing
 from radius_mfa.delivery.http import HttpProvider
 from radius_mfa.delivery.sender import Sender, build_senders, for_voice, spoken
@@ -46,9 +47,9 @@ def async_test(method):
     return run
 
 
-def http_config(name: str, url: str, **options) -> ProviderConfig:
+def http_config(name: str, url: str, **options) -> HttpProviderConfig:
     options.setdefault("timeout", TIMEOUT)
-    return ProviderConfig(name=name, type="http", url=url, **options)
+    return HttpProviderConfig(name=name, url=url, **options)
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -248,8 +249,8 @@ class HttpDeliveryTest(unittest.TestCase):
     # ----------------------------------------------------------------------- twilio
 
     def twilio(self, gateway: Gateway, name: str = "twilio") -> TwilioProvider:
-        return TwilioProvider(ProviderConfig(
-            name=name, type="twilio", url=gateway.url, account_sid="AC123", auth_token="tok3n",
+        return TwilioProvider(TwilioProviderConfig(
+            name=name, url=gateway.url, account_sid="AC123", auth_token="tok3n",
             from_number="+15005550006", timeout=TIMEOUT), reactor)
 
     @async_test
@@ -316,8 +317,8 @@ class SmtpDeliveryTest(unittest.TestCase):
         trust = ssl.Certificate.loadPEM(_tls().ca_cert.read_bytes())
         options.setdefault("host", "127.0.0.1")
         options.setdefault("timeout", 5)
-        return SmtpProvider(ProviderConfig(name="mail", type="smtp", port=server.port,
-                                           from_address="mfa@example.org", **options),
+        return SmtpProvider(SmtpProviderConfig(name="mail", port=server.port,
+                                               from_address="mfa@example.org", **options),
                             reactor, trust_root=trust)
 
     def assert_mail(self, mail):
@@ -378,9 +379,9 @@ class SmtpDeliveryTest(unittest.TestCase):
     @async_test
     async def test_untrusted_certificate_is_refused(self):
         server = self.smtpd(security="tls")
-        provider = SmtpProvider(ProviderConfig(name="mail", type="smtp", host="127.0.0.1",
-                                               port=server.port, tls=True,
-                                               from_address="mfa@example.org"), reactor)
+        provider = SmtpProvider(SmtpProviderConfig(name="mail", host="127.0.0.1",
+                                                   port=server.port, tls=True,
+                                                   from_address="mfa@example.org"), reactor)
         with pytest.raises(DeliveryError) as error:
             await provider.send(EMAIL)
         assert str(error.value).startswith("connection failed")
@@ -397,8 +398,8 @@ class SmtpTimeoutTest(unittest.TestCase):
         good = Gateway.start(reactor, 200)
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(good.stop()))
         port = int(silent.url.rsplit(":", 1)[1])
-        mail = SmtpProvider(ProviderConfig(name="mail", type="smtp", host="127.0.0.1", port=port,
-                                           from_address="mfa@example.org", timeout=TIMEOUT), reactor)
+        mail = SmtpProvider(SmtpProviderConfig(name="mail", host="127.0.0.1", port=port,
+                                               from_address="mfa@example.org", timeout=TIMEOUT), reactor)
         relay = HttpProvider(http_config("relay", good.url, body="{message}"), reactor)
         started = time.monotonic()
         assert await Sender("email", [mail, relay], reactor=reactor).send(EMAIL, 3) == "relay"

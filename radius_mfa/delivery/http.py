@@ -35,7 +35,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from radius_mfa.config import ProviderConfig
+from radius_mfa.config import HttpProviderConfig
 from radius_mfa.delivery.base import DeliveryError, Outgoing
 
 _PLACEHOLDER = re.compile(r"\{(phone|message|code|user)\}")
@@ -139,7 +139,7 @@ def discard_body(response: IResponse) -> None:
 class HttpProvider:
     """A generic SMS/voice gateway reached over HTTP(S)."""
 
-    def __init__(self, config: ProviderConfig, reactor, *, trust_root=None):
+    def __init__(self, config: HttpProviderConfig, reactor, *, trust_root=None):
         if not config.url:
             raise ValueError(f"provider {config.name}: an http provider needs a url")
         self.name = config.name

@@ -23,7 +23,8 @@ import structlog
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 
-from radius_mfa.config import FactorsConfig, ProviderConfig
+from radius_mfa.config import (FactorsConfig, HttpProviderConfig, ProviderConfig, SmtpProviderConfig,
+                               TwilioProviderConfig)
 from radius_mfa.delivery.base import CHANNELS, DeliveryError, DeliveryFailed, Outgoing, Provider
 from radius_mfa.masking import mask_email, mask_phone
 
@@ -110,14 +111,15 @@ def _safe(reason: str, message: Outgoing) -> str:
 
 
 def build_provider(config: ProviderConfig, *, reactor) -> Provider:
-    """The provider for one configured entry (``type``: http | twilio | smtp)."""
-    if config.type == "http":
+    """The provider for one configured entry, from the section of its kind
+    (``type``: http | twilio | smtp)."""
+    if isinstance(config, HttpProviderConfig):
         from radius_mfa.delivery.http import HttpProvider
         return HttpProvider(config, reactor)
-    if config.type == "twilio":
+    if isinstance(config, TwilioProviderConfig):
         from radius_mfa.delivery.twilio import TwilioProvider
         return TwilioProvider(config, reactor)
-    if config.type == "smtp":
+    if isinstance(config, SmtpProviderConfig):
         from radius_mfa.delivery.smtp import SmtpProvider
         return SmtpProvider(config, reactor)
     raise ValueError(f"unknown provider type {config.type!r}")

@@ -22,7 +22,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.mail import smtp
 
-from radius_mfa.config import ProviderConfig
+from radius_mfa.config import SmtpProviderConfig
 from radius_mfa.delivery.base import DeliveryError, Outgoing
 
 DEFAULT_SUBJECT = "Your sign-in code"
@@ -49,7 +49,7 @@ def compose(message: Outgoing, from_address: str) -> bytes:
 class SmtpProvider:
     """One SMTP submission server."""
 
-    def __init__(self, config: ProviderConfig, reactor, *, trust_root=None):
+    def __init__(self, config: SmtpProviderConfig, reactor, *, trust_root=None):
         if not config.host or not config.from_address:
             raise ValueError(f"provider {config.name}: an smtp provider needs host and from")
         if config.tls and config.starttls:

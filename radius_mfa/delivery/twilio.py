@@ -22,7 +22,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.web.http_headers import Headers
 
-from radius_mfa.config import ProviderConfig
+from radius_mfa.config import TwilioProviderConfig
 from radius_mfa.delivery.base import DeliveryError, Outgoing
 from radius_mfa.delivery.http import call, discard_body, make_agent
 
@@ -38,7 +38,7 @@ def twiml_say_twice(text: str) -> str:
 class TwilioProvider:
     """SMS and voice calls through Twilio (or anything speaking its API)."""
 
-    def __init__(self, config: ProviderConfig, reactor, *, trust_root=None):
+    def __init__(self, config: TwilioProviderConfig, reactor, *, trust_root=None):
         missing = [key for key in ("account_sid", "auth_token", "from_number") if not getattr(config, key)]
         if missing:
             raise ValueError(f"provider {config.name}: a twilio provider needs {', '.join(missing)}")

@@ -25,9 +25,9 @@ Mobile push services are not built in (they need an app of one's own, with
 its own server credentials). One plugs in as another class with the same
 :class:`Notifier` protocol, selected by the entry's ``type:``:
 
-1. ``radius_mfa.config``: add the type to ``_NOTIFIER_TYPES`` and read its
+1. ``radius_mfa.config.loader``: add the type to ``_NOTIFIER_TYPES`` and read its
    keys (an FCM service-account file, an APNs key file, team and key ids,
-   topic) into :class:`~radius_mfa.config.NotifierConfig` or a sibling
+   topic) into :class:`~radius_mfa.config.schema.NotifierConfig` or a sibling
    dataclass, with the usual ``FILE:LINE: key.path`` problems.
 2. Here: ``class FcmNotifier`` with ``async def notify(self, push,
    device_count) -> None`` that never raises, logs ``push.notify_failed``

@@ -1,295 +1,19 @@
-"""YAML → a frozen, typed Config; every error with FILE:LINE and the key path.
+"""The loader: YAML node tree → Config, every problem collected with its line.
 
-The dataclasses below are the contract every other module reads. Each plugin
-receives only its own section.
+We compose the YAML node tree (yaml.SafeLoader) instead of loading plain
+Python objects, because only the nodes remember their line. Each section is
+read by one small function; a problem is recorded and reading goes on with
+the default, so that one run reports every problem in the file. No problem
+message ever quotes the value of a secret: type errors name the kind of
+value found, never the value itself. What the sections become is
+radius_mfa.config.schema.
 """
 
 from __future__ import annotations
 
-import enum
-import ipaddress
-from dataclasses import dataclass, field
-
-
-class Mode(str, enum.Enum):
-    CHALLENGE = "challenge"
-    INLINE = "inline"
-    SECOND_FACTOR_ONLY = "second-factor-only"
-
-
-class RequireMA(str, enum.Enum):
-    """require_message_authenticator: true | false | auto (required once seen)."""
-    TRUE = "true"
-    FALSE = "false"
-    AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    host: str          # "0.0.0.0", "::", "127.0.0.1"; brackets removed
-    port: int
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    name: str = "radius-mfa"
-    listen: tuple[ListenAddress, ...] = (ListenAddress("0.0.0.0", 1812),)
-    workers: int = 1
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    name: str
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network   # a single IP becomes a /32 or /128
-    secret: bytes = field(repr=False)                        # from `secret` or read from `secret_file`
-    require_message_authenticator: RequireMA = RequireMA.TRUE
-    mode: Mode = Mode.CHALLENGE
-    timeout: float = 30.0
-    exempt: bool = False
-    # drop an Access-Request carrying Proxy-State without a valid
-    # Message-Authenticator (draft-ietf-radext-deprecating-radius)
-    limit_proxy_state: bool = False
-
-
-@dataclass(frozen=True)
-class RadiusServerConfig:
-    host: str
-    port: int
-    secret: bytes = field(repr=False)
-    require_message_authenticator: bool = True
-
-
-# What an upstream Access-Accept may pass through to the NAS's final Access-Accept.
-DEFAULT_REPLY_ATTRIBUTES = (
-    "Class", "Filter-Id", "Session-Timeout", "Idle-Timeout", "Termination-Action",
-    "Framed-Protocol", "Framed-IP-Address", "Framed-IP-Netmask", "Framed-Route",
-    "Framed-Routing", "Framed-MTU", "Framed-Compression", "Framed-Pool",
-    "Framed-IPv6-Prefix", "Framed-IPv6-Route", "Framed-IPv6-Pool", "Framed-Interface-Id",
-    "Service-Type", "Tunnel-Type", "Tunnel-Medium-Type", "Tunnel-Private-Group-Id",
-    "Acct-Interim-Interval", "Vendor-Specific",
-)
-
-
-@dataclass(frozen=True)
-class RadiusPrimaryConfig:
-    servers: tuple[RadiusServerConfig, ...] = ()
-    timeout: float = 3.0
-    retries: int = 2
-    # attribute names passed through from the upstream's Access-Accept;
-    # "Vendor-Specific" stands for every vendor attribute. MS-CHAP2-Success and
-    # the MS-MPPE keys always pass (MS-CHAPv2 needs them).
-    reply_attributes: tuple[str, ...] = DEFAULT_REPLY_ATTRIBUTES
-    dead_time: float = 30.0           # seconds a server that did not answer is skipped, probed with Status-Server
-
-
-@dataclass(frozen=True)
-class LdapAttributes:
-    display_name: str = "displayName"
-    email: str = "mail"
-    phone: tuple[str, ...] = ("mobile", "telephoneNumber")
-
-
-@dataclass(frozen=True)
-class LdapPrimaryConfig:
-    servers: tuple[str, ...] = ()
-    starttls: bool = False
-    ca_file: str | None = None
-    user_dn_template: str | None = None
-    bind_dn: str | None = None
-    bind_password: str | None = field(default=None, repr=False)   # read from bind_password_file
-    base_dn: str | None = None
-    user_filter: str = "(uid={user})"
-    attributes: LdapAttributes = LdapAttributes()
-    mfa_group: str | None = None
-    timeout: float = 5.0
-    group_member_attribute: str = "member"   # on group entries: member | uniqueMember | memberUid
-    nested_groups: bool = False       # Active Directory: LDAP_MATCHING_RULE_IN_CHAIN (1.2.840.113556.1.4.1941)
-
-
-@dataclass(frozen=True)
-class PrimaryConfig:
-    backend: str = "local"            # local | radius | ldap | none
-    radius: RadiusPrimaryConfig = RadiusPrimaryConfig()
-    ldap: LdapPrimaryConfig = LdapPrimaryConfig()
-
-
-@dataclass(frozen=True)
-class TotpConfig:
-    window: int = 1
-
-
-@dataclass(frozen=True)
-class HotpConfig:
-    look_ahead: int = 10
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    sends: int = 5
-    minutes: float = 5.0
-
-
-@dataclass(frozen=True)
-class ProviderConfig:
-    """One delivery provider; the keys that do not apply to its type stay None."""
-    name: str
-    type: str                          # http | twilio | smtp
-    timeout: float = 5.0
-    # http / twilio
-    url: str | None = None
-    method: str = "POST"
-    headers: tuple[tuple[str, str], ...] = ()
-    body: str | None = None
-    account_sid: str | None = None
-    auth_token: str | None = field(default=None, repr=False)   # twilio, from auth_token_file
-    from_number: str | None = None                             # twilio `from`
-    # smtp
-    host: str | None = None
-    port: int | None = None
-    starttls: bool = False
-    tls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)     # from password_file
-    from_address: str | None = None                            # smtp `from`
-
-
-@dataclass(frozen=True)
-class DeliveryFactorConfig:
-    """factors.sms, factors.voice, factors.email."""
-    code_ttl: float = 300.0
-    rate_limit: RateLimit = RateLimit()
-    message: str = "Your sign-in code is {code}"
-    subject: str | None = None          # email only
-    code_digits: int = 6
-    providers: tuple[ProviderConfig, ...] = ()
-
-
-#: What a notifier's url and body may carry (see radius_mfa.push.notify).
-NOTIFY_PLACEHOLDERS = ("user", "client", "push_id", "user_ip", "number_hint")
-
-
-@dataclass(frozen=True)
-class NotifierConfig:
-    """One entry of factors.push.notify: a webhook called when a push starts,
-    so the user's phone (or chat, or pager) knows to open the authenticator.
-    ``type`` selects the notifier; ``webhook`` is the only one built in."""
-    name: str
-    url: str
-    type: str = "webhook"
-    method: str = "POST"
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # may hold API keys
-    body: str | None = None
-    timeout: float = 5.0
-
-
-@dataclass(frozen=True)
-class PushConfig:
-    listen: ListenAddress = ListenAddress("0.0.0.0", 8443)
-    tls_cert: str = "/etc/radius-mfa/push.crt"
-    tls_key: str = "/etc/radius-mfa/push.key"
-    public_url: str | None = None
-    timeout: float = 50.0
-    number_matching: bool = True
-    pairing_ttl: float = 600.0          # seconds a `device pair` link stays valid
-    rate_limit: RateLimit = RateLimit()  # pushes started per user (5 in 5 minutes)
-    notify: tuple[NotifierConfig, ...] = ()
-
-
-@dataclass(frozen=True)
-class FactorsConfig:
-    totp: TotpConfig = TotpConfig()
-    hotp: HotpConfig = HotpConfig()
-    sms: DeliveryFactorConfig | None = None       # None: not configured
-    voice: DeliveryFactorConfig | None = None
-    email: DeliveryFactorConfig | None = None
-    push: PushConfig | None = None
-
-
-@dataclass(frozen=True)
-class LockoutConfig:
-    failures: int = 5
-    minutes: float = 15.0
-
-
-@dataclass(frozen=True)
-class UsernameConfig:
-    """How user names are compared: after Unicode NFC and trimming, and
-    case-insensitively by default, as directories match them."""
-    case: str = "insensitive"           # insensitive | sensitive
-    strip_realm: bool = False           # CORP\alice and alice@corp → alice
-
-
-@dataclass(frozen=True)
-class PasswordsConfig:
-    """The local backend's hash for new and upgraded passwords, and the
-    timing floor of every password check."""
-    scheme: str = "scrypt"              # scrypt (N=2^14, r=8, p=1) | pbkdf2-sha256
-    pbkdf2_iterations: int = 600_000
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    unenrolled: str = "reject"          # reject | allow | enrol
-    username: UsernameConfig = UsernameConfig()
-    exempt_users: tuple[str, ...] = ()
-    exempt_groups: tuple[str, ...] = ()
-    lockout: LockoutConfig = LockoutConfig()
-    delimiter: str = ","
-    state_ttl: float = 300.0            # seconds a challenge State stays valid (extension)
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    file: str = "-"                     # "-": stdout
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    listen: ListenAddress
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    """Extension: how the server logs to stderr."""
-    level: str = "info"                 # debug | info | warning | error
-    format: str = "auto"                # auto (console on a terminal, else json) | json | console
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str                           # the file it was read from
-    server: ServerConfig = ServerConfig()
-    store: str = "sqlite:////var/lib/radius-mfa/radius-mfa.db"
-    # Extension: the key that seals token secrets in the store, kept outside
-    # it; "" until loaded, then absolute (default: store.key beside this file)
-    store_key_file: str = ""
-    clients: tuple[ClientConfig, ...] = ()
-    primary: PrimaryConfig = PrimaryConfig()
-    factors: FactorsConfig = FactorsConfig()
-    policy: PolicyConfig = PolicyConfig()
-    passwords: PasswordsConfig = PasswordsConfig()
-    audit: AuditConfig = AuditConfig()
-    metrics: MetricsConfig | None = None
-    log: LogConfig = LogConfig()
-    # What the loader found worth a warning (short shared secrets, files
-    # others can read), each ``FILE:LINE: key.path: warning: message``, by
-    # line; never a secret. check-config prints them, serve logs them.
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-
-
-# ==========================================================================
-# The loader: YAML node tree → Config, every problem collected with its line
-# ==========================================================================
-#
-# We compose the YAML node tree (yaml.SafeLoader) instead of loading plain
-# Python objects, because only the nodes remember their line. Each section is
-# read by one small function; a problem is recorded and reading goes on with
-# the default, so that one run reports every problem in the file. No problem
-# message ever quotes the value of a secret: type errors name the kind of
-# value found, never the value itself.
-
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -300,6 +24,39 @@ from typing import Any, Callable
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from radius_mfa.config.schema import (
+    DEFAULT_REPLY_ATTRIBUTES,
+    NOTIFY_PLACEHOLDERS,
+    AuditConfig,
+    ClientConfig,
+    Config,
+    DeliveryFactorConfig,
+    FactorsConfig,
+    HotpConfig,
+    HttpProviderConfig,
+    LdapAttributes,
+    LdapPrimaryConfig,
+    ListenAddress,
+    LockoutConfig,
+    LogConfig,
+    MetricsConfig,
+    Mode,
+    NotifierConfig,
+    PasswordsConfig,
+    PolicyConfig,
+    PrimaryConfig,
+    ProviderConfig,
+    PushConfig,
+    RadiusPrimaryConfig,
+    RadiusServerConfig,
+    RateLimit,
+    RequireMA,
+    ServerConfig,
+    SmtpProviderConfig,
+    TotpConfig,
+    TwilioProviderConfig,
+    UsernameConfig,
+)
 from radius_mfa.errors import ConfigError
 
 _TAG = "tag:yaml.org,2002:"
@@ -1211,28 +968,25 @@ def _providers(r: _Reader, node: Node | None, path: str, types: tuple[str, ...])
 
 
 def _provider(sec: _Section, types: tuple[str, ...]) -> ProviderConfig | None:
-    """One provider; which keys are allowed depends on its type."""
+    """One provider, read by the reader of its type: which keys are allowed depends on it."""
     name = sec.get("name", _string(), required=True)
     ptype = sec.get("type", _choice(*types), required=True)
     timeout = sec.get("timeout", _seconds, 5.0)
     if ptype is None:
         return None      # unknown keys cannot be told from keys of another type: say nothing more
-    fields = {"http": _http_fields, "twilio": _twilio_fields, "smtp": _smtp_fields}[ptype](sec)
+    provider = _PROVIDER_READERS[ptype](sec, name, timeout)
     sec.finish()
-    if name is None or fields is None:
-        return None
-    return ProviderConfig(name=name, type=ptype, timeout=timeout, **fields)
+    return provider
 
 
-def _http_fields(sec: _Section) -> dict[str, Any] | None:
+def _http_provider(sec: _Section, name: str | None, timeout: float) -> HttpProviderConfig | None:
     url = sec.get("url", _url("http", "https"), required=True)
-    fields = {
-        "url": url,
-        "method": sec.get("method", _choice("POST", "GET", "PUT", "PATCH"), "POST"),
-        "headers": _headers(sec.r, sec.take("headers"), sec.at("headers")),
-        "body": sec.get("body", _string(nullable=True)),
-    }
-    return fields if url is not None else None
+    method = sec.get("method", _choice("POST", "GET", "PUT", "PATCH"), "POST")
+    headers = _headers(sec.r, sec.take("headers"), sec.at("headers"))
+    body = sec.get("body", _string(nullable=True))
+    if name is None or url is None:
+        return None
+    return HttpProviderConfig(name=name, timeout=timeout, url=url, method=method, headers=headers, body=body)
 
 
 def _headers(r: _Reader, node: Node | None, path: str) -> tuple[tuple[str, str], ...]:
@@ -1254,17 +1008,18 @@ def _headers(r: _Reader, node: Node | None, path: str) -> tuple[tuple[str, str],
     return tuple(pairs)
 
 
-def _twilio_fields(sec: _Section) -> dict[str, Any] | None:
+def _twilio_provider(sec: _Section, name: str | None, timeout: float) -> TwilioProviderConfig | None:
     account_sid = sec.get("account_sid", _string(), required=True)
     auth_token = _text_secret(sec, "auth_token", required=True)
     from_number = sec.get("from", _string(), required=True)
     url = sec.get("url", _url("http", "https"))      # the API base; tests point it at a fake
-    if None in (account_sid, auth_token, from_number):
+    if None in (name, account_sid, auth_token, from_number):
         return None
-    return {"account_sid": account_sid, "auth_token": auth_token, "from_number": from_number, "url": url}
+    return TwilioProviderConfig(name=name, timeout=timeout, account_sid=account_sid, auth_token=auth_token,
+                                from_number=from_number, url=url)
 
 
-def _smtp_fields(sec: _Section) -> dict[str, Any] | None:
+def _smtp_provider(sec: _Section, name: str | None, timeout: float) -> SmtpProviderConfig | None:
     host = sec.get("host", _string(), required=True)
     starttls = sec.get("starttls", _boolean, False)
     tls = sec.get("tls", _boolean, False)
@@ -1276,10 +1031,14 @@ def _smtp_fields(sec: _Section) -> dict[str, Any] | None:
     if sec.given("username") != (sec.given("password") or sec.given("password_file")):
         sec.r.problem(sec.node, sec.path, "username and password (or password_file) go together")
     from_address = sec.get("from", _string(), required=True)
-    if host is None or from_address is None:
+    if name is None or host is None or from_address is None:
         return None
-    return {"host": host, "port": port, "starttls": starttls, "tls": tls,
-            "username": username, "password": password, "from_address": from_address}
+    return SmtpProviderConfig(name=name, timeout=timeout, host=host, from_address=from_address, port=port,
+                              starttls=starttls, tls=tls, username=username, password=password)
+
+
+_PROVIDER_READERS: dict[str, Callable[[_Section, str | None, float], ProviderConfig | None]] = {
+    "http": _http_provider, "twilio": _twilio_provider, "smtp": _smtp_provider}
 
 
 def _push(r: _Reader, node: Node | None) -> PushConfig | None:
