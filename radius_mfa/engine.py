@@ -17,7 +17,6 @@ from typing import Callable, Mapping, Sequence
 import structlog
 
 from radius_mfa.config import ClientConfig, DeliveryFactorConfig, Mode, PolicyConfig
-from radius_mfa.audit import user_ip_from
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import Attempt, Device, Push, SentCode, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
@@ -28,6 +27,7 @@ from radius_mfa.sessions import Sessions
 from radius_mfa.usernames import canonical
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
 from radius_mfa.verifiers.base import CodeVerifier, FactorResult
+from radius_mfa.verifiers.push import PushFactor
 from radius_mfa.verifiers.sent_codes import Sender, SentCodeFactor, destination
 
 log = structlog.get_logger("radius_mfa.engine")
@@ -39,9 +39,6 @@ DEADLINE_MARGIN = 1.0
 FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
 # Methods no backend here can verify (RFC 1994 CHAP, MS-CHAP v1, EAP).
 UNSUPPORTED_METHODS = frozenset({"chap", "mschap", "eap"})
-# What a push's outcome means for the sign-in waiting for it.
-PUSH_REJECTS = {"denied": Reason.DENIED, "fraud": Reason.FRAUD, "wrong_number": Reason.WRONG_NUMBER,
-                "pending": Reason.TIMEOUT}
 
 
 @dataclass(frozen=True)
@@ -115,9 +112,8 @@ class Engine:
         when it has both. ``push``: the PushHub when factors.push is
         configured (radius_mfa.push.hub). ``app_passwords``: the
         AppPasswordFactor (radius_mfa.verifiers.app_password)."""
-        self.push = push
+        self.pushes = PushFactor(push, store, clock, number_matching) if push is not None else None
         self.app_passwords = app_passwords
-        self.number_matching = number_matching
         self.store = store                      # AsyncStore
         self.codes = SentCodeFactor(store, clock, delivery, senders)
         self.primary = primary
@@ -273,7 +269,7 @@ class Engine:
         challenge, why_not = await self.sessions.take(req.state, req.user_name, req.client.name)
         user = await self.store.get_user(req.user_name)
         if challenge is None:
-            if why_not is Reason.BAD_STATE and user is not None and self.push is not None \
+            if why_not is Reason.BAD_STATE and user is not None and self.pushes is not None \
                     and self._refusal(user) is None:
                 joined = await self._join_push_of_used_state(req, user)
                 if joined is not None:
@@ -424,15 +420,13 @@ class Engine:
 
     # --- push approval ----------------------------------------------------------
     async def _devices(self, user: User) -> list[Device]:
-        if self.push is None:
-            return []
-        return await self.store.list_devices(user.name)
+        return await self.pushes.devices(user) if self.pushes is not None else []
 
     async def _start_push(self, req: AuthRequest, user: User, number_matching: bool,
                           lifetime: float | None = None):
-        return await self.push.start(user, req.client.name, req.client.timeout,
-                                     req.calling_station_id, user_ip_from(req.calling_station_id),
-                                     number_matching, lifetime)
+        return await self.pushes.start(user, client=req.client.name, client_timeout=req.client.timeout,
+                                       calling_station_id=req.calling_station_id,
+                                       number_matching=number_matching, lifetime=lifetime)
 
     def _remaining(self, req: AuthRequest) -> float:
         """Seconds this request may still wait: the client's timeout, less
@@ -445,7 +439,7 @@ class Engine:
                               info: dict) -> Decision:
         """Challenge mode: the push goes out now; the prompt shows its number
         (number matching) and the answer to it waits for the approval."""
-        started = await self._start_push(req, user, self.number_matching)
+        started = await self._start_push(req, user, self.pushes.number_matching)
         if started is None:
             return self._reject(req, Reason.RATE_LIMITED, user=user, factor="push", info=info,
                                 reply_message=PUSH_RATE_LIMITED_MESSAGE)
@@ -476,22 +470,11 @@ class Engine:
                           info: dict) -> Decision:
         """Wait for the device's answer, within the client's timeout (less
         what this request has used already) and the push's own."""
-        remaining = min(self._remaining(req), push.expires - self.clock())
-        outcome = await self.push.wait(push.id, remaining)
-        if outcome is None:
-            return self._reject(req, Reason.EXPIRED, user=user, factor="push", info=info)
-        if outcome.status in ("approved", "used"):
-            # one approval, one Accept: the compare-and-set decides which of
-            # the requests waiting for this push (NAS retries) gets it
-            if not await self.push.use(outcome):
-                return self._reject(req, Reason.REPLAY, user=user, factor="push",
-                                    device=outcome.device, info=info)
+        result = await self.pushes.outcome(user, push, min(self._remaining(req),
+                                                           push.expires - self.clock()))
+        if result.ok:
             await self._clear_failures(user)
-            return self._accept(req, user, factor="push", device=outcome.device,
-                                attributes=attributes, info=info)
-        reason = PUSH_REJECTS.get(outcome.status, Reason.TIMEOUT)
-        log.info("push.rejected", user=user.name, push=push.id, reason=str(reason))
-        return self._reject(req, reason, user=user, factor="push", device=outcome.device, info=info)
+        return self._decide(req, user, result, attributes, info)
 
     # --- sent codes (SMS, voice, email) ---------------------------------------
     async def _send_code(self, req: AuthRequest, user: User, channel: str, attributes,
