@@ -670,6 +670,59 @@ def cmd_device_pair(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_app_password_create(args: argparse.Namespace, ctx: Context) -> int:
+    """A new app password, printed once; the store keeps only its hash."""
+    from radius_mfa.verifiers.app_password import new_record
+
+    label = validate_display_name(args.label) if args.label is not None else None
+    store = ctx.store()
+    require_user(store, args.name)
+    record, password = new_record(args.name, label, ctx.config().passwords, ctx.now())
+    store.add_app_password(record)
+    if args.json:
+        ctx.json({"id": record.id, "label": record.label, "password": password,
+                  "created": iso_time(record.created)})
+        return EXIT_OK
+    ctx.out(f"app password {record.id} for {quoted(args.name)}"
+            f"{f' ({label})' if label else ''}, shown this once:")
+    ctx.out(f"  {password}")
+    ctx.out("It stands in for the password and the second factor: type it alone, in place of both.")
+    return EXIT_OK
+
+
+def _app_password_entry(record) -> dict:
+    return {"id": record.id, "label": record.label, "created": iso_time(record.created),
+            "last_used": iso_time(record.last_used)}
+
+
+def cmd_app_password_list(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    entries = [_app_password_entry(r) for r in store.list_app_passwords(args.name)]
+    if args.json:
+        ctx.json(entries)
+        return EXIT_OK
+    ctx.out(format_table(("ID", "LABEL", "CREATED", "LAST USED"),
+                         [(e["id"], e["label"], e["created"], e["last_used"]) for e in entries]))
+    return EXIT_OK
+
+
+def cmd_app_password_delete(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    store.delete_app_password(args.name, args.id)
+    ctx.out(f"app password {args.id} of {quoted(args.name)} deleted")
+    return EXIT_OK
+
+
+def cmd_app_password_delete_all(args: argparse.Namespace, ctx: Context) -> int:
+    store = ctx.store()
+    require_user(store, args.name)
+    count = store.delete_app_passwords(args.name)
+    ctx.out(f"{count} app password(s) of {quoted(args.name)} deleted")
+    return EXIT_OK
+
+
 def cmd_device_list(args: argparse.Namespace, ctx: Context) -> int:
     store = ctx.store()
     if args.name is not None:
@@ -911,6 +964,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("code2", metavar="CODE2")
     p = add(tokens, "remove", cmd_token_remove, "delete a token")
     p.add_argument("serial", metavar="SERIAL")
+
+    apps = add_group("app-password", "manage app passwords (password and factor in one, for clients without MFA)")
+    p = add(apps, "create", cmd_app_password_create, "make an app password for a user, shown once")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--label", metavar="X", help="what it is for (a mail client, a laptop)")
+    p.add_argument("--json", action="store_true", help='print {"id", "label", "password", "created"} only')
+    p = add(apps, "list", cmd_app_password_list, "list a user's app passwords (never the passwords)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    p = add(apps, "delete", cmd_app_password_delete, "delete one app password of a user")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("id", metavar="ID")
+    p = add(apps, "delete-all", cmd_app_password_delete_all,
+            "delete every app password of a user (a lost phone or laptop)")
+    p.add_argument("name", metavar="NAME")
 
     devices = add_group("device", "manage push devices")
     p = add(devices, "pair", cmd_device_pair,

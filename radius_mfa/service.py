@@ -32,8 +32,9 @@ from radius_mfa.radius.dupcache import DuplicateCache
 from radius_mfa.server import Finished, RadiusServer, Runtime
 from radius_mfa.sessions import Sessions
 from radius_mfa.store import open_store
+from radius_mfa.verifiers.app_password import AppPasswordFactor
 from radius_mfa.usernames import prepare_store
-from radius_mfa.store.asyncstore import AsyncStore, thread_runner
+from radius_mfa.store.asyncstore import AsyncStore, immediate_runner, thread_runner
 from radius_mfa.delivery.base import CHANNELS
 from radius_mfa.delivery.sender import build_senders
 from radius_mfa.verifiers.hotp import HotpVerifier
@@ -93,7 +94,7 @@ def stop_primary(primary) -> None:
 
 
 def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[], float],
-                 *, reactor=None, push=None) -> Engine:
+                 *, reactor=None, push=None, hash_runner=None) -> Engine:
     """The engine for ``config``; ``reactor`` drives the code senders (SMS,
     voice, email), which exist only where their factors are configured;
     ``push`` is the PushHub where factors.push is configured."""
@@ -113,6 +114,7 @@ def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[],
         delivery=delivery,
         push=push if config.factors.push is not None else None,
         number_matching=config.factors.push.number_matching if config.factors.push else True,
+        app_passwords=AppPasswordFactor(store, hash_runner or immediate_runner, clock),
     )
 
 
@@ -227,7 +229,7 @@ class Service:
                                 ldap_runner=self.ldap_runner, dictionary=self.dictionary,
                                 store=self.sync_store, hash_threads=self.hash_threads)
         engine = build_engine(config, self.store, primary, self.reactor.seconds, reactor=self.reactor,
-                              push=self.push_hub)
+                              push=self.push_hub, hash_runner=self.hash_runner)
         return Runtime(clients=ClientTable(config.clients), engine=engine)
 
     def _flush_logs(self) -> None:
