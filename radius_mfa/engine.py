@@ -10,95 +10,33 @@ service writes the audit record.
 from __future__ import annotations
 
 import dataclasses
-import re
-from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import structlog
 
-from radius_mfa.config import ClientConfig, DeliveryFactorConfig, Mode, PolicyConfig
-from radius_mfa.masking import mask_email, mask_phone
+from radius_mfa.config import DeliveryFactorConfig, Mode, PolicyConfig
 from radius_mfa.model import Attempt, Device, Push, SentCode, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
-from radius_mfa.challenges import DIRECTORY_FIELDS, Stage, challenge_data, unpack_attributes
+from radius_mfa.challenges import Stage, challenge_data, unpack_attributes
 from radius_mfa.prompts import (PUSH_RATE_LIMITED_MESSAGE, RATE_LIMITED_MESSAGE, mask_destination, menu_for,
                                 push_prompt, code_sent_prompt, code_sent_instruction)
+from radius_mfa.directory import pinned, refresh_from_directory
+from radius_mfa.lockout import Lockout
+from radius_mfa.requests import (AuthRequest, Decision, classify, decode_password, is_digits,  # noqa: F401 (re-exported)
+                                 split_inline, FACTOR_WORDS)
 from radius_mfa.sessions import Sessions
 from radius_mfa.usernames import canonical
-from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
+from radius_mfa.verdicts import Reason, Verdict
 from radius_mfa.verifiers.base import CodeVerifier, FactorResult
 from radius_mfa.verifiers.push import PushFactor
 from radius_mfa.verifiers.sent_codes import Sender, SentCodeFactor, destination
 
 log = structlog.get_logger("radius_mfa.engine")
 
-CODE = re.compile(r"\d{6,8}")
 # Seconds kept back from the client's timeout for our own answer to reach it.
 DEADLINE_MARGIN = 1.0
-# Words a user may answer with at a prompt or after the delimiter.
-FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
 # Methods no backend here can verify (RFC 1994 CHAP, MS-CHAP v1, EAP).
 UNSUPPORTED_METHODS = frozenset({"chap", "mschap", "eap"})
-
-
-@dataclass(frozen=True)
-class AuthRequest:
-    """An Access-Request as the engine sees it."""
-    client: ClientConfig
-    user_name: str | None
-    password: bytes | None           # User-Password, decrypted; None when absent
-    state: bytes | None = None
-    calling_station_id: str | None = None
-    request_id: str = ""
-    mschap: bool = False             # an MS-CHAPv2 request: no password, nothing can carry a code
-    method: str = "pap"              # pap | chap | mschap | mschapv2 | eap | none (the audit's `method`)
-    name_invalid: bool = False       # User-Name was not UTF-8: user_name holds it escaped, for the audit
-    forward: tuple[tuple[int, bytes], ...] = ()   # NAS attributes a proxying backend forwards
-    received: float | None = None    # engine clock when it arrived (set by Engine.handle)
-    sent_name: str | None = None     # User-Name as the NAS sent it (user_name is canonical once handled)
-
-
-@dataclass(frozen=True)
-class Decision:
-    verdict: Verdict
-    user_name: str | None
-    primary: str
-    reason: Reason | None = None
-    factor: str | None = None        # "totp", "none" (exempt or unenrolled-allowed), …
-    device: str | None = None
-    user: User | None = None
-    reply_message: str | None = None
-    state: bytes | None = None       # Access-Challenge only
-    attributes: tuple[tuple[str, object], ...] = ()   # extra reply attributes on Accept
-    user_info: dict = field(default_factory=dict)
-    provider: str | None = None      # the delivery provider that sent the code (audit)
-
-
-def classify(answer: str) -> str | None:
-    """'code' for 6–8 digits, the word itself for a factor word, else None."""
-    word = answer.strip().lower()
-    if CODE.fullmatch(word):
-        return "code"
-    if word in FACTOR_WORDS:
-        return word
-    return None
-
-
-def split_inline(password: str, delimiter: str, mode: Mode) -> tuple[str, str | None]:
-    """Split ``password<delimiter>answer`` at the last delimiter.
-
-    ``inline`` clients always carry the answer, so any text after the last
-    delimiter is the answer. ``challenge`` clients accept the inline form
-    too, but only when what follows the delimiter looks like an answer (a
-    6–8 digit code or a factor word); otherwise the whole text is the
-    password and a challenge follows.
-    """
-    head, sep, tail = password.rpartition(delimiter)
-    if not sep:
-        return password, None
-    if mode is Mode.INLINE or classify(tail) is not None:
-        return head, tail
-    return password, None
 
 
 class Engine:
@@ -121,6 +59,7 @@ class Engine:
         self.policy = policy
         self.sessions = sessions
         self.clock = clock
+        self.lockout = Lockout(store, policy.lockout, clock)
         self.exempt_users = frozenset(canonical(u, policy.username) for u in policy.exempt_users)
         self.exempt_groups = frozenset(g.lower() for g in policy.exempt_groups)
 
@@ -163,7 +102,7 @@ class Engine:
         attempt = None
         if refusal is None and user is not None:
             # the password is an answer too: taken and counted before it is checked
-            attempt = await self._take_attempt(user)
+            attempt = await self.lockout.take(user)
             if attempt is None:
                 refusal = Reason.LOCKED
         if refusal is not None:
@@ -189,7 +128,7 @@ class Engine:
         if record is None:
             return None
         result = await factor.verify(user, record, text)
-        await self._settle(user, attempt, result.reason, accepted=result.ok)
+        await self.lockout.settle(user, attempt, result.reason, accepted=result.ok)
         if result.ok:
             return self._accept(req, user, factor=result.factor, device=result.device)
         return self._reject(req, result.reason, user=user, factor=result.factor, device=result.device)
@@ -200,20 +139,20 @@ class Engine:
         info = dict(result.user_info)
         if result.reason is Reason.OVERLOADED:
             # queued longer than the client waits: no answer, the NAS has given up
-            await self._settle(user, attempt, Reason.OVERLOADED)
+            await self.lockout.settle(user, attempt, Reason.OVERLOADED)
             return Decision(Verdict.FAIL, req.user_name, self.primary.name,
                             reason=Reason.OVERLOADED, user=user)
         # a right password (or an upstream that could not decide) gives its
         # attempt back; a wrong one stays counted
-        await self._settle(user, attempt, None if result.ok or result.challenge is not None
+        await self.lockout.settle(user, attempt, None if result.ok or result.challenge is not None
                            else result.reason, accepted=False)
         if result.challenge is not None:
             return await self._relay_challenge(req, user, result)
         if not result.ok:
             return self._reject(req, result.reason, user=user, info=info)
         attributes = result.attributes
-        user = await self._refresh_from_directory(user, info)
-        info = self._pinned(user, info)
+        user = await refresh_from_directory(self.store, user, info)
+        info = pinned(user, info)
         if self._exempt(req, user, info):
             if user is not None:
                 await self._clear_failures(user)
@@ -294,7 +233,7 @@ class Engine:
         refusal = self._refusal(user)
         attempt = None
         if refusal is None and user is not None:
-            attempt = await self._take_attempt(user)
+            attempt = await self.lockout.take(user)
             if attempt is None:
                 refusal = Reason.LOCKED
         if refusal is not None:
@@ -369,12 +308,12 @@ class Engine:
         if kind not in FACTOR_WORDS:
             # a typed answer: an attempt is taken and counted before it is
             # checked, so a burst of guesses gets no further than the lockout
-            attempt = await self._take_attempt(user)
+            attempt = await self.lockout.take(user)
             if attempt is None:
                 return self._reject(req, Reason.LOCKED, user=user, factor=self._code_factor(tokens),
                                     info=info)
             decision = await self._check_typed(req, user, tokens, answer, attributes, info)
-            await self._settle(user, attempt, decision.reason,
+            await self.lockout.settle(user, attempt, decision.reason,
                                accepted=decision.verdict is Verdict.ACCEPT)
             return decision
         if kind == "push" and await self._devices(user):
@@ -523,14 +462,14 @@ class Engine:
                                 attributes, info: dict) -> Decision:
         """The answer to a challenge that named where a code went: that code only."""
         channel = data.get("channel")
-        attempt = await self._take_attempt(user)
+        attempt = await self.lockout.take(user)
         if attempt is None:
             return self._reject(req, Reason.LOCKED, user=user, factor=channel, info=info)
         code = answer.strip()
         result = await self.codes.check(user, code, data.get("code_id")) if is_digits(code) else None
         decision = (self._decide(req, user, result, attributes, info) if result is not None
                     else self._reject(req, Reason.BAD_CODE, user=user, factor=channel, info=info))
-        await self._settle(user, attempt, decision.reason, accepted=decision.verdict is Verdict.ACCEPT)
+        await self.lockout.settle(user, attempt, decision.reason, accepted=decision.verdict is Verdict.ACCEPT)
         return decision
 
     def _decide(self, req: AuthRequest, user: User, result: FactorResult, attributes,
@@ -578,39 +517,6 @@ class Engine:
         groups = info.get("groups") or ()
         return any(g in self.exempt_groups for g in groups)
 
-    async def _refresh_from_directory(self, user: User | None, info: dict) -> User | None:
-        """Keep the store's record of the user in step with the directory:
-        the display name it reports, always; a mail address or phone number
-        only where none is enrolled yet. An enrolled destination is pinned:
-        one the directory reports differently (a user may edit `mobile` in AD)
-        is logged and not used, or codes could be moved to another phone; only
-        `user update` or the self-service page changes it."""
-        if user is None:
-            return None
-        changes = {}
-        for key in DIRECTORY_FIELDS:
-            value, enrolled = info.get(key), getattr(user, key)
-            if not value or value == enrolled:
-                continue
-            if key == "display_name" or not enrolled:
-                changes[key] = value
-            else:
-                masked = mask_email if key == "email" else mask_phone
-                log.warning("user.destination_differs", user=user.name, field=key,
-                            directory=masked(value), enrolled=masked(enrolled))
-        if not changes:
-            return user
-        return await self.store.update_user(user.name, **changes)
-
-    @staticmethod
-    def _pinned(user: User | None, info: dict) -> dict:
-        """The backend's facts with the enrolled destinations in place of the
-        directory's (what the audit and the sent codes use)."""
-        if user is None:
-            return info
-        return {**info, **{key: getattr(user, key) for key in ("email", "phone")
-                           if getattr(user, key)}}
-
     def _primary_request(self, req: AuthRequest, user: User | None, password: bytes | None,
                          upstream_state: bytes | None = None) -> PrimaryRequest:
         # an upstream RADIUS server gets the name as the NAS sent it (NPS
@@ -625,28 +531,6 @@ class Engine:
     async def _usable_tokens(self, user: User) -> list[Token]:
         tokens = await self.store.list_tokens(user.name)
         return [t for t in tokens if any(v.handles(t) for v in self.verifiers)]
-
-    async def _take_attempt(self, user: User) -> Attempt | None:
-        """One attempt at an answer, taken and counted in one store step
-        before the answer is checked; None: the user is locked."""
-        lockout = self.policy.lockout
-        return await self.store.take_attempt(user.name, self.clock(), lockout.failures,
-                                             lockout.minutes * 60.0)
-
-    async def _settle(self, user: User | None, attempt: Attempt | None, reason: Reason | None,
-                      accepted: bool = False) -> None:
-        """What the answer of ``attempt`` turned out to be. A wrong one
-        (``reason`` counts as a failure) was counted when it was taken; an
-        accepted one ends the run of failures; anything else (a right
-        password, a code sent, an upstream down) gives the attempt back. A
-        lock the attempt set stays only for a wrong answer."""
-        if user is None or attempt is None:
-            return
-        if not accepted and reason in COUNTS_AS_FAILURE:
-            if attempt.locked_until is not None:
-                log.warning("auth.locked", user=user.name, minutes=self.policy.lockout.minutes)
-            return
-        await self.store.finish_attempt(user.name, attempt, success=accepted)
 
     @staticmethod
     def _code_factor(tokens: Sequence[Token]) -> str | None:
@@ -669,15 +553,3 @@ class Engine:
         return Decision(Verdict.REJECT, req.user_name, self.primary.name, reason=reason,
                         factor=factor, device=device, user=user, user_info=dict(info or {}),
                         provider=provider, reply_message=reply_message)
-
-
-def decode_password(raw: bytes) -> str:
-    """User-Password bytes → text; bytes that are not UTF-8 survive unchanged
-    (surrogateescape), so a hash check sees exactly what was sent."""
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def is_digits(answer: str) -> bool:
-    """ASCII digits only (``str.isdigit`` also takes superscripts and other scripts)."""
-    text = answer.strip()
-    return text.isascii() and text.isdigit()

@@ -24,7 +24,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
 from radius_mfa.config import ClientConfig, RequireMA
-from radius_mfa.engine import AuthRequest, Decision
+from radius_mfa.requests import AuthRequest, Decision
 from radius_mfa.errors import RemoteProtocolError
 from radius_mfa.radius import codec
 from radius_mfa.radius.clients import ClientTable

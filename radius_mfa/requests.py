@@ -1,0 +1,88 @@
+"""What the engine is given and what it decides: an Access-Request as the
+engine sees it, its decision, and the reading of what the user typed
+(``password<delimiter>answer``, a code, a word that picks a factor)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from radius_mfa.config import ClientConfig, Mode
+from radius_mfa.model import User
+from radius_mfa.verdicts import Reason, Verdict
+
+CODE = re.compile(r"\d{6,8}")
+# Words a user may answer with at a prompt or after the delimiter.
+FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """An Access-Request as the engine sees it."""
+    client: ClientConfig
+    user_name: str | None
+    password: bytes | None           # User-Password, decrypted; None when absent
+    state: bytes | None = None
+    calling_station_id: str | None = None
+    request_id: str = ""
+    mschap: bool = False             # an MS-CHAPv2 request: no password, nothing can carry a code
+    method: str = "pap"              # pap | chap | mschap | mschapv2 | eap | none (the audit's `method`)
+    name_invalid: bool = False       # User-Name was not UTF-8: user_name holds it escaped, for the audit
+    forward: tuple[tuple[int, bytes], ...] = ()   # NAS attributes a proxying backend forwards
+    received: float | None = None    # engine clock when it arrived (set by Engine.handle)
+    sent_name: str | None = None     # User-Name as the NAS sent it (user_name is canonical once handled)
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    user_name: str | None
+    primary: str
+    reason: Reason | None = None
+    factor: str | None = None        # "totp", "none" (exempt or unenrolled-allowed), …
+    device: str | None = None
+    user: User | None = None
+    reply_message: str | None = None
+    state: bytes | None = None       # Access-Challenge only
+    attributes: tuple[tuple[str, object], ...] = ()   # extra reply attributes on Accept
+    user_info: dict = field(default_factory=dict)
+    provider: str | None = None      # the delivery provider that sent the code (audit)
+
+
+def classify(answer: str) -> str | None:
+    """'code' for 6–8 digits, the word itself for a factor word, else None."""
+    word = answer.strip().lower()
+    if CODE.fullmatch(word):
+        return "code"
+    if word in FACTOR_WORDS:
+        return word
+    return None
+
+
+def split_inline(password: str, delimiter: str, mode: Mode) -> tuple[str, str | None]:
+    """Split ``password<delimiter>answer`` at the last delimiter.
+
+    ``inline`` clients always carry the answer, so any text after the last
+    delimiter is the answer. ``challenge`` clients accept the inline form
+    too, but only when what follows the delimiter looks like an answer (a
+    6–8 digit code or a factor word); otherwise the whole text is the
+    password and a challenge follows.
+    """
+    head, sep, tail = password.rpartition(delimiter)
+    if not sep:
+        return password, None
+    if mode is Mode.INLINE or classify(tail) is not None:
+        return head, tail
+    return password, None
+
+
+def decode_password(raw: bytes) -> str:
+    """User-Password bytes → text; bytes that are not UTF-8 survive unchanged
+    (surrogateescape), so a hash check sees exactly what was sent."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def is_digits(answer: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes superscripts and other scripts)."""
+    text = answer.strip()
+    return text.isascii() and text.isdigit()
