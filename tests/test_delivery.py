@@ -31,6 +31,7 @@ from radius_mfa.delivery.http import HttpProvider
 from radius_mfa.delivery.sender import Sender, build_senders, for_voice, spoken
 from radius_mfa.delivery.smtp import SmtpProvider
 from radius_mfa.delivery.twilio import TwilioProvider, twiml_say_twice
+from radius_mfa.httptemplate import HttpTemplate
 
 CODE = "482910"
 PHONE = "+4915112345678"
@@ -82,6 +83,18 @@ def test_form_body_is_form_encoded_and_values_are_not_filled_twice():
                             reactor)
     body = provider.request_for(message)[3].decode()
     assert urllib.parse.parse_qs(body) == {"to": [PHONE], "text": ["a&b=c"], "u": ["{code}"]}
+
+
+def test_one_template_serves_any_set_of_placeholders_and_leaves_other_braces():
+    template = HttpTemplate(method="PUT", url="https://hook.example/{who}/x?a={who}", headers=(),
+                            body='{"who": "{who}", "other": "{unknown}"}', placeholders=("who",))
+    method, url, headers, body = template.request({"who": 'a "b"/c'})
+    assert (method, url) == ("PUT", "https://hook.example/a%20%22b%22%2Fc/x?a=a%20%22b%22%2Fc")
+    assert json.loads(body) == {"who": 'a "b"/c', "other": "{unknown}"}
+    assert headers.getRawHeaders("content-type") == ["application/json"]
+    plain = HttpTemplate(method="POST", url="http://gw/", headers=(), body="hi {who}", placeholders=("who",))
+    assert plain.request({"who": "{who}"})[3] == b"hi {who}"           # filled once, not again
+    assert plain.request({"who": "x"})[2].getRawHeaders("content-type") == ["text/plain; charset=utf-8"]
 
 
 def test_twiml_escapes_the_text():

@@ -143,7 +143,7 @@ class ProviderConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HttpProviderConfig(ProviderConfig):
-    """``type: http``: a generic gateway, placeholders in its url and body (radius_mfa.delivery.http)."""
+    """``type: http``: a generic gateway, placeholders in its url and body (radius_mfa.httptemplate)."""
     type: ClassVar[str] = "http"
     url: str
     method: str = "POST"

@@ -1,32 +1,16 @@
-"""The generic HTTP gateway provider (``type: http``), and the HTTP call it shares with Twilio.
+"""The generic HTTP gateway provider (``type: http``), and the HTTP call it shares.
 
 Placeholders ``{phone}``, ``{message}``, ``{code}`` and ``{user}`` are filled
-in the URL and in the body, in one pass (a value that itself contains
-``{code}`` is not filled again); any other brace is left alone, so a JSON
-body needs no doubling of braces. Each value is escaped for where it lands:
-
-* in the URL: percent-encoded (``+49 151`` → ``%2B49%20151``);
-* in the body, when it is JSON — the Content-Type header contains ``json``,
-  or there is no Content-Type and the body starts with ``{`` or ``[``: escaped
-  as the inside of a JSON string (quotes, backslashes, control characters),
-  so write the placeholder inside quotes: ``{"text": "{message}"}``;
-* in the body, when the Content-Type is ``application/x-www-form-urlencoded``:
-  form-encoded (``to={phone}&text={message}``);
-* otherwise: as is.
-
-A body without a Content-Type header is sent as ``application/json`` when it
-is JSON by the rule above, else as ``text/plain; charset=utf-8``. Any 2xx
-answer means delivered; anything else is ``DeliveryError("HTTP 500")`` — the
-answer's body is never read into an error, as a gateway may echo the message
-(and so the code). https uses the system's CAs.
+in the URL and in the body, each value escaped for where it lands
+(percent-encoded in the URL, as the inside of a JSON string in a JSON body,
+form-encoded in a form body): see radius_mfa.httptemplate, which the push
+webhooks share. Any 2xx answer means delivered; anything else is
+``DeliveryError("HTTP 500")`` — the answer's body is never read into an
+error, as a gateway may echo the message (and so the code). https uses the
+system's CAs. Twilio and the push webhooks send through :func:`call` too.
 """
 
 from __future__ import annotations
-
-import json
-import re
-import urllib.parse
-from typing import Callable
 
 from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.protocol import Protocol
@@ -37,39 +21,15 @@ from zope.interface import implementer
 
 from radius_mfa.config import HttpProviderConfig
 from radius_mfa.delivery.base import DeliveryError, Outgoing
+from radius_mfa.httptemplate import HttpTemplate
 
-_PLACEHOLDER = re.compile(r"\{(phone|message|code|user)\}")
-
-
-def fill(template: str, message: Outgoing, escape: Callable[[str], str]) -> str:
-    """The template with every known placeholder replaced by its escaped value."""
-    values = {"phone": message.to, "message": message.text, "code": message.code, "user": message.user}
-    return _PLACEHOLDER.sub(lambda m: escape(values[m.group(1)]), template)
+#: What an http provider's url and body may carry.
+PLACEHOLDERS = ("phone", "message", "code", "user")
 
 
-def json_string_inside(value: str) -> str:
-    """``say "hi"`` → ``say \\"hi\\"``: the value as it goes between JSON quotes."""
-    return json.dumps(value, ensure_ascii=False)[1:-1]
-
-
-def url_component(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-def body_kind(body: str, content_type: str | None) -> str:
-    """``json`` | ``form`` | ``plain``: how placeholder values are escaped in the body."""
-    if content_type is None:
-        return "json" if body.lstrip().startswith(("{", "[")) else "plain"
-    lowered = content_type.lower()
-    if "json" in lowered:
-        return "json"
-    if lowered.startswith("application/x-www-form-urlencoded"):
-        return "form"
-    return "plain"
-
-
-_BODY_ESCAPES = {"json": json_string_inside, "form": urllib.parse.quote_plus, "plain": lambda v: v}
-_DEFAULT_TYPES = {"json": "application/json", "plain": "text/plain; charset=utf-8"}
+def placeholder_values(message: Outgoing) -> dict[str, str]:
+    """What ``{phone}``, ``{message}``, ``{code}`` and ``{user}`` stand for."""
+    return {"phone": message.to, "message": message.text, "code": message.code, "user": message.user}
 
 
 @implementer(IBodyProducer)
@@ -144,25 +104,13 @@ class HttpProvider:
             raise ValueError(f"provider {config.name}: an http provider needs a url")
         self.name = config.name
         self.timeout = config.timeout
-        self._config = config
         self._agent = make_agent(reactor, trust_root)
-        content_type = next((v for k, v in config.headers if k.lower() == "content-type"), None)
-        self._body_kind = body_kind(config.body, content_type) if config.body is not None else None
-        self._default_type = None if content_type else _DEFAULT_TYPES.get(self._body_kind or "")
+        self._template = HttpTemplate(method=config.method, url=config.url, headers=config.headers,
+                                      body=config.body, placeholders=PLACEHOLDERS)
 
     def request_for(self, message: Outgoing) -> tuple[str, str, Headers, bytes | None]:
         """Method, URL, headers and body for ``message`` (pure; tested on its own)."""
-        config = self._config
-        url = fill(config.url, message, url_component)
-        headers = Headers()
-        for key, value in config.headers:
-            headers.addRawHeader(key, value)
-        body = None
-        if config.body is not None:
-            body = fill(config.body, message, _BODY_ESCAPES[self._body_kind]).encode("utf-8")
-            if self._default_type:
-                headers.addRawHeader("Content-Type", self._default_type)
-        return config.method, url, headers, body
+        return self._template.request(placeholder_values(message))
 
     async def send(self, message: Outgoing) -> None:
         response = await call(self._agent, *self.request_for(message))

@@ -13,9 +13,10 @@ configured entry of ``factors.push.notify``. Placeholders in its ``url`` and
 ``body``: ``{user}``, ``{client}`` (the NAS's configured name), ``{push_id}``,
 ``{user_ip}`` (empty when unknown) and ``{number_hint}`` ("enter the number
 shown on the sign-in screen" when number matching applies, else empty). They
-are filled in one pass and escaped for where they land, exactly as the SMS
-gateway provider does (radius_mfa.delivery.http): percent-encoded in the URL,
-as the inside of a JSON string in a JSON body, form-encoded in a form body.
+are filled in one pass and escaped for where they land by the template the
+SMS gateway provider uses too (radius_mfa.httptemplate): percent-encoded in
+the URL, as the inside of a JSON string in a JSON body, form-encoded in a
+form body.
 The number itself is never available to a notifier: it is shown only at the
 sign-in prompt, so a notification read by someone else cannot approve.
 
@@ -43,9 +44,7 @@ its own server credentials). One plugs in as another class with the same
 
 from __future__ import annotations
 
-import re
-import urllib.parse
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import structlog
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, gatherResults
@@ -53,17 +52,14 @@ from twisted.web.http_headers import Headers
 
 from radius_mfa.config import NOTIFY_PLACEHOLDERS, NotifierConfig, PushConfig
 from radius_mfa.delivery.base import DeliveryError
-from radius_mfa.delivery.http import body_kind, call, discard_body, json_string_inside, make_agent, url_component
+from radius_mfa.delivery.http import call, discard_body, make_agent
+from radius_mfa.httptemplate import HttpTemplate
 from radius_mfa.model import Push
 
 log = structlog.get_logger("radius_mfa.push")
 
 NUMBER_HINT = "enter the number shown on the sign-in screen"
 _REASON_MAX = 200
-
-_BODY_ESCAPES: dict[str, Callable[[str], str]] = {
-    "json": json_string_inside, "form": urllib.parse.quote_plus, "plain": lambda v: v}
-_DEFAULT_TYPES = {"json": "application/json", "plain": "text/plain; charset=utf-8"}
 
 
 class Notifier(Protocol):
@@ -87,38 +83,16 @@ def placeholder_values(push: Push) -> dict[str, str]:
     }
 
 
-_PLACEHOLDER = re.compile(r"\{(" + "|".join(NOTIFY_PLACEHOLDERS) + r")\}")
-
-
-def fill(template: str, values: dict[str, str], escape: Callable[[str], str]) -> str:
-    """The template with each placeholder replaced by its escaped value, in
-    one pass (a value holding ``{user}`` is not filled again); other braces stay."""
-    return _PLACEHOLDER.sub(lambda m: escape(values[m.group(1)]), template)
-
-
 class _Webhook:
     """One configured webhook: its request, built from a push (pure)."""
 
     def __init__(self, config: NotifierConfig):
         self.config = config
-        content_type = next((v for k, v in config.headers if k.lower() == "content-type"), None)
-        self._body_kind = body_kind(config.body, content_type) if config.body is not None else None
-        self._default_type = None if content_type else _DEFAULT_TYPES.get(self._body_kind or "")
+        self._template = HttpTemplate(method=config.method, url=config.url, headers=config.headers,
+                                      body=config.body, placeholders=NOTIFY_PLACEHOLDERS)
 
     def request_for(self, push: Push) -> tuple[str, str, Headers, bytes | None]:
-        config = self.config
-        values = placeholder_values(push)
-        url = fill(config.url, values, url_component)
-        headers = Headers()
-        for key, value in config.headers:
-            headers.addRawHeader(key, value)
-        body = None
-        if config.body is not None:
-            assert self._body_kind is not None
-            body = fill(config.body, values, _BODY_ESCAPES[self._body_kind]).encode("utf-8")
-            if self._default_type:
-                headers.addRawHeader("Content-Type", self._default_type)
-        return config.method, url, headers, body
+        return self._template.request(placeholder_values(push))
 
 
 class WebhookNotifier:
