@@ -147,7 +147,7 @@ class HttpProviderConfig(ProviderConfig):
     type: ClassVar[str] = "http"
     url: str
     method: str = "POST"
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # may hold API keys
     body: str | None = None
 
 
