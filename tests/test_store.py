@@ -9,6 +9,7 @@ test_store_postgres.py.
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
 
@@ -19,6 +20,7 @@ from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, S
 from radius_mfa.model import (AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode,
                               Token, User)
 from radius_mfa.secretbox import KEY_BYTES, SecretBox, is_sealed
+from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
 from radius_mfa.store.base import Store
 
 NOW = 1_700_000_000.0
@@ -1238,3 +1240,33 @@ def test_rename_moves_the_app_passwords(users: Store) -> None:
     users.rename_user("alice", "alicia")
     assert [(ap.id, ap.user) for ap in users.list_app_passwords("alicia")] == [("a1", "alicia")]
     assert users.list_app_passwords("alice") == []
+
+
+# --- the async facade ----------------------------------------------------------
+
+
+def _public_methods(cls) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(value) for name, value in vars(cls).items()
+            if callable(value) and not name.startswith("_")}
+
+
+def test_async_store_has_every_store_method_with_its_parameters() -> None:
+    theirs = _public_methods(Store)
+    ours = _public_methods(AsyncStore)
+    assert sorted(ours) == sorted(theirs)
+    for name, signature in theirs.items():
+        assert list(ours[name].parameters) == list(signature.parameters), name
+
+
+def test_async_store_passes_each_call_through(users: Store) -> None:
+    failed: list[str] = []
+    facade = AsyncStore(users, immediate_runner, on_error=failed.append)
+    results: list = []
+    facade.list_tokens().addCallback(results.append)
+    facade.allow_send("alice", NOW, 1, 60, kind="push").addCallback(results.append)
+    facade.allow_send("alice", NOW, 1, 60, "push").addCallback(results.append)
+    facade.update_user("alice", email=None).addCallback(results.append)
+    assert results == [[], True, False, users.get_user("alice")]
+    users.close()
+    facade.get_user("alice").addErrback(lambda failure: results.append(failure.type))
+    assert results[-1] is StoreError and failed == ["get_user"]
