@@ -791,3 +791,32 @@ def test_a_line_logged_by_the_audit_hook_carries_the_request_id(h):
     [audited] = [e for e in events if e["event"] == "test.audited"]
     [finished] = h.finished
     assert audited["request_id"] == finished.request_id
+
+
+def test_lines_logged_in_a_thread_pool_carry_the_request_id():
+    import threading
+
+    import structlog.contextvars
+    from twisted.python.threadpool import ThreadPool
+
+    from radius_mfa.store.asyncstore import thread_runner
+
+    class CallsAtOnce:
+        def callFromThread(self, fn, *args, **kwargs):
+            fn(*args, **kwargs)
+
+    seen, done = [], threading.Event()
+
+    def in_the_pool():
+        seen.append(structlog.contextvars.get_contextvars().get("request_id"))
+        done.set()
+
+    pool = ThreadPool(minthreads=1, maxthreads=1)
+    pool.start()
+    try:
+        with structlog.contextvars.bound_contextvars(request_id="r-42"):
+            thread_runner(CallsAtOnce(), pool)(in_the_pool)
+        assert done.wait(5)
+        assert seen == ["r-42"]
+    finally:
+        pool.stop()

@@ -18,6 +18,8 @@ the contract of each is the docstring of the Store method of that name.
 
 from __future__ import annotations
 
+import contextvars
+
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import structlog
@@ -41,10 +43,12 @@ def immediate_runner(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> defer
 
 
 def thread_runner(reactor, pool) -> Runner:
-    """A runner that executes each call in ``pool`` (a started ThreadPool)."""
+    """A runner that executes each call in ``pool`` (a started ThreadPool),
+    in a copy of the caller's context: what the thread logs carries the
+    request's bound ``request_id`` too."""
 
     def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
-        return deferToThreadPool(reactor, pool, fn, *args, **kwargs)
+        return deferToThreadPool(reactor, pool, contextvars.copy_context().run, fn, *args, **kwargs)
 
     return run
 
