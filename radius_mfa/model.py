@@ -7,6 +7,8 @@ ever logged or printed (``token add`` prints a secret once, at enrolment).
 
 from __future__ import annotations
 
+import enum
+
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -127,7 +129,19 @@ class AuthRecord:
 #: A push's status. ``pending`` until the device answers or it expires;
 #: ``approved`` → ``used`` once an Access-Accept was sent for it (a later
 #: login attempt cannot join it then); the others are final.
-PUSH_STATUSES = ("pending", "approved", "used", "denied", "fraud", "wrong_number")
+class PushStatus(str, enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    USED = "used"
+    DENIED = "denied"
+    FRAUD = "fraud"
+    WRONG_NUMBER = "wrong_number"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PUSH_STATUSES = tuple(status.value for status in PushStatus)
 
 
 @dataclass(frozen=True)
@@ -167,7 +181,7 @@ class Push:
     created: float
     expires: float                    # no answer is taken after this
     number: int | None = None         # number matching: shown at the sign-in prompt, 10–99
-    status: str = "pending"           # one of PUSH_STATUSES
+    status: PushStatus = PushStatus.PENDING
     device: str | None = None         # the device that answered
     answered: float | None = None
 

@@ -20,7 +20,7 @@ import structlog
 from twisted.internet import defer, task
 
 from radius_mfa.config import PushConfig
-from radius_mfa.model import Device, Push, User
+from radius_mfa.model import Device, Push, PushStatus, User
 
 log = structlog.get_logger("radius_mfa.push")
 
@@ -32,8 +32,8 @@ MAX_LONG_POLL = 55.0
 #: this process wake it at once).
 LONG_POLL_CHECK = 1.0
 #: Final statuses: an answer arrived.
-ANSWERED = frozenset({"approved", "used", "denied", "fraud", "wrong_number"})
-DECISION_STATUS = {"approve": "approved", "deny": "denied", "fraud": "fraud"}
+ANSWERED = frozenset(PushStatus) - {PushStatus.PENDING}
+DECISION_STATUS = {"approve": PushStatus.APPROVED, "deny": PushStatus.DENIED, "fraud": PushStatus.FRAUD}
 
 
 class PushRefused(Exception):
@@ -130,7 +130,7 @@ class PushHub:
         """An Access-Accept may go out for this approved push: True for the
         first caller only (compare-and-set approved → used), so one approval
         yields one Accept however many requests waited for it."""
-        if push.status != "approved":
+        if push.status != PushStatus.APPROVED:
             return False
         return await self.store.use_push(push.id)
 
@@ -158,7 +158,7 @@ class PushHub:
         if push is None or push.user != device.user:
             raise PushRefused(404, NOT_FOUND)
         now = self.clock()
-        if push.status != "pending":
+        if push.status != PushStatus.PENDING:
             raise PushRefused(409, ANSWERED_ALREADY)
         if push.expires <= now:
             raise PushRefused(410, TOO_LATE)
@@ -167,18 +167,18 @@ class PushHub:
             if number is None:
                 raise PushRefused(422, NEEDS_NUMBER)
             if not hmac.compare_digest(str(int(number)).encode(), str(push.number).encode()):
-                status = "wrong_number"
+                status = PushStatus.WRONG_NUMBER
         answered = await self.store.answer_push(push_id, status, device.id, now)
         if answered is None:
             again = await self.store.get_push(push_id)
-            if again is not None and again.status == "pending":
+            if again is not None and again.status == PushStatus.PENDING:
                 raise PushRefused(410, TOO_LATE)
             raise PushRefused(409, ANSWERED_ALREADY)      # another answer won the race
         log.info("push.answered", user=push.user, push=push.id, device=device.id, status=status)
-        if status == "fraud":
+        if status == PushStatus.FRAUD:
             await self._fraud(answered, device)
         self.answered(answered)
-        if status == "wrong_number":
+        if status == PushStatus.WRONG_NUMBER:
             raise PushRefused(422, WRONG_NUMBER)
         return answered
 

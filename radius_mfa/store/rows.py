@@ -13,7 +13,7 @@ import json
 from typing import Any, Mapping, Sequence
 
 from radius_mfa.errors import RefusedError, StoreError
-from radius_mfa.model import (PUSH_STATUSES, AppPassword, AuthRecord, Challenge, ClientSeen, Device, Pairing,
+from radius_mfa.model import (PUSH_STATUSES, PushStatus, AppPassword, AuthRecord, Challenge, ClientSeen, Device, Pairing,
                               Push, SentCode,
                               Token, User)
 from radius_mfa.secretbox import SecretBox
@@ -185,7 +185,7 @@ def push(row: Row) -> Push:
         created=row["created"],
         expires=row["expires"],
         number=row["number"],
-        status=row["status"],
+        status=PushStatus(row["status"]),
         device=row["device"],
         answered=row["answered"],
     )

@@ -699,7 +699,7 @@ class SqlStore:
                 'INSERT INTO pushes (id, "user", client, calling_station_id, user_ip, created, expires,'
                 " number, status, device, answered) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (push.id, push.user, push.client, push.calling_station_id, push.user_ip, push.created,
-                 push.expires, push.number, push.status, push.device, push.answered),
+                 push.expires, push.number, str(push.status), push.device, push.answered),
             )
         except StoreError as exc:
             if self._refused(exc, UNIQUE):
@@ -756,7 +756,7 @@ class SqlStore:
             "answer push",
             "UPDATE pushes SET status = %s, device = %s, answered = %s"
             " WHERE id = %s AND status = 'pending' AND expires > %s RETURNING *",
-            (status, device, now, push_id, now),
+            (str(status), device, now, push_id, now),
         )
         return _rows.push(rows[0]) if rows else None
 

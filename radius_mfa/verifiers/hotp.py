@@ -12,12 +12,12 @@ decides again.
 from __future__ import annotations
 
 import hmac
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from radius_mfa.model import Token, User
 from radius_mfa.otp import oath
 from radius_mfa.verdicts import Reason
-from radius_mfa.verifiers.base import FactorResult
+from radius_mfa.verifiers.base import NO_PASSWORD, PAP, FactorKind, FactorResult
 
 # How many times a request re-reads a counter that others keep moving before
 # it gives up (fails closed). Counters only move forward, so a code within
@@ -37,7 +37,10 @@ def matching_counter(token: Token, code: str, first: int, last: int) -> int | No
 
 
 class HotpVerifier:
-    name = "hotp"
+    name: ClassVar[str] = "hotp"
+    words: ClassVar[frozenset[str]] = frozenset()          # picked by typing a code
+    methods: ClassVar[frozenset[str]] = frozenset({PAP, NO_PASSWORD})
+    kind: ClassVar[FactorKind] = FactorKind.TYPED
 
     def __init__(self, store, look_ahead: int = 10):
         self.store = store          # AsyncStore

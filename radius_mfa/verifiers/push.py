@@ -16,15 +16,15 @@ from typing import Callable, ClassVar
 import structlog
 
 from radius_mfa.audit import user_ip_from
-from radius_mfa.model import Device, Push, User
+from radius_mfa.model import Device, Push, PushStatus, User
 from radius_mfa.verdicts import Reason
 from radius_mfa.verifiers.base import MSCHAPV2, NO_PASSWORD, PAP, FactorKind, FactorResult
 
 log = structlog.get_logger("radius_mfa.engine")
 
 # What a push's outcome means for the sign-in waiting for it.
-PUSH_REJECTS = {"denied": Reason.DENIED, "fraud": Reason.FRAUD, "wrong_number": Reason.WRONG_NUMBER,
-                "pending": Reason.TIMEOUT}
+PUSH_REJECTS = {PushStatus.DENIED: Reason.DENIED, PushStatus.FRAUD: Reason.FRAUD,
+                PushStatus.WRONG_NUMBER: Reason.WRONG_NUMBER, PushStatus.PENDING: Reason.TIMEOUT}
 
 
 class PushFactor:
@@ -55,7 +55,7 @@ class PushFactor:
         answered = await self.hub.wait(push.id, wait)
         if answered is None:
             return FactorResult(False, self.name, reason=Reason.EXPIRED)
-        if answered.status in ("approved", "used"):
+        if answered.status in (PushStatus.APPROVED, PushStatus.USED):
             # one approval, one Accept: the compare-and-set decides which of
             # the requests waiting for this push (NAS retries) gets it
             if not await self.hub.use(answered):

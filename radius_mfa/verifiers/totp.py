@@ -13,12 +13,12 @@ counted on the token's clock.
 from __future__ import annotations
 
 import hmac
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from radius_mfa.model import Token, User
 from radius_mfa.otp import otp_at
 from radius_mfa.verdicts import Reason
-from radius_mfa.verifiers.base import FactorResult
+from radius_mfa.verifiers.base import NO_PASSWORD, PAP, FactorKind, FactorResult
 
 
 def steps_to_try(now: float, period: int, window: int, drift: int = 0) -> list[int]:
@@ -32,7 +32,10 @@ def steps_to_try(now: float, period: int, window: int, drift: int = 0) -> list[i
 
 
 class TotpVerifier:
-    name = "totp"
+    name: ClassVar[str] = "totp"
+    words: ClassVar[frozenset[str]] = frozenset()          # picked by typing a code
+    methods: ClassVar[frozenset[str]] = frozenset({PAP, NO_PASSWORD})
+    kind: ClassVar[FactorKind] = FactorKind.TYPED
 
     def __init__(self, store, window: int = 1):
         self.store = store          # AsyncStore
