@@ -98,13 +98,8 @@ class Engine:
             password, answer = split_inline(text, self.policy.delimiter, req.client.mode)
             secret = password.encode("utf-8", "surrogateescape")
 
-        refusal = self._refusal(user)
-        attempt = None
-        if refusal is None and user is not None:
-            # the password is an answer too: taken and counted before it is checked
-            attempt = await self.lockout.take(user)
-            if attempt is None:
-                refusal = Reason.LOCKED
+        # the password is an answer too: taken and counted before it is checked
+        refusal, attempt = await self._admit(user)
         if refusal is not None:
             await self.primary.equalize(secret)
             return self._reject(req, refusal, user=user)
@@ -230,12 +225,7 @@ class Engine:
     async def _answer_upstream(self, req: AuthRequest, user: User | None, data: dict, answer: str,
                                attributes, info: dict) -> Decision:
         """The upstream's own challenge (a new PIN): its answer goes back to it."""
-        refusal = self._refusal(user)
-        attempt = None
-        if refusal is None and user is not None:
-            attempt = await self.lockout.take(user)
-            if attempt is None:
-                refusal = Reason.LOCKED
+        refusal, attempt = await self._admit(user)
         if refusal is not None:
             return self._reject(req, refusal, user=user)
         upstream_state = data.get("upstream_state")
@@ -497,6 +487,16 @@ class Engine:
         return self._reject(req, Reason.NO_FACTOR, user=user, info=info)
 
     # --- helpers --------------------------------------------------------------
+    async def _admit(self, user: User | None) -> tuple[Reason | None, Attempt | None]:
+        """Before a password is checked: why the user is refused (locked,
+        disabled), or the lockout attempt it takes (None for a user the
+        store does not know: nothing to count)."""
+        refusal = self._refusal(user)
+        if refusal is not None or user is None:
+            return refusal, None
+        attempt = await self.lockout.take(user)
+        return (Reason.LOCKED if attempt is None else None), attempt
+
     def _refusal(self, user: User | None) -> Reason | None:
         """Why this user is refused whatever they send, if they are."""
         if user is None:
