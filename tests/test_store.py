@@ -1270,3 +1270,12 @@ def test_async_store_passes_each_call_through(users: Store) -> None:
     users.close()
     facade.get_user("alice").addErrback(lambda failure: results.append(failure.type))
     assert results[-1] is StoreError and failed == ["get_user"]
+
+
+def test_the_cap_on_open_challenges_holds_when_servers_open_them_at_once(make_store: StoreMaker) -> None:
+    stores = [make_store() for _ in range(4)]
+    race([lambda s=s, i=i, j=j: s.put_challenge(
+              Challenge(state_digest=f"{i:02x}{j:02x}" * 16, user="alice", client="vpn",
+                        created=NOW + i * 10 + j, expires=NOW + 300), max_open=3)
+          for i, s in enumerate(stores) for j in range(5)])
+    assert stores[0].count_challenges(NOW) == 3

@@ -257,6 +257,8 @@ OUR_TABLES = frozenset({
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('radius-mfa schema ' || coalesce(current_schema(), ''), 0))"
 _SEND_LOCK = ("SELECT pg_advisory_xact_lock(hashtextextended("
               "'radius-mfa sends ' || coalesce(current_schema(), '') || ' ' || %s, 0))")
+_CHALLENGE_LOCK = ("SELECT pg_advisory_xact_lock(hashtextextended("
+                   "'radius-mfa challenges ' || coalesce(current_schema(), '') || ' ' || %s, 0))")
 
 
 def schema_version() -> int:
@@ -499,6 +501,11 @@ class PostgresStore(SqlStore):
     def _lock_sends(self, conn: psycopg.Connection, user: str) -> None:
         """An advisory lock on the user's sends: they have no row to lock."""
         conn.execute(_SEND_LOCK, (user,))
+
+    def _lock_challenges(self, conn: psycopg.Connection, user: str) -> None:
+        """An advisory lock on the user's challenges: the cap counts rows
+        that concurrent transactions would not see yet."""
+        conn.execute(_CHALLENGE_LOCK, (user,))
 
     def _violation(self, exc: BaseException | None) -> str | None:
         if isinstance(exc, pg_errors.UniqueViolation):

@@ -95,6 +95,12 @@ class SqlStore:
         of the transaction (nothing to do where the transaction locks the
         whole store)."""
 
+    def _lock_challenges(self, conn: Any, user: str) -> None:
+        """Inside ``_write``: hold the user's open challenges until the end
+        of the transaction, so that the cap on them holds when servers open
+        challenges for one user at once (nothing to do where the transaction
+        locks the whole store)."""
+
     def _violation(self, exc: BaseException | None) -> str | None:
         """``UNIQUE`` or ``FOREIGN_KEY`` when the driver error ``exc`` is that
         constraint refusing a row; None for anything else."""
@@ -475,6 +481,8 @@ class SqlStore:
         data = _rows.to_json(challenge.data, "challenge data")
         try:
             with self._write("put challenge") as conn:
+                if max_open is not None:
+                    self._lock_challenges(conn, challenge.user)
                 conn.execute(
                     'INSERT INTO challenges (state_digest, "user", client, created, expires, factors, data)'
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
