@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from radius_mfa.delivery.base import PHONE_CHANNELS, Channel
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import Token, User
 
-# Channels that send a code to a phone (menu order: phone channels first).
-PHONE_CHANNELS = frozenset({"sms", "voice"})
 RATE_LIMITED_MESSAGE = "Too many codes were sent. Try again in a few minutes."
 PUSH_RATE_LIMITED_MESSAGE = "Too many sign-in requests were sent to your device. Try again in a few minutes."
 
@@ -40,7 +39,7 @@ def prompt_for(tokens: Sequence[Token]) -> str:
 
 def mask_destination(channel: str, destination: str | None) -> str:
     """Where a code went, as users and logs may see it."""
-    masked = mask_email(destination) if channel == "email" else mask_phone(destination)
+    masked = mask_email(destination) if channel == Channel.EMAIL else mask_phone(destination)
     return masked or "***"
 
 
@@ -59,7 +58,7 @@ def menu_for(tokens: Sequence[Token], channels: Sequence[str], user: User,
     phone = [c for c in channels if c in PHONE_CHANNELS]
     if phone:
         choices.append(" or ".join(phone) + f" ({mask_phone(user.phone)})")
-    if "email" in channels:
+    if Channel.EMAIL in channels:
         choices.append(f"email ({mask_email(user.email)})")
     words = " or ".join(choices)
     if push:

@@ -13,12 +13,25 @@ destination: errors carry the provider's name and what went wrong, no more.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from radius_mfa.errors import RadiusMfaError
 
-CHANNELS = ("sms", "voice", "email")
+class Channel(str, enum.Enum):
+    """Where a code goes, and the word that asks for it."""
+    SMS = "sms"
+    VOICE = "voice"
+    EMAIL = "email"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: In menu order: phone channels first.
+CHANNELS = tuple(channel.value for channel in Channel)
+PHONE_CHANNELS = frozenset({Channel.SMS.value, Channel.VOICE.value})
 
 
 @dataclass(frozen=True)

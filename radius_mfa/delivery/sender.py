@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from radius_mfa.config import (FactorsConfig, HttpProviderConfig, ProviderConfig, SmtpProviderConfig,
                                TwilioProviderConfig)
-from radius_mfa.delivery.base import CHANNELS, DeliveryError, DeliveryFailed, Outgoing, Provider
+from radius_mfa.delivery.base import CHANNELS, Channel, DeliveryError, DeliveryFailed, Outgoing, Provider
 from radius_mfa.masking import mask_email, mask_phone
 
 log = structlog.get_logger("radius_mfa.delivery")
@@ -47,7 +47,7 @@ def for_voice(message: Outgoing) -> Outgoing:
 
 def masked_destination(message: Outgoing) -> str | None:
     """The destination as it may appear in a log line."""
-    return mask_email(message.to) if message.channel == "email" else mask_phone(message.to)
+    return mask_email(message.to) if message.channel == Channel.EMAIL else mask_phone(message.to)
 
 
 class Sender:
@@ -67,7 +67,7 @@ class Sender:
         :class:`DeliveryFailed` with every attempt (and "no time left" for
         the providers never tried) when none did.
         """
-        if self.channel == "voice":
+        if self.channel == Channel.VOICE:
             message = for_voice(message)
         end = self._reactor.seconds() + deadline
         attempts: list[tuple[str, str]] = []

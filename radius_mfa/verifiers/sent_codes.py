@@ -27,7 +27,7 @@ from typing import Callable, ClassVar, Mapping, Protocol
 import structlog
 
 from radius_mfa.config import DeliveryFactorConfig
-from radius_mfa.delivery.base import DeliveryFailed, Outgoing
+from radius_mfa.delivery.base import CHANNELS, Channel, DeliveryFailed, Outgoing
 from radius_mfa.model import SentCode, User
 from radius_mfa.prompts import mask_destination
 from radius_mfa.verdicts import Reason
@@ -35,8 +35,6 @@ from radius_mfa.verifiers.base import NO_PASSWORD, PAP, FactorKind, FactorResult
 
 log = structlog.get_logger("radius_mfa.engine")
 
-# Channels that send a code, in menu order; phone channels first.
-CHANNELS = ("sms", "voice", "email")
 
 
 class Sender(Protocol):
@@ -56,7 +54,7 @@ class Sent:
 
 
 def destination(user: User, channel: str) -> str | None:
-    return user.email if channel == "email" else user.phone
+    return user.email if channel == Channel.EMAIL else user.phone
 
 
 class SentCodeFactor:
@@ -111,7 +109,7 @@ class SentCodeFactor:
         to = destination(user, channel)
         message = Outgoing(channel=channel, to=to, user=user.name, code=code,
                            text=config.message.replace("{code}", code),
-                           subject=config.subject if channel == "email" else None)
+                           subject=config.subject if channel == Channel.EMAIL else None)
         try:
             provider = await self.senders[channel].send(message, deadline)
         except DeliveryFailed as exc:
