@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from radius_mfa.config import ClientConfig, Mode
 from radius_mfa.model import User
 from radius_mfa.verdicts import Reason, Verdict
+from radius_mfa.verifiers.push import PushFactor
+from radius_mfa.verifiers.sent_codes import SentCodeFactor
 
 CODE = re.compile(r"\d{6,8}")
-# Words a user may answer with at a prompt or after the delimiter.
-FACTOR_WORDS = frozenset({"push", "sms", "voice", "email"})
+# Words a user may answer with at a prompt or after the delimiter: those the
+# factors declare (radius_mfa.verifiers).
+FACTOR_WORDS = PushFactor.words | SentCodeFactor.words
 
 
 @dataclass(frozen=True)
