@@ -43,10 +43,7 @@ values of a row).
 from __future__ import annotations
 
 import contextlib
-import os
 import select
-import threading
-import weakref
 from typing import Any, Iterator, Sequence
 
 import psycopg
@@ -57,7 +54,7 @@ from psycopg.rows import dict_row
 
 from radius_mfa.errors import StoreError
 from radius_mfa.secretbox import SecretBox
-from radius_mfa.store.sqlstore import FOREIGN_KEY, UNIQUE, SqlStore
+from radius_mfa.store.sqlstore import FOREIGN_KEY, UNIQUE, SqlStore, _Connection
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -289,16 +286,6 @@ def _libpq_url(url: str) -> str:
     return url
 
 
-class _Connection:
-    """A thread's connection, with the process that opened it."""
-
-    __slots__ = ("conn", "pid", "__weakref__")
-
-    def __init__(self, conn: psycopg.Connection):
-        self.conn = conn
-        self.pid = os.getpid()
-
-
 class PostgresStore(SqlStore):
     """:class:`radius_mfa.store.base.Store` on a PostgreSQL database.
 
@@ -328,10 +315,7 @@ class PostgresStore(SqlStore):
             self._options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if "application_name" not in params:
             self._options["application_name"] = "radius-mfa"
-        self._local = threading.local()
-        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        self._all_lock = threading.Lock()   # guards the WeakSet only, never the database
-        self._closed = False
+        self._open_connections()
         self._box = box
         try:
             with self._write("open") as conn:
@@ -344,23 +328,8 @@ class PostgresStore(SqlStore):
 
     # --- connections and transactions ------------------------------------
 
-    def _conn(self) -> psycopg.Connection:
-        """This thread's connection: opened on first use, and again when the
-        one it had was closed by the server or belongs to the parent process."""
-        if self._closed:
-            raise StoreError(f"the store {self.label} is closed")
-        holder: _Connection | None = getattr(self._local, "holder", None)
-        if holder is not None and holder.pid != os.getpid():
-            holder = None      # the parent's: psycopg never closes it from here
-        if holder is not None and not _usable(holder.conn):
-            self._drop(holder)
-            holder = None
-        if holder is None:
-            holder = _Connection(self._connect())
-            self._local.holder = holder
-            with self._all_lock:
-                self._all.add(holder)
-        return holder.conn
+    def _usable(self, conn: psycopg.Connection) -> bool:
+        return _usable(conn)
 
     def _connect(self) -> psycopg.Connection:
         try:
@@ -369,15 +338,6 @@ class PostgresStore(SqlStore):
             raise StoreError(
                 f"cannot connect to the store {self.label}: {self._reason(exc)}"
             ) from None
-
-    def _drop(self, holder: _Connection) -> None:
-        """Forget this thread's broken connection (the next call opens another)."""
-        if getattr(self._local, "holder", None) is holder:
-            self._local.holder = None
-        with self._all_lock:
-            self._all.discard(holder)
-        with contextlib.suppress(Exception):
-            holder.conn.close()
 
     def _reason(self, exc: BaseException) -> str:
         """What went wrong, in one line: the server's primary message only
@@ -476,20 +436,6 @@ class PostgresStore(SqlStore):
         if row is None:
             raise StoreError(f"the store {self.label} has no schema version")
         return int(row["version"])
-
-    def close(self) -> None:
-        """Close every connection this process opened for the store; the
-        store cannot be used afterwards."""
-        self._closed = True
-        self._local.holder = None
-        with self._all_lock:
-            holders = list(self._all)
-            self._all.clear()
-        for holder in holders:
-            if holder.pid == os.getpid():
-                with contextlib.suppress(Exception):
-                    holder.conn.close()
-
 
     def _executemany(self, conn: psycopg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with conn.cursor() as cursor:

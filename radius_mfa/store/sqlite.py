@@ -35,13 +35,11 @@ import contextlib
 import functools
 import os
 import sqlite3
-import threading
-import weakref
 from typing import Any, Iterator, Sequence
 
 from radius_mfa.errors import StoreError
 from radius_mfa.secretbox import SecretBox
-from radius_mfa.store.sqlstore import FOREIGN_KEY, UNIQUE, SqlStore
+from radius_mfa.store.sqlstore import FOREIGN_KEY, UNIQUE, SqlStore, _Connection
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -236,21 +234,6 @@ def schema_version() -> int:
     return len(MIGRATIONS)
 
 
-class _Connection:
-    """A thread's connection, with the process that opened it.
-
-    A holder rather than the bare connection because sqlite3 connections
-    cannot be weakly referenced, and the store tracks its connections weakly
-    (a thread's connection goes away with the thread).
-    """
-
-    __slots__ = ("conn", "pid", "__weakref__")
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-        self.pid = os.getpid()
-
-
 # Connections inherited across fork: never used nor closed in the child (closing
 # could disturb the parent's locks); kept referenced so they are not finalised.
 _ABANDONED_AFTER_FORK: list[_Connection] = []
@@ -271,10 +254,7 @@ class SqliteStore(SqlStore):
             raise StoreError("the SQLite store needs a file path (an in-memory database cannot be shared)")
         self.path = os.path.abspath(path)
         self.label = self.path
-        self._local = threading.local()
-        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        self._all_lock = threading.Lock()   # guards the WeakSet only, never the database
-        self._closed = False
+        self._open_connections()
         self._box = box
         _create_file(self.path)
         with self._errors("open"):
@@ -286,20 +266,8 @@ class SqliteStore(SqlStore):
 
     # --- connections and transactions ------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        if self._closed:
-            raise StoreError(f"the store {self.path} is closed")
-        holder: _Connection | None = getattr(self._local, "holder", None)
-        if holder is not None and holder.pid != os.getpid():
-            _ABANDONED_AFTER_FORK.append(holder)
-            holder = None
-        if holder is None:
-            holder = _Connection(self._connect())
-            self._local.holder = holder
-            with self._all_lock:
-                self._all.add(holder)
-        return holder.conn
+    def _inherited(self, holder: _Connection) -> None:
+        _ABANDONED_AFTER_FORK.append(holder)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -378,24 +346,6 @@ class SqliteStore(SqlStore):
         except BaseException:
             _rollback(conn)
             raise
-
-    def close(self) -> None:
-        """Close this thread's connection and, where SQLite lets us, the
-        others; the store cannot be used afterwards. Connections of other
-        threads that refuse (sqlite3 ties them to their thread) close when
-        their thread ends."""
-        self._closed = True
-        holder: _Connection | None = getattr(self._local, "holder", None)
-        self._local.holder = None
-        with self._all_lock:
-            others = [h for h in self._all if h is not holder]
-            self._all.clear()
-        if holder is not None and holder.pid == os.getpid():
-            holder.conn.close()
-        for other in others:
-            if other.pid == os.getpid():
-                with contextlib.suppress(sqlite3.Error):
-                    other.conn.close()
 
 
 # --- the dialect ----------------------------------------------------------------

@@ -24,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import os
+import threading
 import time
+import weakref
 from typing import Any, ClassVar, ContextManager, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
@@ -47,6 +50,21 @@ _USER_INSERT = (
 )
 
 
+class _Connection:
+    """A thread's connection, with the process that opened it.
+
+    A holder rather than the bare connection because sqlite3 connections
+    cannot be weakly referenced, and the store tracks its connections weakly
+    (a thread's connection goes away with the thread).
+    """
+
+    __slots__ = ("conn", "pid", "__weakref__")
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self.pid = os.getpid()
+
+
 class SqlStore:
     """:class:`radius_mfa.store.base.Store` over a SQL database; a dialect
     subclass supplies the connection and the differences listed in the
@@ -65,7 +83,68 @@ class SqlStore:
     #: Values per ``IN (...)`` list, and rows per batch of an import.
     CHUNK: ClassVar[int] = 500
 
+    # --- one connection per thread --------------------------------------------
+
+    def _open_connections(self) -> None:
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._all_lock = threading.Lock()   # guards the WeakSet only, never the database
+        self._closed = False
+
+    def _conn(self) -> Any:
+        """This thread's connection: opened on first use, and again when the
+        one it had broke or belongs to the parent process."""
+        if self._closed:
+            raise StoreError(f"the store {self.label} is closed")
+        holder: _Connection | None = getattr(self._local, "holder", None)
+        if holder is not None and holder.pid != os.getpid():
+            self._inherited(holder)
+            holder = None
+        if holder is not None and not self._usable(holder.conn):
+            self._drop(holder)
+            holder = None
+        if holder is None:
+            holder = _Connection(self._connect())
+            self._local.holder = holder
+            with self._all_lock:
+                self._all.add(holder)
+        return holder.conn
+
+    def _drop(self, holder: _Connection) -> None:
+        """Forget this thread's broken connection (the next call opens another)."""
+        if getattr(self._local, "holder", None) is holder:
+            self._local.holder = None
+        with self._all_lock:
+            self._all.discard(holder)
+        with contextlib.suppress(Exception):
+            holder.conn.close()
+
+    def close(self) -> None:
+        """Close the connections this process opened for the store, where the
+        driver lets us (sqlite3 ties each to its thread: those of other threads
+        close when their thread ends); the store cannot be used afterwards."""
+        self._closed = True
+        self._local.holder = None
+        with self._all_lock:
+            holders = list(self._all)
+            self._all.clear()
+        for holder in holders:
+            if holder.pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    holder.conn.close()
+
     # --- what a dialect supplies ---------------------------------------------
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _usable(self, conn: Any) -> bool:
+        """False for a connection the server closed."""
+        return True
+
+    def _inherited(self, holder: _Connection) -> None:
+        """A connection the parent process opened (we were forked): never
+        used here again."""
 
     def _write(self, operation: str) -> ContextManager[Any]:
         """A short write transaction, yielding a connection whose ``execute``
