@@ -42,3 +42,10 @@ class Lockout:
                 log.warning("auth.locked", user=user.name, minutes=self.config.minutes)
             return
         await self.store.finish_attempt(user.name, attempt, success=accepted)
+
+    async def clear(self, user: User) -> None:
+        """A success ends the user's run of bad answers. Most users have none
+        on record: then there is nothing to write, and no write lock to take
+        (on SQLite every UPDATE takes it, even one that changes no row)."""
+        if user.failures:
+            await self.store.clear_failures(user.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from radius_mfa.config import ClientConfig, Mode
 from radius_mfa.model import User
@@ -14,6 +15,8 @@ from radius_mfa.verifiers.push import PushFactor
 from radius_mfa.verifiers.sent_codes import SentCodeFactor
 
 CODE = re.compile(r"\d{6,8}")
+# Seconds kept back from the client's timeout for our own answer to reach it.
+DEADLINE_MARGIN = 1.0
 # Words a user may answer with at a prompt or after the delimiter: those the
 # factors declare (radius_mfa.verifiers).
 FACTOR_WORDS = PushFactor.words | SentCodeFactor.words
@@ -35,6 +38,10 @@ class AuthRequest:
     received: float | None = None    # engine clock when it arrived (set by Engine.handle)
     sent_name: str | None = None     # User-Name as the NAS sent it (user_name is canonical once handled)
 
+    def __post_init__(self):
+        if self.mschap and self.method == "pap":
+            object.__setattr__(self, "method", "mschapv2")
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -50,6 +57,54 @@ class Decision:
     attributes: tuple[tuple[str, object], ...] = ()   # extra reply attributes on Accept
     user_info: dict = field(default_factory=dict)
     provider: str | None = None      # the delivery provider that sent the code (audit)
+
+
+class Decisions:
+    """Builds the engine's decisions for one primary backend: every stage
+    and factor flow answers through these, so each Reject has one shape."""
+
+    def __init__(self, primary: str, clock: Callable[[], float]):
+        self.primary = primary
+        self.clock = clock
+
+    def accept(self, req: AuthRequest, user: User | None, *, factor: str,
+               device: str | None = None, attributes=(), info: dict | None = None,
+               provider: str | None = None) -> Decision:
+        return Decision(Verdict.ACCEPT, req.user_name, self.primary, factor=factor,
+                        device=device, user=user, attributes=tuple(attributes),
+                        user_info=dict(info or {}), provider=provider)
+
+    def reject(self, req: AuthRequest, reason: Reason, *, user: User | None = None,
+               factor: str | None = None, device: str | None = None,
+               info: dict | None = None, provider: str | None = None,
+               reply_message: str | None = None) -> Decision:
+        """``reply_message`` only for the instructions that follow a correct
+        password (code sent, rate limited); every other Reject looks the same."""
+        return Decision(Verdict.REJECT, req.user_name, self.primary, reason=reason,
+                        factor=factor, device=device, user=user, user_info=dict(info or {}),
+                        provider=provider, reply_message=reply_message)
+
+    def challenge(self, req: AuthRequest, user: User | None, state: bytes, prompt: str, *,
+                  factor: str | None = None, info: dict | None = None,
+                  provider: str | None = None) -> Decision:
+        return Decision(Verdict.CHALLENGE, req.user_name, self.primary, user=user,
+                        factor=factor, state=state, reply_message=prompt,
+                        user_info=dict(info or {}), provider=provider)
+
+    def of(self, req: AuthRequest, user: User, result, attributes, info: dict) -> Decision:
+        """A factor's result (radius_mfa.verifiers.base.FactorResult) as a decision."""
+        if result.ok:
+            return self.accept(req, user, factor=result.factor, device=result.device,
+                               attributes=attributes, info=info, provider=result.provider)
+        return self.reject(req, result.reason, user=user, factor=result.factor,
+                           device=result.device, info=info, provider=result.provider)
+
+    def remaining(self, req: AuthRequest) -> float:
+        """Seconds this request may still wait: the client's timeout, less
+        what it has used and the margin for our answer to reach it."""
+        now = self.clock()
+        received = req.received if req.received is not None else now
+        return req.client.timeout - DEADLINE_MARGIN - (now - received)
 
 
 def classify(answer: str) -> str | None:

@@ -60,15 +60,8 @@ from radius_mfa import passwords
 from radius_mfa.errors import RefusedError, StoreError
 from radius_mfa.importing import ImportFailed, Problem, Problems, Tap, open_tap, progress_bar
 from radius_mfa.model import Token, User
-from radius_mfa.validate import (
-    encode_base32,
-    normalize_base32_secret,
-    quoted,
-    validate_display_name,
-    validate_email,
-    validate_phone,
-    validate_user_name,
-)
+from radius_mfa.validate import (encode_base32, normalize_base32_secret, quoted, validate_display_name,
+                                 validate_email, validate_phone, validate_user_name)
 
 if TYPE_CHECKING:
     from radius_mfa.config import PasswordsConfig

@@ -7,47 +7,8 @@ collects every problem. Both are re-exported here: ``from radius_mfa.config
 import load_config, ClientConfig`` is how the rest of the code imports them.
 """
 
+from radius_mfa.config import schema
 from radius_mfa.config.loader import load_config, mask_url_password
-from radius_mfa.config.schema import (
-    DEFAULT_REPLY_ATTRIBUTES,
-    NOTIFY_PLACEHOLDERS,
-    AuditConfig,
-    ClientConfig,
-    Config,
-    DeliveryFactorConfig,
-    FactorsConfig,
-    HotpConfig,
-    HttpProviderConfig,
-    LdapAttributes,
-    LdapPrimaryConfig,
-    ListenAddress,
-    LockoutConfig,
-    LogConfig,
-    MetricsConfig,
-    Mode,
-    NotifierConfig,
-    PasswordsConfig,
-    PolicyConfig,
-    PrimaryConfig,
-    ProviderConfig,
-    PushConfig,
-    RadiusPrimaryConfig,
-    RadiusServerConfig,
-    RateLimit,
-    RequireMA,
-    ServerConfig,
-    SmtpProviderConfig,
-    TotpConfig,
-    TwilioProviderConfig,
-    UsernameConfig,
-)
+from radius_mfa.config.schema import *  # noqa: F403 (every section type: schema.__all__)
 
-__all__ = [
-    "DEFAULT_REPLY_ATTRIBUTES", "NOTIFY_PLACEHOLDERS", "AuditConfig", "ClientConfig", "Config",
-    "DeliveryFactorConfig", "FactorsConfig", "HotpConfig", "HttpProviderConfig", "LdapAttributes",
-    "LdapPrimaryConfig", "ListenAddress", "LockoutConfig", "LogConfig", "MetricsConfig", "Mode",
-    "NotifierConfig", "PasswordsConfig", "PolicyConfig", "PrimaryConfig", "ProviderConfig", "PushConfig",
-    "RadiusPrimaryConfig", "RadiusServerConfig", "RateLimit", "RequireMA", "ServerConfig",
-    "SmtpProviderConfig", "TotpConfig", "TwilioProviderConfig", "UsernameConfig", "load_config",
-    "mask_url_password",
-]
+__all__ = ["load_config", "mask_url_password", *schema.__all__]

@@ -298,3 +298,6 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+# What ``radius_mfa.config`` re-exports: every section type and constant above.
+__all__ = sorted(name for name, value in list(globals().items())
+                 if not name.startswith("_") and (name.isupper() or getattr(value, "__module__", None) == __name__))

@@ -48,6 +48,20 @@ class Factor(Protocol):
     kind: ClassVar[FactorKind]
 
 
+class TokenFactor:
+    """The class data of the code verifiers over a user's tokens (TOTP,
+    HOTP): picked by typing a code, over PAP or a request without password
+    (MS-CHAPv2 carries no code); each handles the tokens of its own type."""
+
+    name: ClassVar[str]                  # the token type, and the audit's `factor`
+    words: ClassVar[frozenset[str]] = frozenset()
+    methods: ClassVar[frozenset[str]] = frozenset({PAP, NO_PASSWORD})
+    kind: ClassVar[FactorKind] = FactorKind.TYPED
+
+    def handles(self, token: Token) -> bool:
+        return token.type == self.name
+
+
 class CodeVerifier(Protocol):
     """Checks a code typed by the user against the tokens it understands."""
 

@@ -17,7 +17,7 @@ from typing import ClassVar, Sequence
 from radius_mfa.model import Token, User
 from radius_mfa.otp import oath
 from radius_mfa.verdicts import Reason
-from radius_mfa.verifiers.base import NO_PASSWORD, PAP, FactorKind, FactorResult
+from radius_mfa.verifiers.base import FactorResult, TokenFactor
 
 # How many times a request re-reads a counter that others keep moving before
 # it gives up (fails closed). Counters only move forward, so a code within
@@ -36,18 +36,12 @@ def matching_counter(token: Token, code: str, first: int, last: int) -> int | No
     return None
 
 
-class HotpVerifier:
+class HotpVerifier(TokenFactor):
     name: ClassVar[str] = "hotp"
-    words: ClassVar[frozenset[str]] = frozenset()          # picked by typing a code
-    methods: ClassVar[frozenset[str]] = frozenset({PAP, NO_PASSWORD})
-    kind: ClassVar[FactorKind] = FactorKind.TYPED
 
     def __init__(self, store, look_ahead: int = 10):
         self.store = store          # AsyncStore
         self.look_ahead = look_ahead
-
-    def handles(self, token: Token) -> bool:
-        return token.type == "hotp"
 
     async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float) -> FactorResult | None:
         """Accept the first token the code is fresh for; a replay on one

@@ -42,6 +42,11 @@ class PushFactor:
     async def devices(self, user: User) -> list[Device]:
         return await self.store.list_devices(user.name)
 
+    async def find(self, user: User, push_id: str) -> Push | None:
+        """The push ``push_id`` when it was started for ``user``."""
+        push = await self.store.get_push(push_id)
+        return push if push is not None and push.user == user.name else None
+
     async def start(self, user: User, *, client: str, client_timeout: float,
                     calling_station_id: str | None, number_matching: bool,
                     lifetime: float | None = None):

@@ -18,7 +18,7 @@ from typing import ClassVar, Sequence
 from radius_mfa.model import Token, User
 from radius_mfa.otp import otp_at
 from radius_mfa.verdicts import Reason
-from radius_mfa.verifiers.base import NO_PASSWORD, PAP, FactorKind, FactorResult
+from radius_mfa.verifiers.base import FactorResult, TokenFactor
 
 
 def steps_to_try(now: float, period: int, window: int, drift: int = 0) -> list[int]:
@@ -31,18 +31,12 @@ def steps_to_try(now: float, period: int, window: int, drift: int = 0) -> list[i
     return [s for s in steps if s >= 0]
 
 
-class TotpVerifier:
+class TotpVerifier(TokenFactor):
     name: ClassVar[str] = "totp"
-    words: ClassVar[frozenset[str]] = frozenset()          # picked by typing a code
-    methods: ClassVar[frozenset[str]] = frozenset({PAP, NO_PASSWORD})
-    kind: ClassVar[FactorKind] = FactorKind.TYPED
 
     def __init__(self, store, window: int = 1):
         self.store = store          # AsyncStore
         self.window = window
-
-    def handles(self, token: Token) -> bool:
-        return token.type == "totp"
 
     async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float) -> FactorResult | None:
         for token in tokens:
