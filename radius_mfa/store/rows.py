@@ -9,8 +9,9 @@ rows both index by column name), so reading them is done once, here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 from radius_mfa.errors import RefusedError, StoreError
 from radius_mfa.model import (PUSH_STATUSES, PushStatus, AppPassword, AuthRecord, Challenge, ClientSeen, Device, Pairing,
@@ -19,6 +20,7 @@ from radius_mfa.model import (PUSH_STATUSES, PushStatus, AppPassword, AuthRecord
 from radius_mfa.secretbox import SecretBox
 
 Row = Mapping[str, Any]
+T = TypeVar("T")
 
 TOKEN_TYPES = frozenset({"totp", "hotp"})
 ALGORITHMS = frozenset({"sha1", "sha256", "sha512"})
@@ -87,55 +89,33 @@ def auth_log_row(record: AuthRecord) -> tuple[float, str | None, str]:
     return record.time, name if isinstance(name, str) else None, to_json(record.fields, "auth record")
 
 
+def record(cls: type[T], row: Row, **values: Any) -> T:
+    """A model object from the row's columns of its fields' names, with
+    ``values`` in place of the columns that need converting."""
+    wanted = _fields(cls)
+    return cls(**{name: row[name] for name in row.keys() if name in wanted and name not in values}, **values)
+
+
+@functools.lru_cache(maxsize=None)
+def _fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def user(row: Row) -> User:
-    return User(
-        name=row["name"],
-        display_name=row["display_name"],
-        email=row["email"],
-        phone=row["phone"],
-        password_hash=row["password_hash"],
-        disabled=bool(row["disabled"]),
-        failures=row["failures"],
-        locked_until=row["locked_until"],
-        created=row["created"],
-    )
+    return record(User, row, disabled=bool(row["disabled"]))
 
 
 def token(row: Row, box: SecretBox) -> Token:
     """A token with its secret opened (the column holds it sealed)."""
-    return Token(
-        serial=row["serial"],
-        type=row["type"],
-        secret=box.open(row["secret"], row["serial"]),
-        user=row["user"],
-        digits=row["digits"],
-        period=row["period"],
-        algorithm=row["algorithm"],
-        counter=row["counter"],
-        last_step=row["last_step"],
-        drift=row["drift"],
-        hardware=bool(row["hardware"]),
-        created=row["created"],
-    )
+    return record(Token, row, secret=box.open(row["secret"], row["serial"]), hardware=bool(row["hardware"]))
 
 
 def sent_code(row: Row) -> SentCode:
-    return SentCode(id=row["id"], user=row["user"], channel=row["channel"], code_mac=row["code_mac"],
-                    client=row["client"], calling_station_id=row["calling_station_id"],
-                    provider=row["provider"], created=row["created"], expires=row["expires"])
+    return record(SentCode, row)
 
 
 def challenge(row: Row) -> Challenge:
-    return Challenge(
-        state_digest=row["state_digest"],
-        user=row["user"],
-        client=row["client"],
-        created=row["created"],
-        expires=row["expires"],
-        factors=tuple(json.loads(row["factors"])),
-        data=json.loads(row["data"]),
-        used=row["used"],
-    )
+    return record(Challenge, row, factors=tuple(json.loads(row["factors"])), data=json.loads(row["data"]))
 
 
 def client_seen(row: Row) -> ClientSeen:
@@ -166,31 +146,16 @@ def clients_seen(seen: Sequence[Row], drops: Sequence[Row]) -> list[ClientSeen]:
 
 
 def pairing(row: Row) -> Pairing:
-    return Pairing(token_digest=row["token_digest"], user=row["user"], created=row["created"],
-                   expires=row["expires"])
+    return record(Pairing, row)
 
 
 def device(row: Row) -> Device:
-    return Device(id=row["id"], user=row["user"], name=row["name"], public_key=row["public_key"],
-                  created=row["created"], last_seen=row["last_seen"])
+    return record(Device, row)
 
 
 def push(row: Row) -> Push:
-    return Push(
-        id=row["id"],
-        user=row["user"],
-        client=row["client"],
-        calling_station_id=row["calling_station_id"],
-        user_ip=row["user_ip"],
-        created=row["created"],
-        expires=row["expires"],
-        number=row["number"],
-        status=PushStatus(row["status"]),
-        device=row["device"],
-        answered=row["answered"],
-    )
+    return record(Push, row, status=PushStatus(row["status"]))
 
 
 def app_password(row: Row) -> AppPassword:
-    return AppPassword(id=row["id"], user=row["user"], label=row["label"], password_hash=row["password_hash"],
-                       created=row["created"], last_used=row["last_used"])
+    return record(AppPassword, row)
