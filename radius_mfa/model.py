@@ -129,16 +129,13 @@ class AuthRecord:
 #: A push's status. ``pending`` until the device answers or it expires;
 #: ``approved`` → ``used`` once an Access-Accept was sent for it (a later
 #: login attempt cannot join it then); the others are final.
-class PushStatus(str, enum.Enum):
+class PushStatus(enum.StrEnum):
     PENDING = "pending"
     APPROVED = "approved"
     USED = "used"
     DENIED = "denied"
     FRAUD = "fraud"
     WRONG_NUMBER = "wrong_number"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 PUSH_STATUSES = tuple(status.value for status in PushStatus)

@@ -19,14 +19,11 @@ from typing import Protocol
 
 from radius_mfa.errors import RadiusMfaError
 
-class Channel(str, enum.Enum):
+class Channel(enum.StrEnum):
     """Where a code goes, and the word that asks for it."""
     SMS = "sms"
     VOICE = "voice"
     EMAIL = "email"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: In menu order: phone channels first.
