@@ -20,6 +20,7 @@ import structlog
 from radius_mfa.challenges import Stage, challenge_data, unpack_attributes
 from radius_mfa.config import DeliveryFactorConfig, Mode, PolicyConfig
 from radius_mfa.directory import pinned, refresh_from_directory
+from radius_mfa.flows import PickedFlow
 from radius_mfa.flows.push import PushFlow
 from radius_mfa.flows.sent_code import SentCodeFlow
 from radius_mfa.lockout import Lockout
@@ -77,9 +78,11 @@ class Engine:
         self.sent_codes = SentCodeFlow(self.codes, sessions, self.decisions, self.lockout, policy.delimiter)
         self.push = PushFlow(PushFactor(push, store, clock, number_matching) if push is not None else None,
                              sessions, self.decisions, self.lockout, clock)
-        # answering a challenge: one method per stage
-        self.answering = {Stage.UPSTREAM: self._answer_upstream, Stage.SENT_CODE: self.sent_codes.answer,
-                          Stage.PUSH: self.push.answer, Stage.CODE: self._answer_code}
+        # the factors picked by a word, and answering a challenge: one method per stage
+        flows: tuple[PickedFlow, ...] = (self.push, self.sent_codes)
+        self.picked = {word: flow for flow in flows for word in flow.words}
+        self.answering = {Stage.UPSTREAM: self._answer_upstream, Stage.CODE: self._answer_code,
+                          **{flow.stage: flow.answer for flow in flows}}
         self.exempt_users = frozenset(canonical(u, policy.username) for u in policy.exempt_users)
         self.exempt_groups = frozenset(g.lower() for g in policy.exempt_groups)
 
@@ -287,10 +290,9 @@ class Engine:
             await self.lockout.settle(user, attempt, decision.reason,
                                       accepted=decision.verdict is Verdict.ACCEPT)
             return decision
-        if kind in PushFactor.words and await self.push.devices(user):
-            return await self.push.start(req, user, attributes, info)
-        if kind in self.codes.channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
-            return await self.sent_codes.send(req, user, kind, attributes, info)
+        flow = self.picked[kind]
+        if await flow.offers(req, user, kind):
+            return await flow.begin(req, user, kind, attributes, info)
         # not configured, or no number, address or device for it
         return self.decisions.reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
 

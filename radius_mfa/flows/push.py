@@ -22,6 +22,9 @@ log = structlog.get_logger("radius_mfa.engine")
 
 
 class PushFlow:
+    stage = Stage.PUSH
+    words = PushFactor.words
+
     def __init__(self, factor: PushFactor | None, sessions: Sessions, decisions: Decisions,
                  lockout: Lockout, clock: Callable[[], float]):
         self.factor = factor            # None: factors.push is not configured
@@ -32,6 +35,13 @@ class PushFlow:
 
     async def devices(self, user: User) -> list[Device]:
         return await self.factor.devices(user) if self.factor is not None else []
+
+    async def offers(self, req: AuthRequest, user: User, word: str) -> bool:
+        return bool(await self.devices(user))
+
+    async def begin(self, req: AuthRequest, user: User, word: str, attributes, info: dict) -> Decision:
+        """The user answered ``push``."""
+        return await self.start(req, user, attributes, info)
 
     async def start(self, req: AuthRequest, user: User, attributes, info: dict) -> Decision:
         """The device is asked now: a prompt with its number where the client

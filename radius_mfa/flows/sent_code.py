@@ -18,6 +18,9 @@ from radius_mfa.verifiers.sent_codes import SentCodeFactor, destination
 
 
 class SentCodeFlow:
+    stage = Stage.SENT_CODE
+    words = SentCodeFactor.words
+
     def __init__(self, factor: SentCodeFactor, sessions: Sessions, decisions: Decisions,
                  lockout: Lockout, delimiter: str):
         self.factor = factor
@@ -25,6 +28,15 @@ class SentCodeFlow:
         self.decisions = decisions
         self.lockout = lockout
         self.delimiter = delimiter
+
+    async def offers(self, req: AuthRequest, user: User, word: str) -> bool:
+        """A channel configured, with a number or address on record; never
+        in second-factor-only mode, where no second round trip comes."""
+        return word in self.factor.channels(user) and req.client.mode is not Mode.SECOND_FACTOR_ONLY
+
+    async def begin(self, req: AuthRequest, user: User, word: str, attributes, info: dict) -> Decision:
+        """The user answered ``sms``, ``voice`` or ``email``."""
+        return await self.send(req, user, word, attributes, info)
 
     async def send(self, req: AuthRequest, user: User, channel: str, attributes,
                    info: dict) -> Decision:
