@@ -307,11 +307,7 @@ def decode_request(data: bytes, secret: bytes,
     codes) for anything malformed, and nothing else.
     """
     dictionary = load_dictionary() if dictionary is None else dictionary
-    header = peek(data)
-    if header.code not in REQUEST_CODES:
-        raise UnsupportedCode(header.code)
-    raw = bytes(data[:header.length])
-    split = _split_attributes(raw)
+    header, raw, split = _framed(data, REQUEST_CODES)
     _check_multiplicity(split)
     by_type = _first_values(split)
 
@@ -359,11 +355,7 @@ def decode_response(data: bytes, secret: bytes, request_authenticator: bytes, *,
     :class:`RemoteProtocolError` on any failure.
     """
     dictionary = load_dictionary() if dictionary is None else dictionary
-    header = peek(data)
-    if header.code not in RESPONSE_CODES:
-        raise UnsupportedCode(header.code)
-    raw = bytes(data[:header.length])
-    split = _split_attributes(raw)
+    header, raw, split = _framed(data, RESPONSE_CODES)
     expected = hashlib.md5(raw[:4] + request_authenticator + raw[HEADER_LENGTH:] + secret).digest()
     if not hmac.compare_digest(expected, header.authenticator):
         raise RemoteProtocolError("bad Response Authenticator")
@@ -387,6 +379,16 @@ def decode_response(data: bytes, secret: bytes, request_authenticator: bytes, *,
         message_authenticator_first=bool(split) and split[0][0] == MESSAGE_AUTHENTICATOR,
         proxy_states=tuple(value for kind, value, _ in split if kind == PROXY_STATE),
     )
+
+
+def _framed(data: bytes, codes) -> tuple[Header, bytes, list[tuple[int, bytes, int]]]:
+    """The header, the packet's octets (without padding past its Length) and
+    its attributes; UnsupportedCode for a code outside ``codes``."""
+    header = peek(data)
+    if header.code not in codes:
+        raise UnsupportedCode(header.code)
+    raw = bytes(data[:header.length])
+    return header, raw, _split_attributes(raw)
 
 
 def _split_attributes(raw: bytes) -> list[tuple[int, bytes, int]]:
