@@ -39,7 +39,7 @@ from radius_mfa.errors import (
     StoreError,
     UsageError,
 )
-from radius_mfa import audit
+from radius_mfa import audit, version
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import ClientSeen, Token, User
 from radius_mfa.otp import WARN_SECRET_BITS, provisioning_uri
@@ -443,6 +443,24 @@ def cmd_user_unlock(args: argparse.Namespace, ctx: Context) -> int:
     require_user(store, args.name)
     store.unlock(args.name)
     ctx.out(f"user {quoted(args.name)} unlocked")
+    return EXIT_OK
+
+
+def cmd_user_enrol_link(args: argparse.Namespace, ctx: Context) -> int:
+    """A one-time link to the self-service page (radius_mfa.enrolment)."""
+    from radius_mfa.enrolment import create_now
+
+    portal = ctx.config().portal
+    if portal is None:
+        raise UsageError(f"the self-service page is not configured: add a portal section to {ctx.config_path}")
+    store = ctx.store()
+    user = require_user(store, args.name)
+    url, expires = create_now(store, ctx.now, portal.public_url, user.name)
+    if args.json:
+        ctx.json({"url": url, "expires": iso_time(expires)})
+        return EXIT_OK
+    ctx.out(f"enrolment link for {quoted(user.name)}, valid once until {iso_time(expires)}:")
+    ctx.out(url)
     return EXIT_OK
 
 
@@ -889,6 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, parents=[common],
         description="A RADIUS server that adds multi-factor authentication, and its admin commands.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(group, name: str, handler, help: str) -> argparse.ArgumentParser:
@@ -933,6 +952,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("unlock", cmd_user_unlock, "lift a lockout after too many bad answers"),
     ):
         add(users, name, handler, help).add_argument("name", metavar="NAME")
+    p = add(users, "enrol-link", cmd_user_enrol_link,
+            "a one-time link to the self-service page for a user (valid 15 minutes)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
 
     tokens = add_group("token", "manage OTP tokens")
     p = add(tokens, "add", cmd_token_add, "enrol a software token for a user")
