@@ -200,3 +200,34 @@ class AppPassword:
     password_hash: str = field(repr=False)
     created: float = 0.0
     last_used: float | None = None
+
+
+@dataclass(frozen=True)
+class EnrolLink:
+    """A one-time link to the self-service page (`user enrol-link`, or
+    ``policy.unenrolled: enrol``): only the SHA-256 of its token is kept."""
+    token_digest: str                 # hex sha256 of the token in the link
+    user: str
+    created: float
+    expires: float
+    used: float | None = None         # when it was redeemed (a link works once)
+
+
+@dataclass(frozen=True)
+class PortalSession:
+    """A signed-in browser on the self-service page: only the SHA-256 of
+    its cookie is kept. ``csrf`` is the per-session token every form
+    carries; ``pending_totp`` a secret shown for enrolment and not yet
+    confirmed by a code (sealed in the store like token secrets)."""
+    id_digest: str                    # hex sha256 of the session cookie
+    user: str
+    csrf: str = field(repr=False)
+    created: float = 0.0
+    last_seen: float = 0.0            # idle expiry counts from here
+    expires: float = 0.0              # absolute expiry
+    pending_totp: str | None = field(default=None, repr=False)
+
+
+def portal_seal_context(id_digest: str) -> str:
+    """What a session's pending secret is sealed to (never a token serial)."""
+    return f"portal:{id_digest}"

@@ -699,6 +699,8 @@ def test_policy_username_and_unenrolled_enrol(tmp_path: Path):
 policy:
   unenrolled: enrol
   username: {case: sensitive, strip_realm: true}
+portal:
+  public_url: "https://mfa.example.org:8444"
 """))
     assert config.policy.unenrolled == "enrol"
     assert config.policy.username == UsernameConfig(case="sensitive", strip_realm=True)

@@ -44,6 +44,7 @@ from radius_mfa.config.schema import (
     NotifierConfig,
     PasswordsConfig,
     PolicyConfig,
+    PortalConfig,
     PrimaryConfig,
     ProviderConfig,
     PushConfig,
@@ -628,6 +629,7 @@ def _read_config(r: _Reader, root: Node, absolute_path: str) -> Config | None:
         r.problem(root, "(document)", f"expected a mapping of sections, got {_kind(root)}")
         return None
     top = _Section(r, root, "")
+    policy_node = top.take("policy")
     config = Config(
         path=absolute_path,
         server=_server(r, top.take("server")),
@@ -636,12 +638,16 @@ def _read_config(r: _Reader, root: Node, absolute_path: str) -> Config | None:
         clients=_clients(r, top.take("clients")),
         primary=_primary(r, top.take("primary")),
         factors=_factors(r, top.take("factors")),
-        policy=_policy(r, top.take("policy")),
+        policy=_policy(r, policy_node),
         passwords=_passwords(r, top.take("passwords")),
         audit=_audit(r, top.take("audit")),
         metrics=_metrics(r, top.take("metrics")),
         log=_log(r, top.take("log")),
+        portal=_portal(r, top.take("portal")),
     )
+    if config.policy.unenrolled == "enrol" and config.portal is None:
+        r.problem(_key_node(policy_node, "unenrolled") or policy_node or 1, "policy.unenrolled",
+                  "enrol needs a portal section: the link it sends leads to the self-service page")
     # the store refuses a key file its group may read; say so before it does
     key_node = top.take("store_key_file")
     _existing_file_private(r, key_node if key_node is not None else 1,
@@ -1183,6 +1189,33 @@ def _metrics(r: _Reader, node: Node | None) -> MetricsConfig | None:
     listen = sec.get("listen", _hostport(listen=True), required=True)
     sec.finish()
     return MetricsConfig(listen=listen) if listen is not None else None
+
+
+def _portal(r: _Reader, node: Node | None) -> PortalConfig | None:
+    """portal: the self-service page; absent: off."""
+    sec = _section(r, node, "portal")
+    if sec is None:
+        return None
+    default = PortalConfig()
+    config = PortalConfig(
+        listen=sec.get("listen", _hostport(listen=True), default.listen),
+        tls_cert=sec.get("tls_cert", _path(), default.tls_cert),
+        tls_key=sec.get("tls_key", _path(), default.tls_key),
+        public_url=sec.get("public_url", _url("https"), default.public_url, required=True),
+    )
+    _existing_file_private(r, sec.take("tls_key"), sec.at("tls_key"), config.tls_key)
+    sec.finish()
+    return config
+
+
+def _key_node(node: Node | None, key: str) -> Node | None:
+    """The node of ``key`` in the mapping ``node`` (for the line of a
+    problem found after the section was read); None when absent."""
+    if isinstance(node, MappingNode):
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.value == key:
+                return key_node
+    return None
 
 
 def _log(r: _Reader, node: Node | None) -> LogConfig:

@@ -227,6 +227,17 @@ class FactorsConfig:
 
 
 @dataclass(frozen=True)
+class PortalConfig:
+    """portal: the self-service page, HTTPS. When ``listen`` equals
+    ``factors.push.listen`` one server serves the device API and the page
+    (with the device API's certificate)."""
+    listen: ListenAddress = ListenAddress("0.0.0.0", 8444)
+    tls_cert: str = "/etc/radius-mfa/portal.crt"
+    tls_key: str = "/etc/radius-mfa/portal.key"
+    public_url: str = ""                # what enrolment links point at (required)
+
+
+@dataclass(frozen=True)
 class LockoutConfig:
     failures: int = 5
     minutes: float = 15.0
@@ -292,6 +303,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     metrics: MetricsConfig | None = None
     log: LogConfig = LogConfig()
+    portal: PortalConfig | None = None   # None: no self-service page
     # What the loader found worth a warning (short shared secrets, files
     # others can read), each ``FILE:LINE: key.path: warning: message``, by
     # line; never a secret. check-config prints them, serve logs them.

@@ -30,7 +30,9 @@ from twisted.internet.threads import deferToThreadPool
 from radius_mfa.errors import StoreError
 from radius_mfa.model import (AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push,
                               SentCode, Token, User)
+from radius_mfa.model import EnrolLink, PortalSession
 from radius_mfa.store.base import Store
+from radius_mfa.usage import UsageCounts
 
 log = structlog.get_logger("radius_mfa.store")
 
@@ -298,6 +300,39 @@ class AsyncStore:
 
     def auth_records(self, since: float | None = None, user: str | None = None) -> Deferred[list[AuthRecord]]:
         return self._call("auth_records", **_given(since=since, user=user))
+
+    def auth_log(self, since: float | None = None, user: str | None = None, limit: int | None = None,
+                 after_id: int | None = None) -> Deferred[list[tuple[int, AuthRecord]]]:
+        return self._call("auth_log", **_given(since=since, user=user, limit=limit, after_id=after_id))
+
+    def usage_counts(self, start: float, end: float, kinds: Sequence[str]) -> Deferred[UsageCounts]:
+        return self._call("usage_counts", start, end, kinds)
+
+
+    # --- enrolment links and self-service sessions ---------------------------
+    def add_enrol_link(self, link: EnrolLink) -> Deferred[None]:
+        return self._call("add_enrol_link", link)
+
+    def redeem_enrol_link(self, token_digest: str, now: float) -> Deferred[EnrolLink | None]:
+        return self._call("redeem_enrol_link", token_digest, now)
+
+    def put_portal_session(self, session: PortalSession) -> Deferred[None]:
+        return self._call("put_portal_session", session)
+
+    def touch_portal_session(self, id_digest: str, now: float, idle_seconds: float) -> Deferred[PortalSession | None]:
+        return self._call("touch_portal_session", id_digest, now, idle_seconds)
+
+    def set_portal_pending_totp(self, id_digest: str, secret: str | None) -> Deferred[None]:
+        return self._call("set_portal_pending_totp", id_digest, secret)
+
+    def take_portal_pending_totp(self, id_digest: str) -> Deferred[str | None]:
+        return self._call("take_portal_pending_totp", id_digest)
+
+    def delete_portal_session(self, id_digest: str) -> Deferred[None]:
+        return self._call("delete_portal_session", id_digest)
+
+    def purge_portal(self, now: float, idle_seconds: float) -> Deferred[int]:
+        return self._call("purge_portal", now, idle_seconds)
 
 
     # --- health --------------------------------------------------------------

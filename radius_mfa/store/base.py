@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol, Sequence
 
+from radius_mfa.usage import UsageCounts
 from radius_mfa.model import AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import EnrolLink, PortalSession
 
 
 class Store(Protocol):
@@ -286,6 +288,47 @@ class Store(Protocol):
 
     def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
         """Oldest first."""
+
+    def auth_log(self, since: float | None = None, user: str | None = None, limit: int | None = None,
+                 after_id: int | None = None) -> list[tuple[int, AuthRecord]]:
+        """(id, record) pairs, oldest first; ``limit``: only the newest that
+        many; ``after_id``: only rows written after that one (`report auth
+        --limit`, `--follow`)."""
+
+    def usage_counts(self, start: float, end: float, kinds: Sequence[str]) -> "UsageCounts":
+        """`report usage` for ``start`` ≤ time < ``end``: records by factor
+        and result, users who completed MFA, users enrolled (a factor of one
+        of ``kinds`` held at some moment of the period) or who completed it."""
+
+    # --- enrolment links and self-service sessions ---------------------------
+    def add_enrol_link(self, link: EnrolLink) -> None:
+        """Remember a one-time enrolment link (only its token's digest);
+        NotFoundError when the user does not exist."""
+
+    def redeem_enrol_link(self, token_digest: str, now: float) -> EnrolLink | None:
+        """Compare-and-set: mark the link used at ``now`` and return it, when
+        it is unused and not expired; exactly one of racing callers gets it.
+        None for an unknown, used or expired link."""
+
+    def put_portal_session(self, session: PortalSession) -> None:
+        """Store a signed-in session (only its cookie's digest); NotFoundError
+        when the user does not exist."""
+
+    def touch_portal_session(self, id_digest: str, now: float, idle_seconds: float) -> PortalSession | None:
+        """The session when neither idle (``idle_seconds``) nor past its
+        absolute expiry at ``now``, its last use set to ``now``; else None."""
+
+    def set_portal_pending_totp(self, id_digest: str, secret: str | None) -> None:
+        """Keep (sealed at rest) or forget the secret shown for enrolment."""
+
+    def take_portal_pending_totp(self, id_digest: str) -> str | None:
+        """The pending secret, forgotten in the same step (once only)."""
+
+    def delete_portal_session(self, id_digest: str) -> None:
+        """Sign-out; absent: nothing happens."""
+
+    def purge_portal(self, now: float, idle_seconds: float) -> int:
+        """Delete expired sessions and enrolment links; the sessions deleted."""
 
     # --- health --------------------------------------------------------------
     def ping(self) -> None:

@@ -239,6 +239,70 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         'CREATE INDEX app_passwords_user ON app_passwords ("user", created)',
     ),
+    (
+        # one-time enrolment links to the self-service page: the SHA-256 of
+        # the token, never the token; ``used`` set once, by one compare-and-set
+        """
+        CREATE TABLE enrol_links (
+            token_digest TEXT PRIMARY KEY,
+            "user"       TEXT COLLATE "C" NOT NULL REFERENCES users (name),
+            created      DOUBLE PRECISION NOT NULL,
+            expires      DOUBLE PRECISION NOT NULL,
+            used         DOUBLE PRECISION
+        )
+        """,
+        'CREATE INDEX enrol_links_user ON enrol_links ("user")',
+        "CREATE INDEX enrol_links_expires ON enrol_links (expires)",
+        # signed-in browsers of the self-service page, shared by every worker
+        # and server: the SHA-256 of the cookie, never the cookie
+        """
+        CREATE TABLE portal_sessions (
+            id_digest    TEXT PRIMARY KEY,
+            "user"       TEXT COLLATE "C" NOT NULL REFERENCES users (name),
+            csrf         TEXT NOT NULL,
+            created      DOUBLE PRECISION NOT NULL,
+            last_seen    DOUBLE PRECISION NOT NULL,
+            expires      DOUBLE PRECISION NOT NULL,
+            pending_totp TEXT
+        )
+        """,
+        'CREATE INDEX portal_sessions_user ON portal_sessions ("user")',
+        "CREATE INDEX portal_sessions_expires ON portal_sessions (expires)",
+    ),
+    (
+        # `report usage`: each record's result and factor in columns of their
+        # own (filled from the JSON for the records kept so far), and one
+        # index that answers the month's counts without reading the records
+        "ALTER TABLE auth_log ADD COLUMN result TEXT",
+        "ALTER TABLE auth_log ADD COLUMN factor TEXT",
+        "UPDATE auth_log SET result = fields::jsonb ->> 'result', factor = fields::jsonb ->> 'factor'",
+        'CREATE INDEX auth_log_usage ON auth_log (time, result, factor, "user")',
+        # the enrolment history: one row per factor a user came to hold
+        # (kind token, device, app_password, phone or email; ref its serial,
+        # id or the kind), ``until`` set when it was taken away
+        """
+        CREATE TABLE enrolments (
+            id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            "user"  TEXT COLLATE "C" NOT NULL,
+            kind    TEXT NOT NULL,
+            ref     TEXT COLLATE "C" NOT NULL,
+            since   DOUBLE PRECISION NOT NULL,
+            until   DOUBLE PRECISION
+        )
+        """,
+        'CREATE INDEX enrolments_user ON enrolments ("user", kind, ref)',
+        "CREATE INDEX enrolments_ref ON enrolments (kind, ref)",
+        # what the store holds now, since it was made (or the user was, for a phone or address)
+        "INSERT INTO enrolments (\"user\", kind, ref, since) SELECT \"user\", 'token', serial, created FROM tokens"
+        ' WHERE "user" IS NOT NULL',
+        "INSERT INTO enrolments (\"user\", kind, ref, since) SELECT \"user\", 'device', id, created FROM devices",
+        "INSERT INTO enrolments (\"user\", kind, ref, since)"
+        " SELECT \"user\", 'app_password', id, created FROM app_passwords",
+        "INSERT INTO enrolments (\"user\", kind, ref, since) SELECT name, 'phone', 'phone', created FROM users"
+        " WHERE phone IS NOT NULL AND phone != ''",
+        "INSERT INTO enrolments (\"user\", kind, ref, since) SELECT name, 'email', 'email', created FROM users"
+        " WHERE email IS NOT NULL AND email != ''",
+    ),
 )
 
 # The tables of the store: finding one of them in a schema without a
@@ -246,6 +310,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 OUR_TABLES = frozenset({
     "schema_version", "users", "tokens", "challenges", "clients_seen", "auth_log", "meta",
     "sent_codes", "code_sends", "pairings", "devices", "pushes", "client_drops", "app_passwords",
+    "enrol_links", "portal_sessions",
+    "enrolments",
 })
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 from radius_mfa.errors import RefusedError, StoreError
 from radius_mfa.model import (PUSH_STATUSES, PushStatus, AppPassword, AuthRecord, Challenge, ClientSeen, Device, Pairing,
                               Push, SentCode,
-                              Token, User)
+                              Token, User, EnrolLink, PortalSession, portal_seal_context)
 from radius_mfa.secretbox import SecretBox
 
 Row = Mapping[str, Any]
@@ -82,11 +82,14 @@ def to_json(value: Any, what: str) -> str:
         raise StoreError(f"the {what} cannot be stored: {exc}") from None
 
 
-def auth_log_row(record: AuthRecord) -> tuple[float, str | None, str]:
-    """(time, user, fields as JSON) for the auth_log table; ``user`` is a
-    column of its own for `report auth --user`."""
-    name = record.fields.get("user")
-    return record.time, name if isinstance(name, str) else None, to_json(record.fields, "auth record")
+def auth_log_row(record: AuthRecord) -> tuple[float, str | None, str, str | None, str | None]:
+    """(time, user, fields as JSON, result, factor) for the auth_log table;
+    ``user`` is a column of its own for `report auth --user`, ``result`` and
+    ``factor`` for `report usage`."""
+    fields = record.fields
+    name, result, factor = fields.get("user"), fields.get("result"), fields.get("factor")
+    return (record.time, name if isinstance(name, str) else None, to_json(fields, "auth record"),
+            result if isinstance(result, str) else None, factor if isinstance(factor, str) else None)
 
 
 def record(cls: type[T], row: Row, **values: Any) -> T:
@@ -159,3 +162,14 @@ def push(row: Row) -> Push:
 
 def app_password(row: Row) -> AppPassword:
     return record(AppPassword, row)
+
+
+def enrol_link(row: Row) -> EnrolLink:
+    return record(EnrolLink, row)
+
+
+def portal_session(row: Row, box: SecretBox) -> PortalSession:
+    """A session with its pending secret opened (the column holds it sealed)."""
+    pending = row["pending_totp"]
+    return record(PortalSession, row,
+                  pending_totp=box.open(pending, portal_seal_context(row["id_digest"])) if pending is not None else None)

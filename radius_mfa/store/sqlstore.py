@@ -32,13 +32,18 @@ from typing import Any, ClassVar, ContextManager, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
 from radius_mfa.model import AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
+from radius_mfa.model import EnrolLink, PortalSession, portal_seal_context
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
+from radius_mfa.usage import UsageCounts
 from radius_mfa.store.sql import (_DELETE_RENAMED_USER, _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP,
                                   _RENAME_USER, _TAKE_ATTEMPT)
 
 UNIQUE = "unique"
 FOREIGN_KEY = "foreign_key"
+
+#: The self-service page's tables that refer to a user.
+_PORTAL_TABLES = ("enrol_links", "portal_sessions")
 
 _TOKEN_INSERT = (
     'INSERT INTO tokens (serial, type, secret, "user", digits, period, algorithm, counter,'
@@ -233,8 +238,11 @@ class SqlStore:
         A ``created`` of 0 is read as "now"."""
         if not user.name:
             raise RefusedError("a user name must not be empty")
+        now = time.time()
         try:
-            self._change("add user", _USER_INSERT, _user_row(user, time.time()))
+            with self._write("add user") as conn:
+                conn.execute(_USER_INSERT, _user_row(user, now))
+                _enrol_details(conn, user.name, {"phone": user.phone, "email": user.email}, now)
         except StoreError as exc:
             if self._refused(exc, UNIQUE):
                 raise AlreadyExistsError(f"user {user.name} exists already") from None
@@ -289,6 +297,11 @@ class SqlStore:
                     self._executemany(conn, _USER_INSERT, [_user_row(user, now) for user in users])
                 if tokens:
                     self._executemany(conn, _TOKEN_INSERT, [self._token_row(token, now) for token in tokens])
+                enrolled = [(u.name, kind, kind, now) for u in users for kind in ("phone", "email")
+                            if getattr(u, kind)]
+                enrolled += [(t.user, "token", t.serial, now) for t in tokens if t.user is not None]
+                if enrolled:
+                    self._executemany(conn, _ENROL, enrolled)
         except self.DB_ERROR as exc:
             if self._violation(exc) is None:
                 raise
@@ -348,11 +361,15 @@ class SqlStore:
             return user
         values = {key: bool(value) if key == "disabled" else value for key, value in fields.items()}
         assignments = ", ".join(f"{key} = %s" for key in values)
-        rows = self._returning(
-            "update user",
-            f"UPDATE users SET {assignments} WHERE name = %s RETURNING *",
-            (*values.values(), name),
-        )
+        sql = f"UPDATE users SET {assignments} WHERE name = %s RETURNING *"
+        details = {key: values[key] for key in ("phone", "email") if key in values}
+        if details:                         # the enrolment history follows phone and address
+            with self._write("update user") as conn:
+                rows = conn.execute(sql, (*values.values(), name)).fetchall()
+                if rows:
+                    _enrol_details(conn, name, details, time.time())
+        else:
+            rows = self._returning("update user", sql, (*values.values(), name))
         if not rows:
             raise NotFoundError(f"no such user: {name}")
         return _rows.user(rows[0])
@@ -367,6 +384,9 @@ class SqlStore:
                     raise NotFoundError(f"no such user: {old}")
                 for statement in _RENAME_USER[1:]:
                     conn.execute(statement, (new, old))
+                conn.execute('UPDATE enrolments SET "user" = %s WHERE "user" = %s', (new, old))
+                for table in _PORTAL_TABLES:
+                    conn.execute(f'UPDATE {table} SET "user" = %s WHERE "user" = %s', (new, old))
                 conn.execute(_DELETE_RENAMED_USER, (old,))
         except StoreError as exc:
             if self._refused(exc, UNIQUE):
@@ -384,6 +404,7 @@ class SqlStore:
                 raise NotFoundError(f"no such user: {name}")
             _release_tokens(conn, name)
             _drop_push_state(conn, name)    # before the user: these refer to them
+            _end_enrolments(conn, 'WHERE "user" = %s', (name,))
             conn.execute("DELETE FROM users WHERE name = %s", (name,))
             _drop_sent_codes(conn, name)
 
@@ -511,11 +532,14 @@ class SqlStore:
             if owner is not None:
                 raise RefusedError(f"token {serial} is assigned to {owner} already")
             conn.execute('UPDATE tokens SET "user" = %s WHERE serial = %s', (user, serial))
+            conn.execute(_ENROL, (user, "token", serial, time.time()))
 
     def remove_token(self, serial: str) -> None:
         """NotFoundError."""
-        if self._change("remove token", "DELETE FROM tokens WHERE serial = %s", (serial,)) == 0:
-            raise NotFoundError(f"no such token: {serial}")
+        with self._write("remove token") as conn:
+            if conn.execute("DELETE FROM tokens WHERE serial = %s", (serial,)).rowcount == 0:
+                raise NotFoundError(f"no such token: {serial}")
+            _end_enrolments(conn, "WHERE kind = 'token' AND ref = %s", (serial,))
 
     def advance_totp(self, serial: str, step: int) -> bool:
         """True when ``step`` is later than every step used before (atomic
@@ -743,6 +767,8 @@ class SqlStore:
                 if self._violation(exc) != UNIQUE:
                     raise
                 taken = True
+            if not taken:
+                conn.execute(_ENROL, (row["user"], "device", stored["id"], now))
         if taken:
             raise AlreadyExistsError(f"device {device.id} exists already")
         return _rows.device(stored)
@@ -763,10 +789,10 @@ class SqlStore:
     def remove_device(self, user: str, device_id: str) -> None:
         """NotFoundError when the user has no such device (another user's
         device is not theirs to remove)."""
-        changed = self._change("remove device", 'DELETE FROM devices WHERE id = %s AND "user" = %s',
-                               (device_id, user))
-        if changed == 0:
-            raise NotFoundError(f"user {user} has no device {device_id}")
+        with self._write("remove device") as conn:
+            if conn.execute('DELETE FROM devices WHERE id = %s AND "user" = %s', (device_id, user)).rowcount == 0:
+                raise NotFoundError(f"user {user} has no device {device_id}")
+            _end_enrolments(conn, "WHERE kind = 'device' AND ref = %s", (device_id,))
 
     def touch_device(self, device_id: str, now: float) -> None:
         """Record the device's last signed request; the time only moves
@@ -869,12 +895,13 @@ class SqlStore:
         none), AlreadyExistsError for a taken id."""
         ap = app_password
         try:
-            self._change(
-                "add app password",
-                'INSERT INTO app_passwords (id, "user", label, password_hash, created, last_used)'
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (ap.id, ap.user, ap.label, ap.password_hash, float(ap.created or time.time()), ap.last_used),
-            )
+            with self._write("add app password") as conn:
+                conn.execute(
+                    'INSERT INTO app_passwords (id, "user", label, password_hash, created, last_used)'
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (ap.id, ap.user, ap.label, ap.password_hash, float(ap.created or time.time()), ap.last_used),
+                )
+                conn.execute(_ENROL, (ap.user, "app_password", ap.id, time.time()))
         except StoreError as exc:
             if self._refused(exc, FOREIGN_KEY):
                 raise NotFoundError(f"no such user: {ap.user}") from None
@@ -891,14 +918,17 @@ class SqlStore:
 
     def delete_app_password(self, user: str, app_password_id: str) -> None:
         """NotFoundError when the user has no app password of this id."""
-        changed = self._change("delete app password", 'DELETE FROM app_passwords WHERE id = %s AND "user" = %s',
-                               (app_password_id, user))
-        if changed == 0:
-            raise NotFoundError(f"user {user} has no app password {app_password_id}")
+        with self._write("delete app password") as conn:
+            if conn.execute('DELETE FROM app_passwords WHERE id = %s AND "user" = %s',
+                            (app_password_id, user)).rowcount == 0:
+                raise NotFoundError(f"user {user} has no app password {app_password_id}")
+            _end_enrolments(conn, "WHERE kind = 'app_password' AND ref = %s", (app_password_id,))
 
     def delete_app_passwords(self, user: str) -> int:
         """Delete every app password of the user; how many there were."""
-        return self._change("delete app passwords", 'DELETE FROM app_passwords WHERE "user" = %s', (user,))
+        with self._write("delete app passwords") as conn:
+            _end_enrolments(conn, "WHERE kind = 'app_password' AND \"user\" = %s", (user,))
+            return conn.execute('DELETE FROM app_passwords WHERE "user" = %s', (user,)).rowcount
 
     def touch_app_password(self, app_password_id: str, now: float) -> None:
         """Record the app password's last use; the time only moves forward."""
@@ -906,6 +936,101 @@ class SqlStore:
         self._change("touch app password",
                      "UPDATE app_passwords SET last_used = greatest(coalesce(last_used, %s), %s) WHERE id = %s",
                      (now, now, app_password_id))
+
+    # --- enrolment links and self-service sessions ---------------------------
+
+    def add_enrol_link(self, link: EnrolLink) -> None:
+        """Remember a one-time enrolment link (its digest); NotFoundError
+        when the user does not exist (the foreign key decides)."""
+        try:
+            self._change(
+                "add enrol link",
+                'INSERT INTO enrol_links (token_digest, "user", created, expires, used) VALUES (%s, %s, %s, %s, %s)',
+                (link.token_digest, link.user, float(link.created), float(link.expires), link.used),
+            )
+        except StoreError as exc:
+            if self._refused(exc, FOREIGN_KEY):
+                raise NotFoundError(f"no such user: {link.user}") from None
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError("an enrolment link with this token exists already") from None
+            raise
+
+    def redeem_enrol_link(self, token_digest: str, now: float) -> EnrolLink | None:
+        """Use the link up: one ``UPDATE ... WHERE used IS NULL AND expires >
+        now RETURNING``, so of callers racing with one link (on any server
+        sharing the store) exactly one gets it. None for an unknown, used or
+        expired link."""
+        now = float(now)
+        rows = self._returning(
+            "redeem enrol link",
+            "UPDATE enrol_links SET used = %s WHERE token_digest = %s AND used IS NULL AND expires > %s RETURNING *",
+            (now, token_digest, now),
+        )
+        return _rows.enrol_link(rows[0]) if rows else None
+
+    def put_portal_session(self, session: PortalSession) -> None:
+        """Store a new signed-in session; NotFoundError when the user does
+        not exist."""
+        ps = session
+        try:
+            self._change(
+                "put portal session",
+                'INSERT INTO portal_sessions (id_digest, "user", csrf, created, last_seen, expires, pending_totp)'
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (ps.id_digest, ps.user, ps.csrf, float(ps.created), float(ps.last_seen), float(ps.expires),
+                 self._seal_pending(ps.id_digest, ps.pending_totp)),
+            )
+        except StoreError as exc:
+            if self._refused(exc, FOREIGN_KEY):
+                raise NotFoundError(f"no such user: {ps.user}") from None
+            if self._refused(exc, UNIQUE):
+                raise AlreadyExistsError("a session with this id exists already") from None
+            raise
+
+    def touch_portal_session(self, id_digest: str, now: float, idle_seconds: float) -> PortalSession | None:
+        """The session, when it has been used within ``idle_seconds`` and
+        its absolute expiry is after ``now``; its ``last_seen`` set to
+        ``now`` in the same statement. None for an unknown or expired one."""
+        now = float(now)
+        rows = self._returning(
+            "touch portal session",
+            "UPDATE portal_sessions SET last_seen = greatest(last_seen, %s)"
+            " WHERE id_digest = %s AND last_seen > %s AND expires > %s RETURNING *",
+            (now, id_digest, now - float(idle_seconds), now),
+        )
+        return _rows.portal_session(rows[0], self._box) if rows else None
+
+    def set_portal_pending_totp(self, id_digest: str, secret: str | None) -> None:
+        """Keep (sealed) or forget the secret the session shows for enrolment."""
+        self._change("set pending totp", "UPDATE portal_sessions SET pending_totp = %s WHERE id_digest = %s",
+                     (self._seal_pending(id_digest, secret), id_digest))
+
+    def take_portal_pending_totp(self, id_digest: str) -> str | None:
+        """The session's pending secret, forgotten in the same transaction
+        (one confirmation per secret, even from two tabs at once)."""
+        with self._write("take pending totp") as conn:
+            row = conn.execute("SELECT pending_totp FROM portal_sessions WHERE id_digest = %s" + self.FOR_UPDATE,
+                               (id_digest,)).fetchone()
+            if row is None or row["pending_totp"] is None:
+                return None
+            conn.execute("UPDATE portal_sessions SET pending_totp = NULL WHERE id_digest = %s", (id_digest,))
+        return self._box.open(row["pending_totp"], portal_seal_context(id_digest))
+
+    def delete_portal_session(self, id_digest: str) -> None:
+        """Sign-out (absent: nothing happens)."""
+        self._change("delete portal session", "DELETE FROM portal_sessions WHERE id_digest = %s", (id_digest,))
+
+    def purge_portal(self, now: float, idle_seconds: float) -> int:
+        """Delete sessions expired at ``now`` (idle or absolute) and
+        enrolment links expired before it; returns the sessions deleted."""
+        now = float(now)
+        with self._write("purge portal") as conn:
+            conn.execute("DELETE FROM enrol_links WHERE expires < %s", (now,))
+            return conn.execute("DELETE FROM portal_sessions WHERE expires <= %s OR last_seen <= %s",
+                                (now, now - float(idle_seconds))).rowcount
+
+    def _seal_pending(self, id_digest: str, secret: str | None) -> str | None:
+        return None if secret is None else self._box.seal(secret, portal_seal_context(id_digest))
 
     # --- health --------------------------------------------------------------
 
@@ -954,7 +1079,8 @@ class SqlStore:
         """Append the records in one transaction (the server writes its audit
         trail in batches: one write for many sign-ins)."""
         with self._write("add auth records") as conn:
-            self._executemany(conn, 'INSERT INTO auth_log (time, "user", fields) VALUES (%s, %s, %s)',
+            self._executemany(conn, 'INSERT INTO auth_log (time, "user", fields, result, factor)'
+                              " VALUES (%s, %s, %s, %s, %s)",
                               [_rows.auth_log_row(record) for record in records])
 
     def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
@@ -969,6 +1095,65 @@ class SqlStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._read("read auth log", f"SELECT time, fields FROM auth_log{where} ORDER BY time, id", params)
         return [AuthRecord(time=row["time"], fields=json.loads(row["fields"])) for row in rows]
+
+    def auth_log(self, since: float | None = None, user: str | None = None, limit: int | None = None,
+                 after_id: int | None = None) -> list[tuple[int, AuthRecord]]:
+        """(id, record) pairs, oldest first (by time, then id); ``since``
+        inclusive; with ``limit`` only the newest ``limit`` of them; with
+        ``after_id`` only rows of a larger id (`report auth --follow`: ids
+        grow with every row written)."""
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("time >= %s")
+            params.append(since)
+        if user is not None:
+            clauses.append('"user" = %s')
+            params.append(user)
+        if after_id is not None:
+            clauses.append("id > %s")
+            params.append(after_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        if limit is None:
+            sql = f"SELECT id, time, fields FROM auth_log{where} ORDER BY time, id"
+        else:
+            sql = f"SELECT id, time, fields FROM auth_log{where} ORDER BY time DESC, id DESC LIMIT %s"
+            params.append(max(int(limit), 0))
+        rows = self._read("read auth log", sql, params)
+        if limit is not None:
+            rows.reverse()
+        return [(int(row["id"]), AuthRecord(time=row["time"], fields=json.loads(row["fields"]))) for row in rows]
+
+    def usage_counts(self, start: float, end: float, kinds: Sequence[str]) -> UsageCounts:
+        """`report usage` for ``start`` ≤ time < ``end``: the records counted
+        by factor and result, the users with an accept by a second factor
+        (not ``none``), and those users together with every user who held a
+        factor of one of ``kinds`` at some moment of the period (the
+        enrolment history). Three GROUP BY / DISTINCT queries that the index
+        ``auth_log_usage`` answers."""
+        counts = self._read("count usage", _USAGE_BY_FACTOR, (start, end))
+        completed = self._read("count usage", f'SELECT COUNT(DISTINCT "user") AS n FROM auth_log{_COMPLETED}',
+                               (start, end))
+        kinds = list(kinds) or [""]
+        configured = self._read(
+            "count usage",
+            'SELECT COUNT(*) AS n FROM (SELECT "user" FROM enrolments WHERE since < %s'
+            f" AND (until IS NULL OR until > %s) AND kind IN ({_marks(kinds)})"
+            f' UNION SELECT "user" FROM auth_log{_COMPLETED}) AS configured',
+            (end, start, *kinds, start, end),
+        )
+        return UsageCounts(
+            users_configured=int(configured[0]["n"]),
+            users_completed_mfa=int(completed[0]["n"]),
+            counts=[(row["factor"], row["result"], int(row["n"])) for row in counts],
+        )
+
+
+# `report usage`. Params: start, end.
+_USAGE_BY_FACTOR = ("SELECT factor, result, COUNT(*) AS n FROM auth_log WHERE time >= %s AND time < %s"
+                    " GROUP BY factor, result")
+# The records of users who completed MFA: an accept by a factor that is one.
+_COMPLETED = (" WHERE time >= %s AND time < %s AND result = 'accept' AND factor IS NOT NULL"
+              " AND factor != 'none' AND \"user\" IS NOT NULL")
 
 
 # --- helpers ------------------------------------------------------------------
@@ -997,6 +1182,7 @@ def _user_row(user: User, now: float) -> tuple:
 def _release_tokens(conn: Any, name: str) -> int:
     """Take every token from the user: software ones are deleted, hardware
     ones return to the pool with their counter and replay guard; the count."""
+    _end_enrolments(conn, "WHERE kind = 'token' AND \"user\" = %s", (name,))
     deleted = conn.execute('DELETE FROM tokens WHERE "user" = %s AND NOT hardware', (name,)).rowcount
     return deleted + conn.execute('UPDATE tokens SET "user" = NULL WHERE "user" = %s', (name,)).rowcount
 
@@ -1010,7 +1196,35 @@ def _drop_sent_codes(conn: Any, name: str) -> None:
 def _drop_push_state(conn: Any, name: str) -> None:
     """A user reset or removed: their devices, pairing links, pushes and app
     passwords go (the caller holds the user's row)."""
+    _end_enrolments(conn, "WHERE kind IN ('app_password', 'device') AND \"user\" = %s", (name,))
     conn.execute('DELETE FROM app_passwords WHERE "user" = %s', (name,))
     conn.execute('DELETE FROM devices WHERE "user" = %s', (name,))
     conn.execute('DELETE FROM pairings WHERE "user" = %s', (name,))
     conn.execute('DELETE FROM pushes WHERE "user" = %s', (name,))
+    for table in _PORTAL_TABLES:        # links and signed-in pages: the user starts again
+        conn.execute(f'DELETE FROM {table} WHERE "user" = %s', (name,))
+
+
+# --- the enrolment history (`report usage`) -----------------------------------
+
+# Params: user, kind, ref, since.
+_ENROL = 'INSERT INTO enrolments ("user", kind, ref, since) VALUES (%s, %s, %s, %s)'
+
+
+def _end_enrolments(conn: Any, where: str, params: Sequence[Any]) -> None:
+    """Inside a write: the factors ``where`` selects are held no longer."""
+    conn.execute(f"UPDATE enrolments SET until = %s {where} AND until IS NULL", (time.time(), *params))
+
+
+def _enrol_details(conn: Any, name: str, details: dict[str, str | None], now: float) -> None:
+    """Inside a write: the user's phone or address (``details``: kind →
+    value) was set or cleared; a change of number keeps the enrolment."""
+    for kind, value in details.items():
+        if value:
+            conn.execute(
+                'INSERT INTO enrolments ("user", kind, ref, since) SELECT %s, %s, %s, %s WHERE NOT EXISTS'
+                ' (SELECT 1 FROM enrolments WHERE "user" = %s AND kind = %s AND until IS NULL)',
+                (name, kind, kind, now, name, kind),
+            )
+        else:
+            _end_enrolments(conn, 'WHERE "user" = %s AND kind = %s', (name, kind))
