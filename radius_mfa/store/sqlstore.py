@@ -239,10 +239,14 @@ class SqlStore:
         if not user.name:
             raise RefusedError("a user name must not be empty")
         now = time.time()
+        details = {kind: value for kind, value in (("phone", user.phone), ("email", user.email)) if value}
         try:
-            with self._write("add user") as conn:
-                conn.execute(_USER_INSERT, _user_row(user, now))
-                _enrol_details(conn, user.name, {"phone": user.phone, "email": user.email}, now)
+            if details:                     # the enrolment history keeps phone and address
+                with self._write("add user") as conn:
+                    conn.execute(_USER_INSERT, _user_row(user, now))
+                    _enrol_details(conn, user.name, details, now)
+            else:
+                self._change("add user", _USER_INSERT, _user_row(user, now))
         except StoreError as exc:
             if self._refused(exc, UNIQUE):
                 raise AlreadyExistsError(f"user {user.name} exists already") from None
