@@ -205,6 +205,16 @@ def _positive_period(text: str) -> int:
     return value
 
 
+def _check_timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= seconds <= 300:
+        raise argparse.ArgumentTypeError("timeout must be 0.1 to 300 seconds")
+    return seconds
+
+
 def _iso_since(text: str) -> float:
     """``--since``: an ISO 8601 date or time; without a zone it means UTC."""
     try:
@@ -245,7 +255,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     config = ctx.config()
     from radius_mfa import service
 
-    return int(service.run(config))
+    return int(service.run(config, debug=args.debug))
 
 
 def cmd_check_config(args: argparse.Namespace, ctx: Context) -> int:
@@ -256,6 +266,16 @@ def cmd_check_config(args: argparse.Namespace, ctx: Context) -> int:
         print(warning, file=ctx.stderr)
     ctx.out(f"{ctx.config_path}: OK")
     return EXIT_OK
+
+
+def cmd_check_connectivity(args: argparse.Namespace, ctx: Context) -> int:
+    """One line per upstream (radius_mfa.connectivity); exit 0 when all answer, else 1."""
+    from radius_mfa import connectivity
+
+    outcomes = connectivity.run_checks(connectivity.checks_for(ctx.config()), args.timeout)
+    for outcome in outcomes:
+        ctx.out(outcome.line())
+    return EXIT_OK if all(outcome.ok for outcome in outcomes) else EXIT_REFUSED
 
 
 # --------------------------------------------------------------------------
@@ -853,7 +873,12 @@ def _requirement_text(entry: dict) -> str:
 
 
 def cmd_report_auth(args: argparse.Namespace, ctx: Context) -> int:
-    records = ctx.store().auth_records(since=args.since, user=args.user)
+    if args.follow:
+        return _follow_auth(args, ctx)
+    if args.limit is not None:
+        records = [record for _, record in ctx.store().auth_log(since=args.since, user=args.user, limit=args.limit)]
+    else:
+        records = ctx.store().auth_records(since=args.since, user=args.user)
     if args.json:
         ctx.json([r.fields for r in records])
         return EXIT_OK
@@ -881,6 +906,108 @@ def _csv_value(value: Any) -> Any:
         return ""
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+# `report auth --follow`: how often the store is asked, and how long a row
+# id is remembered before every lower id counts as written (rows of two
+# servers' transactions may become visible out of id order, never this late).
+FOLLOW_POLL_SECONDS = 1.0
+FOLLOW_SETTLE_SECONDS = 5.0
+# Fixed widths of the table that --follow prints as rows come.
+_FOLLOW_WIDTHS = (20, 16, 12, 12, 9)
+
+
+def _follow_auth(args: argparse.Namespace, ctx: Context) -> int:
+    """Print the matching records (the newest ``--limit``), then every new
+    one, polling the store each second, until SIGINT or SIGTERM: exit 0.
+    ``--json`` prints one object per line (JSON Lines), ``--csv`` the header
+    once; the table has fixed widths, printed as rows come."""
+    import signal
+
+    store = ctx.store()
+    stop: list[int] = []
+
+    def stopped(signum, frame) -> None:
+        stop.append(signum)
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        found = store.auth_log(since=args.since, user=args.user, limit=args.limit)
+        write = _follow_writer(args, ctx, [record for _, record in found])
+        for _, record in found:
+            write(record)
+        ctx.stdout.flush()
+        floor = max((row_id for row_id, _ in found), default=None)
+        seen: dict[int, float] = {}          # ids above the floor printed already, and when
+        while not stop:
+            deadline = time.monotonic() + FOLLOW_POLL_SECONDS
+            while not stop and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if stop:
+                break
+            now = time.monotonic()
+            for row_id, record in store.auth_log(since=args.since, user=args.user, after_id=floor):
+                if row_id not in seen:
+                    seen[row_id] = now
+                    write(record)
+            ctx.stdout.flush()
+            settled = [row_id for row_id, when in seen.items() if now - when >= FOLLOW_SETTLE_SECONDS]
+            if settled:
+                floor = max(floor or 0, *settled)
+                seen = {row_id: when for row_id, when in seen.items() if row_id > floor}
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK
+
+
+def _follow_writer(args: argparse.Namespace, ctx: Context, first: list) -> Callable[[Any], None]:
+    """A function printing one record in the format asked for (the header,
+    if any, printed now)."""
+    if args.json:
+        def write_json(record) -> None:
+            ctx.stdout.write(json.dumps(record.fields, ensure_ascii=False) + "\n")
+        return write_json
+    if args.csv:
+        extra = sorted({k for r in first for k in r.fields} - set(AUDIT_COLUMNS))
+        writer = csv.DictWriter(ctx.stdout, fieldnames=[*AUDIT_COLUMNS, *extra], extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        return lambda record: writer.writerow({k: _csv_value(v) for k, v in record.fields.items()})
+
+    def line(cells: Sequence[Any]) -> str:
+        texts = [printable(cell) for cell in cells]
+        return "  ".join([*(t.ljust(w) for t, w in zip(texts, _FOLLOW_WIDTHS)), texts[-1]]).rstrip()
+
+    ctx.out(line(("TIME", "USER", "CLIENT", "FACTOR", "RESULT", "REASON")))
+    return lambda r: ctx.out(line((iso_time(r.time), r.fields.get("user"), r.fields.get("client"),
+                                   r.fields.get("factor"), r.fields.get("result"), r.fields.get("reason"))))
+
+
+def cmd_report_usage(args: argparse.Namespace, ctx: Context) -> int:
+    """The month's billing figures (radius_mfa.usage says what each counts)."""
+    from radius_mfa import usage
+
+    month = args.month.strip()
+    start, end = usage.month_bounds(month)       # a bad month: exit 2 before the config is read
+    counts = ctx.store().usage_counts(start, end, usage.enrolment_kinds(ctx.config()))
+    report = usage.usage_report(month, counts)
+    if args.json:
+        ctx.json(report)
+    else:
+        for text in usage.usage_lines(report):
+            ctx.out(text)
+    return EXIT_OK
+
+
+def _positive_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("--limit must be at least 1")
     return value
 
 
@@ -919,8 +1046,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=help, description=help)
         return sub.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
-    add(commands, "serve", cmd_serve, "run the server in the foreground")
+    p = add(commands, "serve", cmd_serve, "run the server in the foreground")
+    p.add_argument("--debug", action="store_true",
+                   help="also print each request's steps to stderr, for a person (never a secret)")
     add(commands, "check-config", cmd_check_config, "validate the configuration file")
+    p = add(commands, "check-connectivity", cmd_check_connectivity,
+            "contact every upstream server the configuration names, signing nobody in")
+    p.add_argument("--timeout", metavar="SECONDS", type=_check_timeout, default=10.0,
+                   help="seconds each check may take (default: 10)")
 
     users = add_group("user", "manage users")
     p = add(users, "add", cmd_user_add, "create a user")
@@ -1022,9 +1155,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="ISO8601", type=_iso_since,
                    help="only records from this time on (UTC when no zone is given)")
     p.add_argument("--user", metavar="NAME")
+    p.add_argument("--limit", metavar="N", type=_positive_limit,
+                   help="only the newest N records (printed oldest first)")
+    p.add_argument("--follow", action="store_true",
+                   help="then print new records as they come, until interrupted (--json: one object a line)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    p = add(reports, "usage", cmd_report_usage,
+            "a month's figures for billing: users configured, users who completed MFA, authentications")
+    p.add_argument("--month", metavar="YYYY-MM", required=True, help="the month, in UTC")
+    p.add_argument("--json", action="store_true")
     return parser
 
 
