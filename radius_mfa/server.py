@@ -31,6 +31,7 @@ from radius_mfa.radius.clients import ClientTable
 from radius_mfa.radius.dupcache import DuplicateCache, Lookup
 from radius_mfa.radius.droplog import DropLogger
 from radius_mfa.ratelog import RateLimitedLog
+from radius_mfa.trace import RequestTrace, TraceWriter
 from radius_mfa.verdicts import Reason, Verdict
 
 log = structlog.get_logger("radius_mfa.server")
@@ -38,6 +39,14 @@ log = structlog.get_logger("radius_mfa.server")
 # Seconds between two tracebacks of the same error (a store outage fails
 # every request the same way; the lines between are counted).
 ERROR_LOG_INTERVAL = 10.0
+
+_CODE_NAMES = {
+    codec.ACCESS_REQUEST: "Access-Request",
+    codec.STATUS_SERVER: "Status-Server",
+    codec.ACCESS_ACCEPT: "Access-Accept",
+    codec.ACCESS_REJECT: "Access-Reject",
+    codec.ACCESS_CHALLENGE: "Access-Challenge",
+}
 
 RESPONSE_CODES = {
     Verdict.ACCEPT: codec.ACCESS_ACCEPT,
@@ -101,7 +110,8 @@ def _name_and_method(request) -> dict:
 class RadiusServer(DatagramProtocol):
     def __init__(self, runtime: Runtime, *, dictionary, reactor, activity,
                  on_finished: Callable[[Finished], None], droplog: DropLogger,
-                 duplicates: DuplicateCache, wall_clock: Callable[[], float] = time.time):
+                 duplicates: DuplicateCache, wall_clock: Callable[[], float] = time.time,
+                 tracer: TraceWriter | None = None):
         self.runtime = runtime
         self.dictionary = dictionary
         self.reactor = reactor
@@ -110,6 +120,7 @@ class RadiusServer(DatagramProtocol):
         self.droplog = droplog
         self.duplicates = duplicates
         self.wall_clock = wall_clock
+        self.tracer = tracer             # `serve --debug`: a readable block per request; else None
         self.in_flight: set[defer.Deferred] = set()
         self.errors = RateLimitedLog(log, "auth.error", clock=reactor, interval=ERROR_LOG_INTERVAL,
                                      level="error")
@@ -123,17 +134,23 @@ class RadiusServer(DatagramProtocol):
 
     def _receive(self, data: bytes, addr) -> None:
         host, port = addr[0], addr[1]
+        trace = self.tracer.begin(host, port) if self.tracer is not None else None
         client = self.runtime.clients.lookup(host)
         if client is None:
             self.droplog.drop("unknown_client", host)
+            if trace is not None:
+                trace.size = len(data)
+                self._finish_trace(trace.drop("unknown_client"))
             return
+        if trace is not None:
+            trace.matched(client)
         try:
             header = codec.peek(data)
         except RemoteProtocolError as exc:
-            self._drop("malformed", host, client, detail=str(exc))
+            self._drop("malformed", host, client, detail=str(exc), trace=trace)
             return
         if header.code not in (codec.ACCESS_REQUEST, codec.STATUS_SERVER):
-            self._drop("unsupported_code", host, client, detail=str(header.code))
+            self._drop("unsupported_code", host, client, detail=str(header.code), trace=trace)
             return
 
         # read only until the packet is authenticated: a spoofed copy of a
@@ -142,16 +159,27 @@ class RadiusServer(DatagramProtocol):
         seen = self.duplicates.lookup(key)
         if seen.kind is Lookup.CACHED:
             self.transport.write(seen.response, addr)
+            if trace is not None:
+                trace.notes.append("a retransmission: the reply already sent is sent again")
+                self._finish_trace(trace)
             return
         if seen.kind is Lookup.IN_PROGRESS:
+            if trace is not None:
+                trace.notes.append("a retransmission of a request still being decided: ignored")
+                self._finish_trace(trace)
             return
 
         try:
             request = codec.decode_request(data, client.secret, self.dictionary)
         except RemoteProtocolError as exc:
-            self._drop("malformed", host, client, detail=str(exc))
+            self._drop("malformed", host, client, detail=str(exc), trace=trace)
             return
-        if not self._authentic(request, client, host):
+        if trace is not None:
+            fields = _name_and_method(request)
+            trace.decoded(request, code=_CODE_NAMES.get(request.code, str(request.code)),
+                          user=fields["user_name"], method=fields["method"])
+            trace.checked_message_authenticator(request, self._ma_required(request, client))
+        if not self._authentic(request, client, host, trace):
             return
         self.duplicates.claim(key)
         self.activity.note(client.name, self.wall_clock(), request.has_message_authenticator)
@@ -159,45 +187,60 @@ class RadiusServer(DatagramProtocol):
         if request.code == codec.STATUS_SERVER:
             self._send(key, addr, codec.encode_response(request, codec.ACCESS_ACCEPT,
                                                         attributes=(), secret=client.secret))
+            if trace is not None:
+                trace.reply = "Access-Accept (Status-Server: alive)"
+                self._finish_trace(trace)
             return
-        self._start(request, client, key, addr)
+        self._start(request, client, key, addr, trace)
 
-    def _drop(self, reason: str, host: str, client: ClientConfig, detail: str | None = None) -> None:
+    def _drop(self, reason: str, host: str, client: ClientConfig, detail: str | None = None,
+              trace: RequestTrace | None = None) -> None:
         """A request from a known client dropped unanswered: logged (rate
         limited) and counted per client for `report clients`."""
         self.droplog.drop(reason, host, client=client.name, detail=detail)
         self.activity.note_drop(client.name, reason, self.wall_clock())
+        if trace is not None:
+            self._finish_trace(trace.drop(reason, detail))
 
-    def _authentic(self, request, client: ClientConfig, host: str) -> bool:
-        """The Message-Authenticator policy (BlastRADIUS): a wrong one always
-        drops; a missing one drops when the client must send one, or when
-        the request carries Proxy-State and the client is set to
-        ``limit_proxy_state`` (draft-ietf-radext-deprecating-radius)."""
-        if request.has_message_authenticator:
-            if not request.message_authenticator_ok:
-                self._drop("bad_message_authenticator", host, client)
-                return False
-            return True
-        required = (
+    def _finish_trace(self, trace: RequestTrace) -> None:
+        self.tracer.finish(trace)
+
+    def _ma_required(self, request, client: ClientConfig) -> bool:
+        """Whether this request must carry a Message-Authenticator."""
+        return (
             request.code == codec.STATUS_SERVER                       # RFC 5997
             or client.require_message_authenticator is RequireMA.TRUE
             or (client.require_message_authenticator is RequireMA.AUTO
                 and self.activity.has_sent_message_authenticator(client.name))
             or (client.limit_proxy_state and bool(request.proxy_states))
         )
-        if required:
-            self._drop("missing_message_authenticator", host, client)
+
+    def _authentic(self, request, client: ClientConfig, host: str,
+                   trace: RequestTrace | None = None) -> bool:
+        """The Message-Authenticator policy (BlastRADIUS): a wrong one always
+        drops; a missing one drops when the client must send one, or when
+        the request carries Proxy-State and the client is set to
+        ``limit_proxy_state`` (draft-ietf-radext-deprecating-radius)."""
+        if request.has_message_authenticator:
+            if not request.message_authenticator_ok:
+                self._drop("bad_message_authenticator", host, client, trace=trace)
+                return False
+            return True
+        if self._ma_required(request, client):
+            self._drop("missing_message_authenticator", host, client, trace=trace)
             return False
         return True
 
     # --- deciding -------------------------------------------------------------
-    def _start(self, request, client: ClientConfig, key, addr) -> None:
-        d = defer.Deferred.fromCoroutine(self._handle(request, client, key, addr))
+    def _start(self, request, client: ClientConfig, key, addr,
+               trace: RequestTrace | None = None) -> None:
+        d = defer.Deferred.fromCoroutine(self._handle(request, client, key, addr, trace))
         d.addErrback(self._lost, key)
         self.in_flight.add(d)
         d.addBoth(self._done, d)
 
-    async def _handle(self, request, client: ClientConfig, key, addr) -> None:
+    async def _handle(self, request, client: ClientConfig, key, addr,
+                      trace: RequestTrace | None = None) -> None:
         """Decide one Access-Request and answer it.
 
         Its ``request_id`` is bound here, once, for every line logged while
@@ -217,7 +260,7 @@ class RadiusServer(DatagramProtocol):
             decision = await self.runtime.engine.handle(auth)
         except Exception:              # a bug, or the store gone: fail closed
             decision = self._fail_closed(Failure(), auth)
-        self._answer(decision, request, client, key, addr, started, request_id, auth.method)
+        self._answer(decision, request, client, key, addr, started, request_id, auth.method, trace)
 
     def _fail_closed(self, failure, auth: AuthRequest) -> Decision:
         """An unexpected error while deciding: a Reject (fail closed). During
@@ -232,8 +275,14 @@ class RadiusServer(DatagramProtocol):
         return Decision(Verdict.REJECT, auth.user_name, primary="", reason=Reason.ERROR)
 
     def _answer(self, decision: Decision, request, client: ClientConfig, key, addr,
-                started: float, request_id: str, method: str = "pap") -> None:
+                started: float, request_id: str, method: str = "pap",
+                trace: RequestTrace | None = None) -> None:
         packet, decision = self._encode(decision, request, client, method, request_id)
+        if trace is not None:
+            trace.request_id = request_id
+            trace.decided(decision, answering_challenge=request.state is not None)
+            trace.reply = (f"{_CODE_NAMES[RESPONSE_CODES[decision.verdict]]}" if packet is not None
+                           else "nothing: the NAS retries or fails over")
         host = self.transport.getHost() if self.transport is not None else None
         finished = Finished(
             decision=decision, client=client, client_ip=addr[0],
@@ -252,6 +301,8 @@ class RadiusServer(DatagramProtocol):
             self.duplicates.abandon(key)     # no reply: a retransmission is worked on afresh
         else:
             self._send(key, addr, packet)
+        if trace is not None:
+            self._finish_trace(trace)
 
     def _encode(self, decision: Decision, request, client: ClientConfig, method: str,
                 request_id: str) -> tuple[bytes | None, Decision]:

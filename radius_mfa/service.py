@@ -40,6 +40,7 @@ from radius_mfa.delivery.sender import build_senders
 from radius_mfa.verifiers.hotp import HotpVerifier
 from radius_mfa.verifiers.totp import TotpVerifier
 from radius_mfa.systemd import notify
+from radius_mfa.trace import TraceWriter
 from radius_mfa.udp import enlarge_receive_buffer
 from radius_mfa.workers import WorkerSlot, supervise, worker_slot
 
@@ -121,7 +122,7 @@ def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[],
 
 class Service:
     def __init__(self, config: Config, reactor, *, worker: WorkerSlot | None = None,
-                 serve_http: bool = True):
+                 serve_http: bool = True, debug: bool = False):
         self.config = config
         self.reactor = reactor
         self.worker = worker             # set in a process the supervisor started (server.workers > 1)
@@ -132,11 +133,14 @@ class Service:
         # metrics (config.metrics): the families, the health check, and the
         # HTTP port unless a supervisor serves /metrics for its workers
         self.serve_http = serve_http
+        self.debug = debug               # `serve --debug`: a readable block per request on stderr
         self.metrics = None
         self.health = None
         self.http_port = None
         self.push_hub = None             # factors.push: the waiting requests and the device API
         self.push_port = None
+        self.portal = None               # portal: the self-service page (shares push's port when asked)
+        self.portal_port = None
 
     def start(self) -> None:
         """Open the store and the listeners; raises ConfigError, StoreError or
@@ -160,19 +164,22 @@ class Service:
         self.dictionary = load_dictionary()
         self.audit_rows = AuditBatcher(self.store, reactor, reactor.seconds)
         self.audit = AuditLog(config.audit.file, keep=self.audit_rows.keep)
+        self.portal = self._portal_resource(config)
         self._start_push(config)
+        self._start_portal(config)
 
         runtime = self._runtime(config)
         self.activity = ClientActivity(self.store, self.sync_store.list_clients_seen())
         dictionary = self.dictionary
         duplicates = DuplicateCache(reactor)
+        tracer = TraceWriter(reactor) if self.debug else None
         droplog = DropLogger(structlog.get_logger("radius_mfa.drop"), reactor,
                              observer=self._dropped)
 
         for address in config.server.listen:
             protocol = RadiusServer(runtime, dictionary=dictionary, reactor=reactor,
                                     activity=self.activity, on_finished=self._finished,
-                                    droplog=droplog, duplicates=duplicates)
+                                    droplog=droplog, duplicates=duplicates, tracer=tracer)
             self.ports.append(self._listen(len(self.ports), address, protocol))
             self.protocols.append(protocol)
 
@@ -271,9 +278,42 @@ class Service:
                                 on_fraud=self._fraud_reported)
         if self.worker is None or self.worker.index == 0:
             api = DeviceApi(self.push_hub, self.store, self.reactor.seconds, config.server.name)
+            if self._portal_shares_push(config):
+                from radius_mfa.portal.app import SharedRoot
+
+                api = SharedRoot(api, self.portal)
+                log.info("portal.listening", address=f"{push.listen.host}:{push.listen.port}", shared="push")
             self.push_port = listen_device_api(self.reactor, push, api)
             host = self.push_port.getHost()
             log.info("push.listening", address=f"{host.host}:{host.port}")
+
+    # --- the self-service page -----------------------------------------------------
+    def _serves_http(self) -> bool:
+        """The device API and the page run in one process: the only one, or worker 0."""
+        return self.worker is None or self.worker.index == 0
+
+    @staticmethod
+    def _portal_shares_push(config: Config) -> bool:
+        push, portal = config.factors.push, config.portal
+        return push is not None and portal is not None and push.listen == portal.listen
+
+    def _portal_resource(self, config: Config):
+        if config.portal is None or not self._serves_http():
+            return None
+        from radius_mfa.portal.app import Portal
+
+        # the primary backend in force, looked up per sign-in (a SIGHUP replaces it)
+        return Portal(self.store, config, lambda: self.protocols[0].runtime.engine.primary,
+                      self.reactor.seconds, self.hash_runner)
+
+    def _start_portal(self, config: Config) -> None:
+        if self.portal is None or self._portal_shares_push(config):
+            return
+        from radius_mfa.portal.app import listen_portal
+
+        self.portal_port = listen_portal(self.reactor, config.portal, self.portal)
+        host = self.portal_port.getHost()
+        log.info("portal.listening", address=f"{host.host}:{host.port}")
 
     def _fraud_reported(self, push, device) -> None:
         """The audit record of a push the user reported as fraud."""
@@ -304,6 +344,10 @@ class Service:
             pushes = await self.store.purge_pushes(now)
             if pushes:
                 log.debug("pushes.purged", count=pushes)
+        if self.portal is not None:
+            from radius_mfa.portal.app import IDLE_SECONDS
+
+            await self.store.purge_portal(now, IDLE_SECONDS)
 
     def _loop_failed(self, failure) -> None:
         log.error("service.loop_failed", exception=failure.getTraceback())
@@ -446,6 +490,8 @@ class Service:
             self.http_port.stopListening()
         if self.push_port is not None:
             self.push_port.stopListening()
+        if self.portal_port is not None:
+            self.portal_port.stopListening()
         for pool in (getattr(self, "store_pool", None), getattr(self, "hash_pool", None),
                      getattr(self, "ldap_pool", None)):
             if pool is not None and pool.started:
@@ -454,6 +500,8 @@ class Service:
     def _close(self) -> None:
         if self.push_port is not None:
             self.push_port.stopListening()
+        if self.portal_port is not None:
+            self.portal_port.stopListening()
         if self.push_hub is not None:
             self.push_hub.stop()
         if self.protocols:
@@ -465,7 +513,7 @@ class Service:
         log.info("server.stopped")
 
 
-def run(config: Config) -> int:
+def run(config: Config, *, debug: bool = False) -> int:
     """Serve in the foreground until SIGTERM; returns the exit code.
 
     With ``server.workers`` > 1 this process supervises the workers
@@ -475,7 +523,11 @@ def run(config: Config) -> int:
     if slot is None:
         for warning in config.warnings:      # once, not once per worker
             log.warning("config.warning", problem=warning)
-    if slot is None and config.server.workers > 1:
+    if debug and slot is None and config.server.workers > 1:
+        # like `freeradius -X`: one process, so that every block reaches this terminal
+        log.warning("server.debug_single_process", workers=config.server.workers,
+                    detail="--debug serves in one process: server.workers is ignored")
+    elif slot is None and config.server.workers > 1:
         return supervise(config)
     if slot is not None:
         structlog.contextvars.bind_contextvars(worker=slot.index)
@@ -486,7 +538,7 @@ def run(config: Config) -> int:
     from twisted.internet import reactor
 
     bridge_twisted_logging()
-    service = Service(config, reactor, worker=slot, serve_http=slot is None)
+    service = Service(config, reactor, worker=slot, serve_http=slot is None, debug=debug)
 
     def on_signal(handler):
         return lambda signum, frame: reactor.callFromThread(handler)

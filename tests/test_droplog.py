@@ -57,10 +57,18 @@ def test_repeats_within_the_interval_are_counted_and_reported_later(drops, log, 
     assert drops.drop("bad_message_authenticator", "192.0.2.1", client="vpn")
     assert log.lines[1] == ("radius.drop", {"reason": "bad_message_authenticator",
                                             "source_ip": "192.0.2.1", "client": "vpn",
+                                            "hint": "shared secret mismatch?",
                                             "suppressed": 5})
     clock.advance(10)
     drops.drop("bad_message_authenticator", "192.0.2.1", client="vpn")
     assert "suppressed" not in log.lines[2][1]
+
+
+def test_a_wrong_message_authenticator_hints_at_the_shared_secret(drops, log):
+    drops.drop("bad_message_authenticator", "192.0.2.1", client="vpn")
+    drops.drop("malformed", "192.0.2.1", client="vpn")
+    assert log.lines[0][1]["hint"] == "shared secret mismatch?"
+    assert "hint" not in log.lines[1][1]
 
 
 def test_limits_are_per_reason_and_source(drops, log):

@@ -19,7 +19,9 @@ every drop is accounted for in some line (logged, a pair's ``suppressed``
 or the summary's) once :meth:`DropLogger.flush` has run after the burst.
 
 Nothing from the packet's payload is logged: no user name, no password, no
-secret; only the reason, where it came from and, when known, which client.
+secret; only the reason, where it came from, when known which client, and a
+hint at the usual cause (a wrong Message-Authenticator: "shared secret
+mismatch?").
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class DropReason(str, enum.Enum):
     MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
     MALFORMED = "malformed"
     UNSUPPORTED_CODE = "unsupported_code"
+
+
+# The usual cause, on the drop's log line, where one reason nearly always has one.
+HINTS = {
+    DropReason.BAD_MESSAGE_AUTHENTICATOR: "shared secret mismatch?",
+}
 
 
 class WarningLogger(Protocol):
@@ -150,6 +158,8 @@ class DropLogger:
             fields["client"] = client
         if detail is not None:
             fields["detail"] = detail
+        if reason in HINTS:
+            fields["hint"] = HINTS[reason]
         if suppressed:
             fields["suppressed"] = suppressed
         self._log.warning(EVENT, **fields)
