@@ -261,9 +261,17 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_check_config(args: argparse.Namespace, ctx: Context) -> int:
     """Exit 0, or 2 with every problem (main prints them); warnings go to
     stderr as ``FILE:LINE: key.path: warning: message`` and leave the exit
-    code alone."""
-    for warning in ctx.config().warnings:
+    code alone. Then what the machine says (radius_mfa.validate.check_machine):
+    no clients, an unreadable store key, an unreachable store or a listen
+    address that cannot be bound are errors; an address in use is a warning."""
+    from radius_mfa.validate import check_machine
+
+    config = ctx.config()
+    machine = check_machine(config, ctx.config_path)
+    for warning in (*config.warnings, *machine.warnings):
         print(warning, file=ctx.stderr)
+    if machine.problems:
+        raise ConfigError(machine.problems)
     ctx.out(f"{ctx.config_path}: OK")
     return EXIT_OK
 
@@ -933,13 +941,14 @@ def _follow_auth(args: argparse.Namespace, ctx: Context) -> int:
 
     previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        floor = store.auth_log_last_id()      # rows up to it: shown now (the newest --limit) or never
         found = store.auth_log(since=args.since, user=args.user, limit=args.limit)
         write = _follow_writer(args, ctx, [record for _, record in found])
         for _, record in found:
             write(record)
         ctx.stdout.flush()
-        floor = max((row_id for row_id, _ in found), default=None)
-        seen: dict[int, float] = {}          # ids above the floor printed already, and when
+        # ids above the floor printed already, and when
+        seen: dict[int, float] = {row_id: time.monotonic() for row_id, _ in found if row_id > floor}
         while not stop:
             deadline = time.monotonic() + FOLLOW_POLL_SECONDS
             while not stop and time.monotonic() < deadline:
@@ -954,7 +963,7 @@ def _follow_auth(args: argparse.Namespace, ctx: Context) -> int:
             ctx.stdout.flush()
             settled = [row_id for row_id, when in seen.items() if now - when >= FOLLOW_SETTLE_SECONDS]
             if settled:
-                floor = max(floor or 0, *settled)
+                floor = max(floor, *settled)
                 seen = {row_id: when for row_id, when in seen.items() if row_id > floor}
     finally:
         for sig, handler in previous.items():

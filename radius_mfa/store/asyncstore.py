@@ -305,6 +305,9 @@ class AsyncStore:
                  after_id: int | None = None) -> Deferred[list[tuple[int, AuthRecord]]]:
         return self._call("auth_log", **_given(since=since, user=user, limit=limit, after_id=after_id))
 
+    def auth_log_last_id(self) -> Deferred[int]:
+        return self._call("auth_log_last_id")
+
     def usage_counts(self, start: float, end: float, kinds: Sequence[str]) -> Deferred[UsageCounts]:
         return self._call("usage_counts", start, end, kinds)
 

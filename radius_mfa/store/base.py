@@ -295,6 +295,9 @@ class Store(Protocol):
         many; ``after_id``: only rows written after that one (`report auth
         --limit`, `--follow`)."""
 
+    def auth_log_last_id(self) -> int:
+        """The largest id in the authentication log, 0 when it is empty."""
+
     def usage_counts(self, start: float, end: float, kinds: Sequence[str]) -> "UsageCounts":
         """`report usage` for ``start`` ≤ time < ``end``: records by factor
         and result, users who completed MFA, users enrolled (a factor of one

@@ -1127,6 +1127,12 @@ class SqlStore:
             rows.reverse()
         return [(int(row["id"]), AuthRecord(time=row["time"], fields=json.loads(row["fields"]))) for row in rows]
 
+    def auth_log_last_id(self) -> int:
+        """The largest id in the authentication log, 0 when it is empty
+        (`report auth --follow` starts after it)."""
+        rows = self._read("read auth log", "SELECT MAX(id) AS n FROM auth_log")
+        return int(rows[0]["n"] or 0)
+
     def usage_counts(self, start: float, end: float, kinds: Sequence[str]) -> UsageCounts:
         """`report usage` for ``start`` ≤ time < ``end``: the records counted
         by factor and result, the users with an accept by a second factor
