@@ -833,7 +833,8 @@ primary:
 
 
 def test_a_config_file_others_can_read_is_warned_about(tmp_path: Path, capsys):
-    path = write(tmp_path, "server: {name: a}\n")
+    path = write(tmp_path, "server: {name: a, listen: [{udp: '127.0.0.1:0'}]}\n"
+                           "clients: [{name: vpn, address: 10.0.0.1, secret: a-long-enough-shared-secret}]\n")
     path.chmod(0o644)
     code, out, err = check_config(path, capsys)
     assert (code, out) == (0, f"{path}: OK\n")
