@@ -540,8 +540,18 @@ def cmd_token_add(args: argparse.Namespace, ctx: Context) -> int:
             created=ctx.now(),
         )
 
-    token = _store_new_token(store, args.type, make)
+    from radius_mfa import qr
+
+    image = _qr_image_file(args.qr)       # before the token: a path that cannot be written changes nothing
+    try:
+        token = _store_new_token(store, args.type, make)
+    except BaseException:
+        if image is not None:
+            image.discard()
+        raise
     uri = provisioning_uri(token, config.server.name)
+    if image is not None:
+        image.write(uri)
     if args.json:
         ctx.json({"serial": token.serial, "type": token.type, "secret": secret, "uri": uri})
         return EXIT_OK
@@ -550,11 +560,27 @@ def cmd_token_add(args: argparse.Namespace, ctx: Context) -> int:
             f"({token.type}, {token.digits} digits, {timing}, {token.algorithm})")
     ctx.out(f"secret (base32, for manual entry): {secret}")
     ctx.out(f"URI: {uri}")
+    if image is not None:
+        ctx.out(f"QR code ({image.kind}) written to {image.path}: it holds the secret, delete it once scanned")
+        return EXIT_OK
     ctx.out()
-    from radius_mfa.qr import write_terminal_qr
-
-    write_terminal_qr(uri, ctx.stdout)
+    qr.write_terminal_qr(uri, ctx.stdout)
     return EXIT_OK
+
+
+def _qr_image_file(option: Sequence[str] | None):
+    """``--qr svg|png FILE`` opened for writing, or None without the option."""
+    if option is None:
+        return None
+    from radius_mfa.qr import ImageFile
+
+    kind, path = option
+    try:
+        return ImageFile(kind, path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise RefusedError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def cmd_token_list(args: argparse.Namespace, ctx: Context) -> int:
@@ -1108,6 +1134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period", type=_positive_period, default=30, help="TOTP time step in seconds")
     p.add_argument("--algorithm", choices=tuple(SECRET_BYTES), default="sha1")
     p.add_argument("--json", action="store_true", help='print {"serial", "type", "secret", "uri"} only')
+    p.add_argument("--qr", nargs=2, metavar=("svg|png", "FILE"),
+                   help="write the QR code to FILE as an image instead of drawing it in the terminal")
     p = add(tokens, "list", cmd_token_list, "list tokens, all or one user's")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("--json", action="store_true")

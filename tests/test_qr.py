@@ -1,0 +1,207 @@
+"""`token add` QR codes scan, on light and on dark terminals, and as files.
+
+The terminal drawing is read back the way a terminal shows it: each cell's
+colour is its explicit colour when the output sets one, else the theme's
+(foreground for a block, background for a space). Painted both ways (black
+on white, and a light-on-black theme) at 8 px per module, with the theme's
+background around it as a terminal window has, each image is decoded by
+zbar (Debian zbar-tools' zbarimg) and must give back the otpauth:// URI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import pytest
+
+from e2e import command
+from radius_mfa import qr
+
+ZBARIMG = shutil.which("zbarimg")
+needs_zbar = pytest.mark.skipif(ZBARIMG is None and not os.environ.get("CI"),
+                                reason="zbarimg (Debian zbar-tools) is not installed; .ci/run installs it")
+
+BLACK, WHITE = (0, 0, 0), (255, 255, 255)
+# 256-colour indices the drawing may use, as RGB
+PALETTE = {16: BLACK, 231: WHITE}
+# (foreground, background) of two terminal themes
+THEMES = {"light": (BLACK, WHITE), "dark": ((204, 204, 204), BLACK)}
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+PX = 8
+
+
+def cells(line: str, theme: tuple) -> list[tuple[int, int, int]]:
+    """The colour each character cell of ``line`` shows under ``theme``."""
+    default_fg, default_bg = theme
+    fg = bg = None
+    shown = []
+    pos = 0
+    for match in [*SGR.finditer(line), None]:
+        text = line[pos:match.start()] if match else line[pos:]
+        for ch in text:
+            if ch == "\u2588":
+                shown.append(fg or default_fg)
+            elif ch == " ":
+                shown.append(bg or default_bg)
+            else:
+                raise AssertionError(f"unexpected character {ch!r} in the drawing")
+        if match is None:
+            break
+        pos = match.end()
+        params = [int(p) for p in match.group(1).split(";") if p] or [0]
+        i = 0
+        while i < len(params):
+            if params[i] == 0:
+                fg = bg = None
+            elif params[i] in (38, 48) and params[i + 1] == 5:
+                colour = PALETTE[params[i + 2]]
+                fg, bg = (colour, bg) if params[i] == 38 else (fg, colour)
+                i += 2
+            else:
+                raise AssertionError(f"unexpected SGR parameter {params[i]}")
+            i += 1
+    return shown
+
+
+def module_grid(drawing: str, theme: tuple) -> list[list[tuple]]:
+    """The drawing's lines as module rows: two cells make one module."""
+    grid = []
+    for line in drawing.splitlines():
+        row = cells(line, theme)
+        assert len(row) % 2 == 0
+        pairs = [row[i:i + 2] for i in range(0, len(row), 2)]
+        assert all(a == b for a, b in pairs), "a module's two cells differ"
+        grid.append([a for a, _ in pairs])
+    assert len({len(r) for r in grid}) == 1 and len(grid) == len(grid[0]), "not square"
+    return grid
+
+
+def png(rows: list[list[tuple]], path: Path) -> None:
+    """An RGB PNG of ``rows`` of pixels (stdlib only)."""
+    height, width = len(rows), len(rows[0])
+    raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def paint(grid: list[list[tuple]], theme: tuple, path: Path, margin: int = 3) -> None:
+    """The grid at PX pixels per module, inside a margin of the theme's
+    background, as a terminal window shows it."""
+    ground = theme[1]
+    size = len(grid) + 2 * margin
+    modules = [[ground] * size for _ in range(margin)]
+    modules += [[ground] * margin + row + [ground] * margin for row in grid]
+    modules += [[ground] * size for _ in range(margin)]
+    pixels = [[px for px in row for _ in range(PX)] for row in modules for _ in range(PX)]
+    png(pixels, path)
+
+
+def zbar(path: Path) -> list[str]:
+    proc = subprocess.run([ZBARIMG or "zbarimg", "--raw", "-q", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    return proc.stdout.splitlines()
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "radius-mfa.yaml"
+    path.write_text(f"""
+server:
+  name: Example VPN
+store: "sqlite:///{tmp_path / 'store.db'}"
+clients:
+  - name: vpn
+    address: 127.0.0.1
+    secret: "testing123"
+""")
+    return path
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command() + ["-c", str(config), *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+
+
+def token_add(config: Path, *extra: str) -> tuple[subprocess.CompletedProcess, str]:
+    assert cli(config, "user", "add", "alice").returncode == 0
+    proc = cli(config, "token", "add", "alice", "--type", "totp", *extra)
+    assert proc.returncode == 0, proc.stderr
+    uri = proc.stdout.split("URI: ", 1)[1].split("\n", 1)[0]
+    assert uri.startswith("otpauth://totp/")
+    return proc, uri
+
+
+def drawing_of(output: str) -> str:
+    return "\n".join(line for line in output.splitlines() if line.startswith("\x1b["))
+
+
+@needs_zbar
+@pytest.mark.parametrize("theme", sorted(THEMES))
+def test_the_terminal_code_scans_on_light_and_dark_themes(config, tmp_path, theme):
+    proc, uri = token_add(config)
+    grid = module_grid(drawing_of(proc.stdout), THEMES[theme])
+    image = tmp_path / f"{theme}.png"
+    paint(grid, THEMES[theme], image)
+    assert zbar(image) == [uri]
+
+
+def test_the_terminal_code_has_a_four_module_light_quiet_zone(config):
+    proc, _ = token_add(config)
+    for theme in THEMES.values():
+        grid = module_grid(drawing_of(proc.stdout), theme)
+        border = [*grid[:4], *grid[-4:], *(row[:4] + row[-4:] for row in grid)]
+        assert all(px == WHITE for row in border for px in row)
+        assert grid[4][4] == BLACK                 # the finder pattern's corner
+
+
+def test_the_half_block_drawing_this_replaces_would_not_read_the_same_on_both_themes():
+    # what the test guards against: colours left to the theme invert the code
+    line = "\u2588\u2588  "
+    assert cells(line, THEMES["light"])[0] != cells(line, THEMES["dark"])[0]
+    assert cells(qr.terminal_lines("x")[0], THEMES["light"]) == cells(qr.terminal_lines("x")[0], THEMES["dark"])
+
+
+@needs_zbar
+def test_qr_png_writes_an_image_that_scans_and_only_its_owner_can_read(config, tmp_path):
+    image = tmp_path / "alice.png"
+    proc, uri = token_add(config, "--qr", "png", str(image))
+    assert "\x1b[" not in proc.stdout and f"written to {image}" in proc.stdout
+    assert image.read_bytes().startswith(b"\x89PNG")
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    assert zbar(image) == [uri]
+
+
+def test_qr_svg_writes_an_xml_image(config, tmp_path):
+    image = tmp_path / "alice.svg"
+    proc, uri = token_add(config, "--qr", "svg", str(image))
+    root = ET.parse(image).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+
+
+def test_qr_with_an_unknown_format_is_a_usage_error_and_enrols_nothing(config, tmp_path):
+    assert cli(config, "user", "add", "alice").returncode == 0
+    proc = cli(config, "token", "add", "alice", "--type", "totp", "--qr", "gif", str(tmp_path / "x.gif"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "svg or png" in proc.stderr
+    assert cli(config, "token", "list", "alice", "--json").stdout.strip() == "[]"
+
+
+def test_qr_to_a_path_that_cannot_be_written_is_refused_and_enrols_nothing(config, tmp_path):
+    assert cli(config, "user", "add", "alice").returncode == 0
+    proc = cli(config, "token", "add", "alice", "--type", "totp", "--qr", "png",
+               str(tmp_path / "missing" / "x.png"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "cannot write" in proc.stderr
+    assert cli(config, "token", "list", "alice", "--json").stdout.strip() == "[]"
