@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
-from radius_mfa.config import ClientConfig, RequireMA
+from radius_mfa.config import ClientConfig, Mode, RequireMA
 from radius_mfa.requests import AuthRequest, Decision
 from radius_mfa.errors import RemoteProtocolError
 from radius_mfa.radius import codec
@@ -31,7 +31,7 @@ from radius_mfa.radius.clients import ClientTable
 from radius_mfa.radius.dupcache import DuplicateCache, Lookup
 from radius_mfa.radius.droplog import DropLogger
 from radius_mfa.ratelog import RateLimitedLog
-from radius_mfa.trace import RequestTrace, TraceWriter
+from radius_mfa.trace import RequestTrace, TraceWriter, state_digest
 from radius_mfa.verdicts import Reason, Verdict
 
 log = structlog.get_logger("radius_mfa.server")
@@ -280,9 +280,12 @@ class RadiusServer(DatagramProtocol):
         packet, decision = self._encode(decision, request, client, method, request_id)
         if trace is not None:
             trace.request_id = request_id
-            trace.decided(decision, answering_challenge=request.state is not None)
-            trace.reply = (f"{_CODE_NAMES[RESPONSE_CODES[decision.verdict]]}" if packet is not None
+            trace.decided(decision, answering_challenge=request.state is not None,
+                          second_factor_only=client.mode is Mode.SECOND_FACTOR_ONLY)
+            trace.reply = (_CODE_NAMES[RESPONSE_CODES[decision.verdict]] if packet is not None
                            else "nothing: the NAS retries or fails over")
+            if packet is not None and decision.state is not None:
+                trace.reply += f" (State {state_digest(decision.state)})"
         host = self.transport.getHost() if self.transport is not None else None
         finished = Finished(
             decision=decision, client=client, client_ip=addr[0],

@@ -65,12 +65,14 @@ def state_digest(state: bytes | None) -> str:
     return "sha256:" + hashlib.sha256(state).hexdigest()[:8]
 
 
-def primary_answer(decision, answering_challenge: bool) -> str:
+def primary_answer(decision, answering_challenge: bool, second_factor_only: bool = False) -> str:
     """What the primary backend answered, as far as the decision tells it.
 
     The engine's Decision names the backend and the outcome; the backend's
     own answer is read back from the verdict and reason."""
     reason = decision.reason
+    if second_factor_only:
+        return "not asked (a second-factor-only client checks the password itself)"
     if decision.factor == "app_password":
         return "not asked (an app password stands for password and factor)"
     if answering_challenge:
@@ -137,9 +139,9 @@ class RequestTrace:
         self.user, self.method = user, method
         self.state = state_digest(request.state)
 
-    def decided(self, decision, answering_challenge: bool) -> None:
+    def decided(self, decision, answering_challenge: bool, second_factor_only: bool = False) -> None:
         self.primary = decision.primary or None
-        self.primary_answer = primary_answer(decision, answering_challenge)
+        self.primary_answer = primary_answer(decision, answering_challenge, second_factor_only)
         self.factor = decision.factor
         self.verdict = decision.verdict.value
         self.reason = decision.reason.value if decision.reason is not None else None

@@ -80,12 +80,17 @@ def next_block(server: Server, before: set[int]) -> str:
     return done()[0]
 
 
-def send(server: Server, password: str, *, secret: str = SECRET) -> tuple[object, str]:
+def send_as(server: Server, user: str, password: str, *extra, secret: str = SECRET) -> tuple[object, str]:
+    """One request by radclient; its reply and the debug block it caused."""
     before = set(blocks(server))
-    reply = radclient(server.port, [("User-Name", "alice"), ("User-Password", password),
+    reply = radclient(server.port, [("User-Name", user), ("User-Password", password), *extra,
                                     ("Message-Authenticator", "0x00")],
                       secret=secret, timeout=1.0, retries=1)
     return reply, next_block(server, before)
+
+
+def send(server: Server, password: str, *, secret: str = SECRET) -> tuple[object, str]:
+    return send_as(server, "alice", password, secret=secret)
 
 
 def test_a_good_inline_sign_in_is_shown_step_by_step(server):
@@ -145,3 +150,50 @@ def test_no_secret_appears_anywhere_in_the_output(server):
         assert secret not in output, secret
     for record in server.audit():
         assert PASSWORD not in json.dumps(record)
+
+
+def test_a_challenge_round_is_followed_by_the_states_hash_never_the_state(tmp_path):
+    srv = DebugServer(tmp_path, clients=f"""
+  - name: wifi
+    address: 127.0.0.1
+    secret: "{SECRET}"
+    mode: challenge
+""")
+    user = srv.enrol("bob", PASSWORD)
+    srv.start()
+    try:
+        reply, first = send_as(srv, "bob", PASSWORD)
+        assert reply.code == "Access-Challenge", reply.output
+        state = reply.first("State")
+        digest = re.search(r"sent Access-Challenge \(State (sha256:[0-9a-f]{8})\)", first).group(1)
+        assert "primary: local: accepted the password" in first
+        code = user.code()
+        reply, second = send_as(srv, "bob", code, ("State", state))
+        assert reply.code == "Access-Accept", reply.output
+        assert f"State: {digest}" in second
+        assert "primary: local: not asked (an answer to a challenge" in second
+        assert "verdict: accept" in second
+        output = srv.log().lower()
+        assert state[2:].lower() not in output and code not in output and PASSWORD.lower() not in output
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+def test_without_debug_no_block_is_printed_but_the_drop_line_still_hints(tmp_path):
+    srv = Server(tmp_path, clients=f"""
+  - name: vpn
+    address: 127.0.0.1
+    secret: "{SECRET}"
+""")
+    srv.start()
+    try:
+        reply = radclient(srv.port, [("User-Name", "x"), ("User-Password", "y"),
+                                     ("Message-Authenticator", "0x00")],
+                          secret=WRONG_SECRET, timeout=1.0, retries=1)
+        assert reply.code is None
+        assert wait_for(lambda: any(e.get("event") == "radius.drop" for e in srv.log_events()))
+        [drop] = [e for e in srv.log_events() if e.get("event") == "radius.drop"]
+        assert drop["hint"] == "shared secret mismatch?"
+        assert not BLOCK_START.search(srv.log())
+    finally:
+        assert srv.stop() == 0, srv.log()
