@@ -205,3 +205,151 @@ def test_qr_to_a_path_that_cannot_be_written_is_refused_and_enrols_nothing(confi
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert "cannot write" in proc.stderr
     assert cli(config, "token", "list", "alice", "--json").stdout.strip() == "[]"
+
+
+# -- a terminal too narrow for full blocks: half blocks, still in explicit colours
+
+URI = ("otpauth://totp/Example%20VPN:alice?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+       "&issuer=Example%20VPN&digits=6&period=30&algorithm=SHA1")
+
+
+def half_cells(line: str, theme: tuple) -> list[tuple[tuple, tuple]]:
+    """The (upper, lower) colours each cell of ``line`` shows under ``theme``:
+    a half block shows its foreground in one half and its background in the
+    other."""
+    default_fg, default_bg = theme
+    fg = bg = None
+    shown = []
+    pos = 0
+    for match in [*SGR.finditer(line), None]:
+        for ch in (line[pos:match.start()] if match else line[pos:]):
+            f, b = fg or default_fg, bg or default_bg
+            shown.append({"\u2588": (f, f), " ": (b, b), "\u2580": (f, b), "\u2584": (b, f)}[ch])
+        if match is None:
+            break
+        pos = match.end()
+        params = [int(p) for p in match.group(1).split(";") if p] or [0]
+        i = 0
+        while i < len(params):
+            if params[i] == 0:
+                fg = bg = None
+            elif params[i] in (38, 48) and params[i + 1] == 5:
+                colour = PALETTE[params[i + 2]]
+                fg, bg = (colour, bg) if params[i] == 38 else (fg, colour)
+                i += 2
+            else:
+                raise AssertionError(f"unexpected SGR parameter {params[i]}")
+            i += 1
+    return shown
+
+
+def half_grid(drawing: str, theme: tuple) -> list[list[tuple]]:
+    """The drawing's lines as module rows: each line holds two rows."""
+    grid = []
+    for line in drawing.splitlines():
+        row = half_cells(line, theme)
+        grid += [[upper for upper, _ in row], [lower for _, lower in row]]
+    return grid
+
+
+def paint_rows(grid: list[list[tuple]], theme: tuple, path: Path, margin: int = 3) -> None:
+    """Like paint(), for a grid of any shape."""
+    ground = theme[1]
+    width = max(len(row) for row in grid) + 2 * margin
+    modules = [[ground] * width for _ in range(margin)]
+    modules += [[ground] * margin + row + [ground] * (width - margin - len(row)) for row in grid]
+    modules += [[ground] * width for _ in range(margin)]
+    pixels = [[px for px in row for _ in range(PX)] for row in modules for _ in range(PX)]
+    png(pixels, path)
+
+
+def visible_width(line: str) -> int:
+    return len(SGR.sub("", line))
+
+
+def test_a_typical_uri_is_too_wide_for_80_columns_in_full_blocks_but_fits_in_half_blocks():
+    assert visible_width(qr.terminal_lines(URI)[0]) > 80
+    lines = qr.terminal_lines(URI, columns=80)
+    assert max(visible_width(line) for line in lines) <= 80
+    assert all(line.endswith(qr.RESET) for line in lines)
+    assert qr.terminal_lines(URI, columns=200) == qr.terminal_lines(URI)
+
+
+@needs_zbar
+@pytest.mark.parametrize("theme", sorted(THEMES))
+def test_the_half_block_code_scans_on_light_and_dark_themes(tmp_path, theme):
+    grid = half_grid("\n".join(qr.terminal_lines(URI, columns=80)), THEMES[theme])
+    border = [*grid[:4], *(row[:4] + row[-4:] for row in grid)]
+    assert all(px == WHITE for row in border for px in row)
+    image = tmp_path / f"{theme}.png"
+    paint_rows(grid, THEMES[theme], image)
+    assert zbar(image) == [URI]
+
+
+@needs_zbar
+def test_the_drawing_left_to_the_theme_inverts_on_a_light_terminal(tmp_path):
+    # the painter is not blind to themes: segno's plain half blocks (the old
+    # drawing) scan on a dark theme only
+    import io
+
+    out = io.StringIO()
+    qr.make(URI).terminal(out=out, compact=True)
+    found = {}
+    for name, theme in THEMES.items():
+        paint_rows(half_grid(out.getvalue(), theme), theme, tmp_path / f"{name}.png")
+        found[name] = zbar(tmp_path / f"{name}.png")
+    assert found == {"dark": [URI], "light": []}
+
+
+@needs_zbar
+@pytest.mark.parametrize("theme", sorted(THEMES))
+def test_an_ascii_only_stream_gets_spaces_on_explicit_colours_that_scan(tmp_path, theme):
+    import io
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    qr.write_terminal_qr(URI, out)
+    out.flush()
+    drawing = out.buffer.getvalue().decode("ascii")
+    assert "\u2588" not in drawing
+    image = tmp_path / f"{theme}.png"
+    paint(module_grid(drawing, THEMES[theme]), THEMES[theme], image)
+    assert zbar(image) == [URI]
+
+
+@needs_zbar
+def test_token_add_in_an_80_column_terminal_draws_a_code_that_fits_and_scans(config, tmp_path):
+    import fcntl
+    import pty
+    import termios
+
+    assert cli(config, "user", "add", "alice").returncode == 0
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 80, 0, 0))
+        proc = subprocess.Popen(command() + ["-c", str(config), "token", "add", "alice", "--type", "totp"],
+                                stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+        os.close(slave)
+        slave = None
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:                       # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        proc.stderr.close()
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+    output = b"".join(chunks).decode("utf-8").replace("\r\n", "\n")
+    uri = output.split("URI: ", 1)[1].split("\n", 1)[0]
+    drawing = drawing_of(output)
+    assert max(visible_width(line) for line in drawing.splitlines()) <= 80
+    for name, theme in THEMES.items():
+        paint_rows(half_grid(drawing, theme), theme, tmp_path / f"{name}.png")
+        assert zbar(tmp_path / f"{name}.png") == [uri], name
