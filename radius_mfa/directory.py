@@ -3,9 +3,12 @@ display name in step, the destinations of sent codes pinned once enrolled."""
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 
 from radius_mfa.challenges import DIRECTORY_FIELDS
+from radius_mfa.errors import AlreadyExistsError
 from radius_mfa.masking import mask_email, mask_phone
 from radius_mfa.model import User
 
@@ -43,3 +46,12 @@ def pinned(user: User | None, info: dict) -> dict:
     if user is None:
         return info
     return {**info, **{key: getattr(user, key) for key in ("email", "phone") if getattr(user, key)}}
+
+
+async def record_directory_user(store, name: str, info: dict, now: float) -> User:
+    """A store record for a user the directory knows and the store does not
+    (``policy.unenrolled: enrol``: something to enrol into). The directory's
+    phone and address are not taken: a factor is enrolled on the page."""
+    with contextlib.suppress(AlreadyExistsError):     # another request made it meanwhile
+        await store.add_user(User(name=name, display_name=info.get("display_name"), created=now))
+    return await store.get_user(name)

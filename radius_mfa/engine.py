@@ -12,27 +12,27 @@ pending challenge keeps in radius_mfa.challenges.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import structlog
 
 from radius_mfa.challenges import Stage, challenge_data, unpack_attributes
 from radius_mfa.config import DeliveryFactorConfig, Mode, PolicyConfig
-from radius_mfa.directory import pinned, refresh_from_directory
+from radius_mfa.directory import pinned, record_directory_user, refresh_from_directory
 from radius_mfa.flows import PickedFlow
 from radius_mfa.flows.push import PushFlow
 from radius_mfa.flows.sent_code import SentCodeFlow
 from radius_mfa.lockout import Lockout
-from radius_mfa.model import Attempt, Device, Token, User
+from radius_mfa.model import Attempt, Token, User
 from radius_mfa.primary.base import PrimaryBackend, PrimaryRequest, PrimaryResult
-from radius_mfa.prompts import menu_for
+from radius_mfa.prompts import enrol_instruction, menu_for
 from radius_mfa.requests import (DEADLINE_MARGIN, FACTOR_WORDS, AuthRequest, Decision,  # noqa: F401 (re-exported)
                                  Decisions, classify, decode_password, is_digits, split_inline)
 from radius_mfa.sessions import Sessions
 from radius_mfa.usernames import canonical
 from radius_mfa.verdicts import Reason, Verdict
-from radius_mfa.verifiers.base import CodeVerifier, Factor
+from radius_mfa.verifiers.base import CodeVerifier
+from radius_mfa.verifiers.held import Held
 from radius_mfa.verifiers.push import PushFactor
 from radius_mfa.verifiers.sent_codes import Sender, SentCodeFactor
 
@@ -42,29 +42,18 @@ log = structlog.get_logger("radius_mfa.engine")
 UNSUPPORTED_METHODS = frozenset({"chap", "mschap", "eap"})
 
 
-@dataclass(frozen=True)
-class Held:
-    """What a user holds, each kind of factor picked through its declaration."""
-    tokens: Sequence[Token]
-    channels: tuple[str, ...]
-    devices: Sequence[Device]
-
-    def factors(self, verifiers: Sequence[CodeVerifier]) -> list[type[Factor] | Factor]:
-        held: list = [v for v in verifiers if any(v.handles(t) for t in self.tokens)]
-        return held + [SentCodeFactor] * bool(self.channels) + [PushFactor] * bool(self.devices)
-
-
 class Engine:
     def __init__(self, *, store, primary: PrimaryBackend, verifiers: Sequence[CodeVerifier],
                  policy: PolicyConfig, sessions: Sessions, clock: Callable[[], float],
                  senders: Mapping[str, Sender] | None = None,
                  delivery: Mapping[str, DeliveryFactorConfig] | None = None,
-                 push=None, number_matching: bool = True, app_passwords=None):
+                 push=None, number_matching: bool = True, app_passwords=None, enrol_links=None):
         """``delivery``: the configured code channels (``sms``, ``voice``,
         ``email``) and ``senders`` their providers; a channel is offered only
         when it has both. ``push``: the PushHub when factors.push is
         configured (radius_mfa.push.hub). ``app_passwords``: the
-        AppPasswordFactor (radius_mfa.verifiers.app_password)."""
+        AppPasswordFactor (radius_mfa.verifiers.app_password). ``enrol_links``:
+        radius_mfa.enrolment.EnrolLinks where the self-service page is on."""
         self.store = store                      # AsyncStore
         self.primary = primary
         self.verifiers = tuple(verifiers)
@@ -74,6 +63,7 @@ class Engine:
         self.lockout = Lockout(store, policy.lockout, clock)
         self.decisions = Decisions(primary.name, clock)
         self.app_passwords = app_passwords
+        self.enrol_links = enrol_links
         self.codes = SentCodeFactor(store, clock, delivery, senders)
         self.sent_codes = SentCodeFlow(self.codes, sessions, self.decisions, self.lockout, policy.delimiter)
         self.push = PushFlow(PushFactor(push, store, clock, number_matching) if push is not None else None,
@@ -329,10 +319,20 @@ class Engine:
 
     async def _unenrolled(self, req: AuthRequest, user: User | None, attributes,
                           info: dict) -> Decision:
+        """A right password and no usable factor: ``policy.unenrolled``."""
         if self.policy.unenrolled == "allow":
             if user is not None:
                 await self.lockout.clear(user)
             return self.decisions.accept(req, user, factor="none", attributes=attributes, info=info)
+        if self.policy.unenrolled == "enrol" and self.enrol_links is not None \
+                and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
+            # the second exception to identical rejects: it follows a right
+            # password checked here; a directory user gets a record to enrol into
+            user = user or await record_directory_user(self.store, req.user_name, info, self.clock())
+            url, _ = await self.enrol_links.create(user.name)
+            log.info("user.enrol_link", user=user.name, client=req.client.name)
+            return self.decisions.reject(req, Reason.ENROL, user=user, info=info,
+                                         reply_message=enrol_instruction(url))
         return self.decisions.reject(req, Reason.NO_FACTOR, user=user, info=info)
 
     # --- helpers --------------------------------------------------------------

@@ -67,3 +67,8 @@ def menu_for(tokens: Sequence[Token], channels: Sequence[str], user: User,
     if not tokens:
         return f"Type {words} to get a code"
     return f"{prompt_for(tokens)}, or type {words}"
+
+
+def enrol_instruction(url: str) -> str:
+    """``policy.unenrolled: enrol``: after a right password, where to set up a factor."""
+    return f"No second factor is set up for you yet. Set one up at {url} (the link works once, for 15 minutes)."

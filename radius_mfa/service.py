@@ -23,6 +23,7 @@ from radius_mfa.auditstore import AuditBatcher
 from radius_mfa.audit import AuditLog, audit_record, bridge_twisted_logging, configure_logging
 from radius_mfa.config import Config, load_config
 from radius_mfa.engine import Engine
+from radius_mfa.enrolment import EnrolLinks
 from radius_mfa.errors import ConfigError, StoreError
 from radius_mfa.primary.local import LocalBackend, NoPrimary
 from radius_mfa.radius.clients import ClientTable
@@ -116,6 +117,7 @@ def build_engine(config: Config, store: AsyncStore, primary, clock: Callable[[],
         push=push if config.factors.push is not None else None,
         number_matching=config.factors.push.number_matching if config.factors.push else True,
         app_passwords=AppPasswordFactor(store, hash_runner or immediate_runner, clock),
+        enrol_links=EnrolLinks(store, clock, config.portal.public_url) if config.portal is not None else None,
     )
 
 

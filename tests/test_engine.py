@@ -257,6 +257,7 @@ class ScriptedBackend:
 def proxied(tmp_path, backend, **policy):
     h = Harness(tmp_path, **policy)
     h.engine.primary = backend
+    h.engine.decisions.primary = backend.name
     return h
 
 
@@ -385,3 +386,65 @@ def test_the_audit_record_names_the_delivery_provider(h):
     sent = SimpleNamespace(**{**vars(finished), "decision": d.__class__(
         **{**vars(d), "factor": "sms", "provider": "gateway-a"})})
     assert audit_record(sent, "mfa1", h.clock())["provider"] == "gateway-a"
+
+
+# --- policy.unenrolled: enrol ----------------------------------------------------
+
+def enrolling(tmp_path, backend=None):
+    from radius_mfa.enrolment import EnrolLinks
+
+    h = proxied(tmp_path, backend, unenrolled="enrol") if backend is not None else Harness(tmp_path, unenrolled="enrol")
+    h.engine.enrol_links = EnrolLinks(h.store, h.clock, "https://mfa.example.org:8444")
+    return h
+
+
+def link_in(message):
+    import re
+
+    return re.search(r"https://mfa\.example\.org:8444/enrol/([A-Za-z0-9_-]{43})", message).group(1)
+
+
+def test_a_right_password_without_a_factor_gets_a_one_time_enrolment_link(tmp_path):
+    h = enrolling(tmp_path)
+    h.add_user("new", token=False)
+    d = h.handle(user="new", password=PASSWORD)
+    assert (d.verdict, d.reason) == (Verdict.REJECT, Reason.ENROL)
+    token = link_in(d.reply_message)
+    assert run(h.engine.enrol_links.redeem(token)) == "new"
+    assert run(h.engine.enrol_links.redeem(token)) is None          # once
+    # the link is the store's digest only: the token itself is nowhere in the store
+    assert token not in repr(h.sync.get_user("new"))
+
+
+def test_a_wrong_password_gets_no_enrolment_link_so_links_do_not_reveal_users(tmp_path):
+    h = enrolling(tmp_path)
+    h.add_user("new", token=False)
+    wrong = h.handle(user="new", password="not it")
+    unknown = h.handle(user="nobody", password=PASSWORD)
+    for d in (wrong, unknown):
+        assert d.verdict is Verdict.REJECT and d.reply_message is None
+        assert d.reason in (Reason.BAD_PASSWORD, Reason.UNKNOWN_USER)
+
+
+def test_an_enrolled_user_is_never_sent_a_link(tmp_path):
+    h = enrolling(tmp_path)
+    h.add_user()
+    d = h.handle(password=PASSWORD)
+    assert d.verdict is Verdict.CHALLENGE and "/enrol/" not in d.reply_message
+
+
+def test_a_directory_user_unknown_to_the_store_gets_a_record_and_a_link(tmp_path):
+    info = {"display_name": "Dana Dir", "phone": "+15550100001"}
+    h = enrolling(tmp_path, ScriptedBackend(PrimaryResult(True, user_info=info)))
+    d = h.handle(user="dana", password="pw")
+    assert d.reason is Reason.ENROL and run(h.engine.enrol_links.redeem(link_in(d.reply_message))) == "dana"
+    stored = h.sync.get_user("dana")
+    # a factor is enrolled on the page, never taken from the directory here
+    assert (stored.display_name, stored.phone) == ("Dana Dir", None)
+
+
+def test_second_factor_only_clients_get_no_link_since_no_password_was_checked_here(tmp_path):
+    h = enrolling(tmp_path)
+    h.add_user("new", token=False)
+    d = h.handle(user="new", password=None, mode=Mode.SECOND_FACTOR_ONLY)
+    assert (d.reason, d.reply_message) == (Reason.NO_FACTOR, None)
