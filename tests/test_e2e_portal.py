@@ -177,3 +177,85 @@ portal:
             assert secret_text not in log
     finally:
         server.stop()
+
+
+class Http:
+    """A plain HTTPS client with a cookie jar (the page's own certificate is self-signed)."""
+
+    def __init__(self, port: int):
+        import ssl
+
+        self.port = port
+        self.context = ssl._create_unverified_context()
+        self.cookies: dict[str, str] = {}
+
+    def go(self, method: str, path: str, form: dict | None = None) -> tuple[int, str]:
+        import http.client
+        from urllib.parse import urlencode
+
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=20)
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        for line in response.headers.get_all("Set-Cookie") or []:
+            key, _, rest = line.partition("=")
+            value = rest.split(";")[0]
+            if value:
+                self.cookies[key] = value
+            else:
+                self.cookies.pop(key, None)
+        text = response.read().decode()
+        conn.close()
+        return response.status, text
+
+
+def test_page_beside_the_device_api_pairs_a_phone(tmp_path: Path) -> None:
+    """portal.listen equal to factors.push.listen: one HTTPS server serves both,
+    and a device paired from the page (the reference authenticator) is the user's."""
+    import html as htmlmod
+    import re
+    import subprocess
+    import sys
+
+    web = free_tcp_port()
+    server = Server(tmp_path, factors=f"""  push:
+    listen: "127.0.0.1:{web}"
+    tls_cert: "{tmp_path}/push.crt"
+    tls_key: "{tmp_path}/push.key"
+    public_url: "https://127.0.0.1:{web}"
+""", extra=f"""
+portal:
+  listen: "127.0.0.1:{web}"
+  public_url: "https://127.0.0.1:{web}"
+""")
+    server.cli("user", "add", "alice", "--password-stdin", input=PASSWORD + "\n")
+    server.start()
+    try:
+        client = Http(web)
+        status, openapi = client.go("GET", "/v1/openapi.yaml")
+        assert status == 200 and "openapi" in openapi
+        url = json.loads(server.cli("user", "enrol-link", "alice", "--json").stdout)["url"]
+        status, page = client.go("GET", url.split(str(web), 1)[1])
+        assert status == 200
+        csrf = re.search(r'name=csrf value="([^"]+)"', page).group(1)
+        token = re.search(r'name=token value="([^"]+)"', page).group(1)
+        assert client.go("POST", "/enrol", {"csrf": csrf, "token": token})[0] == 303
+        status, home = client.go("GET", "/")
+        csrf = re.search(r'name=csrf value="([^"]+)"', home).group(1)
+        status, paired = client.go("POST", "/device/pair", {"csrf": csrf})
+        assert status == 200
+        link = htmlmod.unescape(re.search(r"id=pairing-url>([^<]+)<", paired).group(1))
+        script = shutil.which("radius-mfa-authenticator")
+        command = [script] if script else [sys.executable, "-m", "radius_mfa_authenticator"]
+        phone = subprocess.run([*command, "--state", str(tmp_path / "phone"), "pair", link],
+                               capture_output=True, text=True, timeout=60)
+        assert phone.returncode == 0, phone.stderr
+        assert "alice" in server.cli("device", "list", "alice").stdout
+        status, home = client.go("GET", "/")
+        assert "Last seen" in home and "None yet." not in home.split("Push devices")[1].split("<h2>")[0]
+    finally:
+        server.stop()
