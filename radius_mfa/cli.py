@@ -726,14 +726,25 @@ def cmd_device_pair(args: argparse.Namespace, ctx: Context) -> int:
     token = crypto.new_pairing_token()
     now = ctx.now()
     expires = now + push.pairing_ttl
-    store.add_pairing(Pairing(token_digest=crypto.token_digest(token), user=user.name,
-                              created=now, expires=expires))
+    image = _qr_image_file(args.qr)       # before the pairing: a path that cannot be written changes nothing
+    try:
+        store.add_pairing(Pairing(token_digest=crypto.token_digest(token), user=user.name,
+                                  created=now, expires=expires))
+    except BaseException:
+        if image is not None:
+            image.discard()
+        raise
     url = crypto.pairing_url(device_api_base_url(push), token, fingerprint)
+    if image is not None:
+        image.write(url)
     if args.json:
         ctx.json({"url": url, "expires": iso_time(expires)})
         return EXIT_OK
     ctx.out(f"pairing link for {quoted(user.name)}, valid once until {iso_time(expires)}:")
     ctx.out(url)
+    if image is not None:
+        ctx.out(f"QR code ({image.kind}) written to {image.path}: it holds the one-time link, delete it once scanned")
+        return EXIT_OK
     ctx.out()
     from radius_mfa.qr import write_terminal_qr
 
@@ -1178,6 +1189,8 @@ def build_parser() -> argparse.ArgumentParser:
             "start pairing a push device: a one-time pairing link and its QR code")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true", help='print {"url", "expires"} only')
+    p.add_argument("--qr", nargs=2, metavar=("svg|png", "FILE"),
+                   help="write the QR code to FILE as an image instead of drawing it in the terminal")
     p = add(devices, "list", cmd_device_list, "list paired devices, all or one user's")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("--json", action="store_true")

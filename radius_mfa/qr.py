@@ -130,10 +130,11 @@ def write_terminal_qr(data: str, out: TextIO) -> None:
 
 
 class ImageFile:
-    """``token add --qr svg|png FILE``: the file is opened first, before the
-    token is stored, so a path that cannot be written changes nothing; it
-    is readable by its owner only (the image holds the token's secret), and
-    removed again if the enrolment fails."""
+    """``token add`` / ``device pair --qr svg|png FILE``: the file is opened
+    first, before the token or pairing is stored, so a path that cannot be
+    written changes nothing; it is readable by its owner only (the image
+    holds the token's secret or the one-time pairing link), and removed
+    again if the enrolment fails."""
 
     def __init__(self, kind: str, path: str):
         if kind not in IMAGE_KINDS:

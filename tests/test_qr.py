@@ -353,3 +353,85 @@ def test_token_add_in_an_80_column_terminal_draws_a_code_that_fits_and_scans(con
     for name, theme in THEMES.items():
         paint_rows(half_grid(drawing, theme), theme, tmp_path / f"{name}.png")
         assert zbar(tmp_path / f"{name}.png") == [uri], name
+
+
+# -- the written images: the SVG read back module by module, device pair --qr
+
+def svg_grid(path: Path) -> list[list[tuple]]:
+    """The modules of a segno SVG (one path of horizontal runs, in modules,
+    scaled by the group's transform) as rows of colours."""
+    root = ET.parse(path).getroot()
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    group = root.find("svg:g", ns)
+    scale = int(re.fullmatch(r"scale\((\d+)\)", group.get("transform")).group(1))
+    size = int(root.get("width")) // scale
+    assert int(root.get("height")) == size * scale
+    grid = [[WHITE] * size for _ in range(size)]
+    [line] = [p for p in group.findall("svg:path", ns) if p.get("stroke")]
+    x = y = 0.0
+    for op, a, b in re.findall(r"([Mmh])(-?[\d.]+)(?: (-?[\d.]+))?", line.get("d")):
+        if op == "M":
+            x, y = float(a), float(b)
+        elif op == "m":
+            x, y = x + float(a), y + float(b)
+        else:
+            for i in range(int(float(a))):
+                grid[int(y)][int(x) + i] = BLACK
+            x += float(a)
+    return grid
+
+
+@needs_zbar
+def test_qr_svg_holds_the_modules_of_the_code_and_they_scan(config, tmp_path):
+    image = tmp_path / "alice.svg"
+    _, uri = token_add(config, "--qr", "svg", str(image))
+    grid = svg_grid(image)
+    assert len(grid) == qr.make(uri).symbol_size(border=qr.QUIET_ZONE)[0]
+    paint(grid, THEMES["light"], tmp_path / "svg.png")
+    assert zbar(tmp_path / "svg.png") == [uri]
+
+
+@pytest.fixture
+def push_config(tmp_path):
+    (tmp_path / "tls").mkdir()
+    path = tmp_path / "push.yaml"
+    path.write_text(f"""
+server:
+  name: Example VPN
+store: "sqlite:///{tmp_path / 'store.db'}"
+clients:
+  - name: vpn
+    address: 127.0.0.1
+    secret: "testing123"
+factors:
+  push:
+    listen: "127.0.0.1:8443"
+    tls_cert: {tmp_path / 'tls' / 'push.crt'}
+    tls_key: {tmp_path / 'tls' / 'push.key'}
+    public_url: "https://mfa.example.org:8443"
+""")
+    return path
+
+
+@needs_zbar
+def test_device_pair_qr_png_writes_the_one_time_link_as_an_image_that_scans(push_config, tmp_path):
+    assert cli(push_config, "user", "add", "alice").returncode == 0
+    image = tmp_path / "pair.png"
+    proc = cli(push_config, "device", "pair", "alice", "--qr", "png", str(image))
+    assert proc.returncode == 0, proc.stderr
+    [url] = [line for line in proc.stdout.splitlines() if line.startswith("https://")]
+    assert "\x1b[" not in proc.stdout and f"written to {image}" in proc.stdout
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    assert zbar(image) == [url]
+
+
+def test_device_pair_qr_to_a_path_that_cannot_be_written_stores_no_pairing(push_config, tmp_path):
+    import sqlite3
+
+    assert cli(push_config, "user", "add", "alice").returncode == 0
+    proc = cli(push_config, "device", "pair", "alice", "--qr", "png", str(tmp_path / "missing" / "x.png"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        [table] = [t for t in tables if "pairing" in t]
+        assert db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
