@@ -140,6 +140,12 @@ class RadiusServer(DatagramProtocol):
             self.droplog.drop("unknown_client", host)
             if trace is not None:
                 trace.size = len(data)
+                try:
+                    header = codec.peek(data)
+                    trace.code = _CODE_NAMES.get(header.code, f"code {header.code}")
+                    trace.packet_id = header.id
+                except RemoteProtocolError:
+                    pass
                 self._finish_trace(trace.drop("unknown_client"))
             return
         if trace is not None:

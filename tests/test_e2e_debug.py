@@ -137,6 +137,7 @@ def test_an_unknown_source_address_says_no_client_matched(server):
         sock.bind(("127.0.0.9", 0))                  # outside 127.0.0.0/30
         sock.sendto(packet, ("127.0.0.1", server.port))
     block = next_block(server, before)
+    assert "Received Access-Request Id 7 from 127.0.0.9:" in block
     assert "client: no client for 127.0.0.9" in block
     assert "DROPPED: unknown_client" in block
 
