@@ -389,3 +389,14 @@ def test_enrol_link_command_exit_codes(world, tmp_path: Path) -> None:
     plain.write_text(Path(world.config.path).read_text().split("portal:")[0])
     missing = run("alice", config=plain)
     assert missing.returncode == 2 and "portal" in missing.stderr
+
+
+def test_a_failing_link_page_never_logs_the_link(world, monkeypatch) -> None:
+    from structlog.testing import capture_logs
+
+    path = link(world)
+    monkeypatch.setattr(portal_app.html, "enrol_link", lambda *args: 1 / 0)
+    with capture_logs() as logs:
+        page = Browser(world.portal).go("GET", path)
+    assert page.code == 500 and "Traceback" not in page.text and "went wrong" in page.text
+    assert logs and path.rsplit("/", 1)[1] not in repr(logs)

@@ -158,12 +158,12 @@ class Portal(Resource):
         except PageError as refused:
             reply = Reply(refused.status, self._refusal_page(refused, request))
         except StoreError:
-            log.error("portal.store_error", path=_path(request))
+            log.error("portal.store_error", path=_logged_path(request))
             reply = Reply(503, html.page("Try again in a minute", html.back_link(),
                                          error="The server cannot reach its store right now. "
                                                "Try again in a minute."))
         except Exception:
-            log.exception("portal.error", path=_path(request))
+            log.exception("portal.error", path=_logged_path(request))
             reply = Reply(500, html.page("Something went wrong", html.back_link(),
                                          error="Something went wrong on the server. Try again; if it "
                                                "keeps happening, tell your administrator."))
@@ -513,6 +513,12 @@ def _pending_token(user: str, secret: str, serial: str, created: float = 0.0) ->
 
 def _path(request) -> str:
     return (request.path or b"").decode("ascii", "replace")
+
+
+def _logged_path(request) -> str:
+    """The path as a log may show it: never a link's token."""
+    path = _path(request)
+    return LINK_PATH + "…" if path.startswith(LINK_PATH) else path
 
 
 def _query(request) -> str:
