@@ -58,6 +58,26 @@ def printable(text: str | None) -> str:
     return f'"{escaped}"'
 
 
+def looks_like_a_wrong_secret(password: bytes | None) -> bool:
+    """True when a User-Password unhid to bytes no one types: not UTF-8, or
+    holding control characters. Unhidden with another secret than the
+    NAS's, a password is 16 or more random octets, and this is what they
+    look like (about one in 700,000 sets of 16 random octets passes).
+    Only the verdict is shown, never the bytes."""
+    if not password:
+        return False
+    try:
+        text = password.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in text)
+
+
+WRONG_SECRET_NOTE = ("hint: the password unhides to bytes no one types (not UTF-8, or control "
+                     "characters): shared secret mismatch? without Message-Authenticator nothing "
+                     "else shows it")
+
+
 def state_digest(state: bytes | None) -> str:
     """A State as a short hash: enough to follow one challenge, useless to replay it."""
     if state is None:
@@ -138,6 +158,9 @@ class RequestTrace:
         self.code, self.packet_id, self.size = code, request.id, len(request.raw)
         self.user, self.method = user, method
         self.state = state_digest(request.state)
+        # a valid Message-Authenticator proves the secret; a wrong one is a drop
+        if not request.has_message_authenticator and looks_like_a_wrong_secret(request.password):
+            self.notes.append(WRONG_SECRET_NOTE)
 
     def decided(self, decision, answering_challenge: bool, second_factor_only: bool = False) -> None:
         self.primary = decision.primary or None
