@@ -451,6 +451,11 @@ class Service:
                                "the device API listens change only with a restart")
         if self.push_hub is not None and new_push is not None:
             self.push_hub.config = new_push     # timeout, rate limit, number matching
+        if self.portal is not None and config.portal is not None:
+            if _portal_place(config) != _portal_place(self.config):
+                log.warning("config.reload_partial",
+                            detail="whether and where the self-service page listens changes only with a restart")
+            self.portal.reconfigure(config)     # lockout, username policy, factors, public_url
         retired = self.protocols[0].runtime.engine.primary if self.protocols else None
         for protocol in self.protocols:
             protocol.runtime = runtime
@@ -513,6 +518,12 @@ class Service:
             self.http_port.stopListening()
         self.reactor.stop()
         log.info("server.stopped")
+
+
+def _portal_place(config: Config):
+    """Where the self-service page listens, and with which certificate."""
+    portal = config.portal
+    return None if portal is None else (portal.listen, portal.tls_cert, portal.tls_key)
 
 
 def run(config: Config, *, debug: bool = False) -> int:

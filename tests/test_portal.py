@@ -400,3 +400,15 @@ def test_a_failing_link_page_never_logs_the_link(world, monkeypatch) -> None:
         page = Browser(world.portal).go("GET", path)
     assert page.code == 500 and "Traceback" not in page.text and "went wrong" in page.text
     assert logs and path.rsplit("/", 1)[1] not in repr(logs)
+
+
+def test_reloaded_lockout_policy_reaches_the_page(world) -> None:
+    import dataclasses
+
+    from radius_mfa.config import LockoutConfig
+
+    totp = with_token(world)
+    policy = dataclasses.replace(world.config.policy, lockout=LockoutConfig(failures=1, minutes=15))
+    world.portal.reconfigure(dataclasses.replace(world.config, policy=policy))
+    assert sign_in(world, "guess", totp.at(world.clock[0])).code == 403
+    assert world.sync.get_user("alice").locked_until is not None

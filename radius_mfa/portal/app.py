@@ -131,15 +131,21 @@ class Portal(Resource):
     def __init__(self, store, config, primary: Callable[[], Any], clock: Callable[[], float],
                  hash_runner: Callable[..., Awaitable[Any]]):
         super().__init__()
+        self.store = store
+        self.primary = primary
+        self.clock = clock
+        self.hash_runner = hash_runner
+        self.reconfigure(config)
+
+    def reconfigure(self, config) -> None:
+        """Take a reloaded Config (SIGHUP): lockout, username policy, factor
+        windows, push, public_url. Sessions and links stay valid."""
         from radius_mfa.lockout import Lockout
         from radius_mfa.verifiers.hotp import HotpVerifier
         from radius_mfa.verifiers.totp import TotpVerifier
 
-        self.store = store
+        store, clock = self.store, self.clock
         self.config = config
-        self.primary = primary
-        self.clock = clock
-        self.hash_runner = hash_runner
         self.links = EnrolLinks(store, clock, config.portal.public_url)
         self.lockout = Lockout(store, config.policy.lockout, clock)
         self.verifiers = [TotpVerifier(store, config.factors.totp.window),
