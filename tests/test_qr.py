@@ -435,3 +435,15 @@ def test_device_pair_qr_to_a_path_that_cannot_be_written_stores_no_pairing(push_
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         [table] = [t for t in tables if "pairing" in t]
         assert db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+
+
+@needs_zbar
+@pytest.mark.parametrize("theme", sorted(THEMES))
+def test_device_pair_draws_a_code_that_scans_on_light_and_dark_themes(push_config, tmp_path, theme):
+    assert cli(push_config, "user", "add", "alice").returncode == 0
+    proc = cli(push_config, "device", "pair", "alice")
+    assert proc.returncode == 0, proc.stderr
+    [url] = [line for line in proc.stdout.splitlines() if line.startswith("https://")]
+    image = tmp_path / f"{theme}.png"
+    paint(module_grid(drawing_of(proc.stdout), THEMES[theme]), THEMES[theme], image)
+    assert zbar(image) == [url]
