@@ -130,6 +130,12 @@ portal:
         assert all(len(group) == 4 for group in secret.split()[:-1])
         assert browser.find_element(By.ID, "qr").get_attribute("src").startswith("data:image/png;base64,")
         shot(browser, "3-authenticator-app")
+        if shutil.which("zbarimg"):                 # the QR code on the screen carries the same key
+            import subprocess
+
+            decoded = subprocess.run(["zbarimg", "-q", "--raw", str(ARTIFACTS / "3-authenticator-app.png")],
+                                     capture_output=True, text=True, timeout=30).stdout
+            assert decoded.startswith("otpauth://totp/") and f"secret={secret.replace(' ', '')}" in decoded
         steps = Steps(secret.replace(" ", ""))
         browser.find_element(By.ID, "code").send_keys(steps.fresh())
         press(browser, By.ID, "confirm")
