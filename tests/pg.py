@@ -87,7 +87,7 @@ def fresh_schema() -> Iterator[str]:
 _FREE: list[str] = []
 _POOLED: list[str] = []
 _admin: psycopg.Connection | None = None
-_STORE_TABLES = ("tokens", "devices", "pairings", "pushes", "app_passwords", "users", "challenges",
+_STORE_TABLES = ("enrolments", "enrol_links", "portal_sessions", "tokens", "devices", "pairings", "pushes", "app_passwords", "users", "challenges",
                  "clients_seen", "client_drops", "auth_log", "meta", "sent_codes", "code_sends")
 
 
