@@ -5,6 +5,9 @@ AES-256-GCM under a 32-byte key read from a file of its own (64 hex digits,
 mode 0600, made on first use). A copy of the database, a backup or a
 ``sqlite3`` session shows only ciphertext; the key file lives elsewhere
 (``store_key_file``, by default beside the configuration, not the database).
+Making the key prints one line on stderr: where it is, and that it must be
+backed up. Made by root (an admin command), it belongs to the owner of its
+directory, so the service user can read it.
 
 Each sealed value is bound to its token by the additional authenticated data
 (the serial), so a row's secret cannot be moved to another token. The store
@@ -23,6 +26,7 @@ import hashlib
 import hmac
 import os
 import stat
+import sys
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -138,15 +142,18 @@ def _create_key_file(path: str) -> None:
     except OSError as exc:
         raise StoreError(f"cannot create the directory of the store key file {path}: {exc.strerror}") from None
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}")
+    made = False
     try:
         fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         try:
+            give_to_directory_owner(fd, directory)
             os.write(fd, os.urandom(KEY_BYTES).hex().encode("ascii") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
         try:
             os.link(temporary, path)
+            made = True
         except FileExistsError:
             pass
     except OSError as exc:
@@ -156,3 +163,18 @@ def _create_key_file(path: str) -> None:
             os.unlink(temporary)
         except OSError:
             pass
+    if made:        # once, by the process whose key won
+        print(f"radius-mfa: made a new store key in {path}: back it up, apart from the store's "
+              "backups; without it the token secrets in the store cannot be read", file=sys.stderr)
+
+
+def give_to_directory_owner(fd: int, directory: str) -> None:
+    """Run as root (an admin command), give a file just made the owner and
+    group of its directory, so that the service user that owns the directory
+    (/var/lib/radius-mfa) can open it; otherwise nothing. The file's mode
+    stays as made (0600)."""
+    if os.geteuid() != 0:
+        return
+    info = os.stat(directory or ".")
+    if (info.st_uid, info.st_gid) != (0, 0):
+        os.fchown(fd, info.st_uid, info.st_gid)

@@ -45,11 +45,17 @@ RFC6238_SEED = b"12345678901234567890"
 # --------------------------------------------------------------------------
 
 
+def private_store_key(path) -> None:
+    path.write_text(os.urandom(32).hex() + "\n")
+    path.chmod(0o600)
+
+
 @pytest.fixture
 def config_file(tmp_path, monkeypatch):
     monkeypatch.delenv(cli.CONFIG_ENV, raising=False)
     path = tmp_path / "radius-mfa.yaml"
     path.write_text(CONFIG_TEMPLATE.format(db=tmp_path / "store.db"))
+    private_store_key(tmp_path / "store.key")    # made ahead: its creation notice is not under test
     return str(path)
 
 

@@ -43,6 +43,10 @@ def write_config(tmp_path, *, push: bool = True, public_url: str | None = "https
         section = PUSH_SECTION.format(public_url=f'    public_url: "{public_url}"\n' if public_url else "")
     path = tmp_path / "radius-mfa.yaml"
     path.write_text(CONFIG_TEMPLATE.format(db=tmp_path / "store.db", push=section))
+    key = tmp_path / "store.key"                 # made ahead: its creation notice is not under test
+    if not key.exists():
+        key.write_text(os.urandom(32).hex() + "\n")
+        key.chmod(0o600)
     return str(path)
 
 

@@ -527,6 +527,8 @@ def test_token_import_of_an_unknown_encoding_prints_one_line_and_exits_1(tmp_pat
 
     config = tmp_path / "radius-mfa.yaml"
     config.write_text(f"store: sqlite:///{tmp_path}/store.db\n")
+    (tmp_path / "store.key").write_text(os.urandom(32).hex() + "\n")   # its creation notice is not under test
+    (tmp_path / "store.key").chmod(0o600)
     path = write(tmp_path, "tokens.xml", declared("UTF-9"))
     assert main(["-c", str(config), "token", "import", path]) == 1
     err = capsys.readouterr().err

@@ -38,7 +38,7 @@ import sqlite3
 from typing import Any, Iterator, Sequence
 
 from radius_mfa.errors import StoreError
-from radius_mfa.secretbox import SecretBox
+from radius_mfa.secretbox import SecretBox, give_to_directory_owner
 from radius_mfa.store.sqlstore import FOREIGN_KEY, UNIQUE, SqlStore, _Connection
 
 BUSY_TIMEOUT_MS = 5000
@@ -472,7 +472,10 @@ def _create_file(path: str) -> None:
         return
     except OSError as exc:
         raise StoreError(f"cannot create the store {path}: {exc.strerror}") from exc
-    os.close(fd)
+    try:
+        give_to_directory_owner(fd, os.path.dirname(path))    # root: the service user's file
+    finally:
+        os.close(fd)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
