@@ -170,6 +170,12 @@ class Engine:
             return await self._unenrolled(req, None, attributes, info)
 
         held = await self._held(user)
+        decision = await self._second_factor(req, user, held, answer, attributes, info)
+        return dataclasses.replace(decision, considered=held.names(self.verifiers))
+
+    async def _second_factor(self, req: AuthRequest, user: User, held: Held, answer: str | None,
+                             attributes, info: dict) -> Decision:
+        """What the user holds decides: the method, the answer, the one factor or a menu."""
         factors = held.factors(self.verifiers)
         if not factors:
             return await self._unenrolled(req, user, attributes, info)

@@ -57,6 +57,7 @@ class Decision:
     attributes: tuple[tuple[str, object], ...] = ()   # extra reply attributes on Accept
     user_info: dict = field(default_factory=dict)
     provider: str | None = None      # the delivery provider that sent the code (audit)
+    considered: tuple[str, ...] = () # the factors the user held when the engine chose (serve --debug)
 
 
 class Decisions:

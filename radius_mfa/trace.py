@@ -133,6 +133,7 @@ class RequestTrace:
     primary: str | None = None
     primary_answer: str | None = None
     factor: str | None = None
+    considered: tuple[str, ...] = ()
     verdict: str | None = None
     reason: str | None = None
     reply: str | None = None
@@ -166,6 +167,7 @@ class RequestTrace:
         self.primary = decision.primary or None
         self.primary_answer = primary_answer(decision, answering_challenge, second_factor_only)
         self.factor = decision.factor
+        self.considered = decision.considered
         self.verdict = decision.verdict.value
         self.reason = decision.reason.value if decision.reason is not None else None
 
@@ -200,6 +202,8 @@ class RequestTrace:
             if self.primary_answer is not None:
                 lines.append(f"  primary: {self.primary or '(none)'}: {self.primary_answer}")
             if self.verdict is not None:
+                if self.considered:
+                    lines.append(f"  factors held: {', '.join(self.considered)}")
                 lines.append(f"  factor: {self.factor or '(none)'}")
                 lines.append(f"  verdict: {self.verdict}  reason: {self.reason or '(none)'}")
             lines.extend(f"  {note}" for note in self.notes)

@@ -102,7 +102,7 @@ def test_a_good_inline_sign_in_is_shown_step_by_step(server):
     assert "Message-Authenticator: present, valid (required)" in block
     assert 'user: "alice"  method: pap  State: none' in block
     assert "primary: local: accepted the password" in block
-    assert "factor: totp" in block
+    assert "factor: totp" in block and "factors held: totp" in block
     assert "verdict: accept  reason: (none)" in block
     assert "sent Access-Accept" in block
     assert re.search(r"done in \d+\.\d ms", block)

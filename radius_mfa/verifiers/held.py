@@ -23,3 +23,8 @@ class Held:
     def factors(self, verifiers: Sequence[CodeVerifier]) -> list[type[Factor] | Factor]:
         held: list = [v for v in verifiers if any(v.handles(t) for t in self.tokens)]
         return held + [SentCodeFactor] * bool(self.channels) + [PushFactor] * bool(self.devices)
+
+    def names(self, verifiers: Sequence[CodeVerifier]) -> tuple[str, ...]:
+        """As the audit names them: token types, channels, ``push``."""
+        return (tuple(v.name for v in verifiers if any(v.handles(t) for t in self.tokens))
+                + tuple(self.channels) + ("push",) * bool(self.devices))
