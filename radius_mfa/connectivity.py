@@ -197,7 +197,9 @@ def radius_check(server, try_timeout: float, seconds: float) -> str:
             probes[ident] = (authenticator, with_ma)
         answers = _exchange(sock, packets, deadline, ids=set(probes), want=1)
         if not answers:
-            raise CheckFailed(f"no answer to Status-Server or to an Access-Request within {seconds:g} s")
+            raise CheckFailed(f"no answer to Status-Server or to an Access-Request within {seconds:g} s "
+                              "(down, filtered, not configured for this address as a client, "
+                              "or a wrong shared secret where a Message-Authenticator is required)")
         reply = answers[0]
         authenticator, with_ma = probes[reply[1]]
         response = _verified(reply, server.secret, authenticator,
@@ -266,24 +268,27 @@ def ldap_check(config, url: str, seconds: float) -> str:
     """Connect, TLS, bind as the service account: the backend's own steps."""
     from radius_mfa.primary import ldap
 
+    # The backend's connection step alone: no service pool, and no start-up
+    # log line about cleartext (this check's own line says "no TLS").
     try:
-        backend = ldap.LdapBackend(config, run=None)
+        ldap._check_config(config)
+        backend = ldap.LdapBackend.__new__(ldap.LdapBackend)
+        backend._config = config
+        backend._tls_context = ldap.LdapBackend._make_tls_context(config)
     except ValueError as exc:
         raise CheckFailed(str(exc)) from None
+    target = ldap._parse_url(url)
     try:
-        target = ldap._parse_url(url)
-        try:
-            conn = backend._connect(target, config.bind_dn, config.bind_password,
-                                    min(seconds, config.timeout))
-        except ldap._Unusable as exc:
-            raise CheckFailed(str(exc)) from None
-        except ldap._Refused as exc:
-            who = "the service account's bind" if config.bind_dn else "an anonymous bind"
-            raise CheckFailed(f"{who} was refused: {exc.description}") from None
-        ldap._close(conn)
-    finally:
-        backend.close()
-    secured = "TLS" if target.use_ssl else "StartTLS" if config.starttls else "no TLS"
+        conn = backend._connect(target, config.bind_dn, config.bind_password,
+                                min(seconds, config.timeout))
+    except ldap._Unusable as exc:
+        raise CheckFailed(str(exc)) from None
+    except ldap._Refused as exc:
+        who = "the service account's bind" if config.bind_dn else "an anonymous bind"
+        raise CheckFailed(f"{who} was refused: {exc.description}") from None
+    ldap._close(conn)
+    secured = ("TLS" if target.use_ssl else "StartTLS" if config.starttls
+               else "no TLS: passwords cross the network in clear")
     bound = f"bound as {config.bind_dn}" if config.bind_dn else "anonymous bind"
     return f"{secured}, {bound}"
 

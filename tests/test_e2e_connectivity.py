@@ -224,6 +224,27 @@ primary:
     assert "not-the-secret" not in done.stdout + done.stderr
 
 
+def test_a_wrong_secret_where_message_authenticator_is_required_is_named_among_the_causes(tmp_path):
+    """Such a server drops every probe unanswered: the line lists the causes."""
+    strict = FreeRadius(tmp_path / "freeradius", require_message_authenticator=True).start()
+    try:
+        config = write(tmp_path, f"""
+primary:
+  backend: radius
+  radius:
+    servers:
+      - {{address: "127.0.0.1:{strict.port}", secret: "not-the-secret"}}
+    timeout: 1
+""")
+        done = check(tmp_path, config, "--timeout", "2")
+    finally:
+        strict.stop()
+    assert done.returncode == 1
+    status, detail, ms = lines(done)[("radius", f"127.0.0.1:{strict.port}")]
+    assert status == "FAIL" and detail.startswith("no answer to Status-Server or to an Access-Request"), detail
+    assert "wrong shared secret" in detail and 1900 <= ms <= 3500
+
+
 @pytest.mark.skipif(not slapd_available(), reason="slapd (Debian slapd) is not installed")
 def test_ldap_tls_and_the_service_bind_are_checked(peers, tmp_path):
     directory = peers["slapd"]
@@ -255,6 +276,17 @@ primary:
     status, detail, _ = lines(done)[("ldap", directory.ldaps_url)]
     assert status == "FAIL" and "service account's bind was refused: invalidCredentials" in detail, detail
     assert "not-the-password" not in done.stdout + done.stderr
+
+    plain = write(tmp_path, section.format(url=directory.ldap_url, ca=directory.ca_file,
+                                           dn=SERVICE_DN, secret="ldap.secret"))
+    done = check(tmp_path, plain)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert lines(done)[("ldap", directory.ldap_url)][:2] == (
+        "OK", f"no TLS: passwords cross the network in clear, bound as {SERVICE_DN}")
+    plain.write_text(plain.read_text().replace("    timeout: 3\n", "    timeout: 3\n    starttls: true\n"))
+    done = check(tmp_path, plain)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert lines(done)[("ldap", directory.ldap_url)][:2] == ("OK", f"StartTLS, bound as {SERVICE_DN}")
 
     closed = f"ldaps://127.0.0.1:{free_tcp_port()}"
     done = check(tmp_path, write(tmp_path, section.format(url=closed, ca=directory.ca_file,
