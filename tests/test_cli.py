@@ -161,7 +161,7 @@ def test_keyboard_interrupt_exits_130_quietly(run, monkeypatch):
 def test_serve_hands_the_loaded_config_to_the_service(run, config_file, monkeypatch):
     seen = []
     fake = type(sys)("radius_mfa.service")
-    fake.run = lambda config: seen.append(config) or 0
+    fake.run = lambda config, debug=False: seen.append(config) or 0
     monkeypatch.setitem(sys.modules, "radius_mfa.service", fake)
     monkeypatch.setattr(radius_mfa, "service", fake, raising=False)
     code, _, err = run("serve")
