@@ -5,7 +5,7 @@ JSON on a pipe and console output when a person watches, a redaction step that
 removes passwords, codes and secrets whatever a call site passed, and Twisted's
 own log events routed into the same stream.
 
-``AuditLog`` writes the one JSON line per finished authentication that SPEC.md
+``AuditLog`` writes the one JSON line per finished authentication that docs/reference.md
 describes, to ``audit.file`` ("-" is stdout), and keeps it in the store for
 ``report auth``.
 """
@@ -155,7 +155,7 @@ def user_ip_from(calling_station_id: str | None) -> str | None:
 
 
 def audit_record(finished, server_name: str, now: float) -> dict:
-    """The audit record of SPEC.md for one answered request (a ``Finished``)."""
+    """The audit record of docs/reference.md for one answered request (a ``Finished``)."""
     from radius_mfa.masking import mask_email, mask_phone
 
     decision = finished.decision

@@ -2,7 +2,7 @@
 
 No business logic lives here: each command reads the configuration, opens the
 store, calls one or two store methods and formats the answer. Exit codes are
-those of SPEC.md: 0 done; 1 refused or not found (one line on stderr);
+those of docs/reference.md: 0 done; 1 refused or not found (one line on stderr);
 2 bad usage (argparse's own) or bad configuration (every problem line on
 stderr). Expected errors never produce a traceback.
 
@@ -70,7 +70,7 @@ EXIT_INTERRUPTED = 130
 SECRET_BYTES = {"sha1": 20, "sha256": 32, "sha512": 64}
 SERIAL_ATTEMPTS = 10
 
-# Columns of `report auth --csv`, in SPEC.md's order; other keys follow, sorted.
+# Columns of `report auth --csv`, in docs/reference.md's order; other keys follow, sorted.
 AUDIT_COLUMNS = (
     "time", "server", "server_ip", "client", "client_ip", "user_ip", "user",
     "display_name", "email", "phone", "device", "primary", "factor", "result",
@@ -191,7 +191,7 @@ def user_status(user: User, now: float) -> str:
 
 # --------------------------------------------------------------------------
 # Input validation (argparse `type=` functions raise ArgumentTypeError → exit 2;
-# the value checks of SPEC.md's "refused" kind raise RefusedError → exit 1)
+# the value checks of docs/reference.md's "refused" kind raise RefusedError → exit 1)
 # --------------------------------------------------------------------------
 
 

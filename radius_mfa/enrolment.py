@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from radius_mfa.model import EnrolLink
 
-#: How long a link stays valid, in seconds (SPEC: 15 minutes).
+#: How long a link stays valid, in seconds (docs/reference.md: 15 minutes).
 LINK_TTL = 15 * 60.0
 
 #: The path of a link on the page, before its token.

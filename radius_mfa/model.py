@@ -121,7 +121,7 @@ class Attempt:
 class AuthRecord:
     """One finished authentication, as the audit log and `report auth` see it."""
     time: float
-    fields: dict                      # the audit record of SPEC.md, JSON-serialisable
+    fields: dict                      # the audit record of docs/reference.md, JSON-serialisable
 
 
 # --- push approval -----------------------------------------------------------------

@@ -7,7 +7,7 @@ to hold, with ``since`` and, once it was taken away, ``until``). The store
 counts them with a few ``GROUP BY`` queries
 (:meth:`~radius_mfa.store.sqlstore.SqlStore.usage_counts`); this module
 reads the month, says which kinds of factor count as enrolment under the
-configuration in force, and shapes the answer as SPEC.md gives it.
+configuration in force, and shapes the answer as docs/reference.md gives it.
 
 Definitions (also in the README, "Usage report"):
 
@@ -89,7 +89,7 @@ def enrolment_kinds(config: Any) -> tuple[str, ...]:
 
 
 def usage_report(month: str, counts: UsageCounts) -> dict:
-    """The JSON object of SPEC.md for one month."""
+    """The JSON object of docs/reference.md for one month."""
     by_result: dict[str, int] = {}
     by_factor: dict[str, dict[str, int]] = {}
     total = 0

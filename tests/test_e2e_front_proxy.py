@@ -8,7 +8,7 @@ and NPS behaves alike) no request reaches it until ``revive_interval`` has
 passed, so one request radius-mfa drops locks every user out. A User-Name
 is octets (RFC 2865) and need not be UTF-8; radius-mfa answers such a name
 with an Access-Reject (reason ``unknown_user``, the name escaped in the
-audit), so the proxy keeps it alive (SPEC.md, "Protocol hygiene").
+audit), so the proxy keeps it alive (docs/reference.md, "Protocol hygiene").
 
 The windows are short here (2 s) so that a test sees within seconds what a
 site would see within a minute.

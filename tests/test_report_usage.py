@@ -1,4 +1,4 @@
-"""`report usage --month`: the billing figures of SPEC.md, on SQLite and PostgreSQL.
+"""`report usage --month`: the billing figures of docs/reference.md, on SQLite and PostgreSQL.
 
 The records are built by hand around the month's edges (UTC); the enrolment
 history is written through the store's own methods (add a token, remove a

@@ -620,7 +620,7 @@ def _text_secret(sec: _Section, key: str, *, required: bool = False) -> str | No
 
 
 # --------------------------------------------------------------------------
-# The sections, top to bottom as in SPEC.md
+# The sections, top to bottom as in docs/reference.md
 # --------------------------------------------------------------------------
 
 
@@ -776,7 +776,7 @@ def _client(sec: _Section, name: str | None, network: Any) -> ClientConfig | Non
 
 
 def _transport(sec: _Section) -> None:
-    """transport and cert_name (SPEC): RADIUS over TLS is not built yet,
+    """transport and cert_name (docs/reference.md): RADIUS over TLS is not built yet,
     so udp (the default) is the only transport, and cert_name has nothing
     to apply to."""
     if sec.get("transport", _choice("udp", "tls"), "udp") == "tls":
