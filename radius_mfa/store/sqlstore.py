@@ -1089,16 +1089,7 @@ class SqlStore:
 
     def auth_records(self, since: float | None = None, user: str | None = None) -> list[AuthRecord]:
         """Oldest first; ``since`` inclusive."""
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("time >= %s")
-            params.append(since)
-        if user is not None:
-            clauses.append('"user" = %s')
-            params.append(user)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._read("read auth log", f"SELECT time, fields FROM auth_log{where} ORDER BY time, id", params)
-        return [AuthRecord(time=row["time"], fields=json.loads(row["fields"])) for row in rows]
+        return [record for _, record in self.auth_log(since, user)]
 
     def auth_log(self, since: float | None = None, user: str | None = None, limit: int | None = None,
                  after_id: int | None = None) -> list[tuple[int, AuthRecord]]:
