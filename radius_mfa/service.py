@@ -306,7 +306,7 @@ class Service:
 
         # the primary backend in force, looked up per sign-in (a SIGHUP replaces it)
         return Portal(self.store, config, lambda: self.protocols[0].runtime.engine.primary,
-                      self.reactor.seconds, self.hash_runner)
+                      self.reactor.seconds, self.hash_runner, engine=lambda: self.protocols[0].runtime.engine)
 
     def _start_portal(self, config: Config) -> None:
         if self.portal is None or self._portal_shares_push(config):

@@ -263,5 +263,26 @@ portal:
         assert "alice" in server.cli("device", "list", "alice").stdout
         status, home = client.go("GET", "/")
         assert "Last seen" in home and "None yet." not in home.split("Push devices")[1].split("<h2>")[0]
+
+        # then the page's own sign-in with the password and "push": the
+        # request waits while the phone approves
+        import threading
+
+        fresh = Http(web)
+        status, page = fresh.go("GET", "/")
+        csrf = re.search(r'name=csrf value="([^"]+)"', page).group(1)
+        answer: list = []
+        waiting = threading.Thread(target=lambda: answer.append(fresh.go(
+            "POST", "/sign-in", {"csrf": csrf, "user": "alice", "password": PASSWORD, "code": "push"})))
+        waiting.start()
+        pending = subprocess.run([*command, "--state", str(tmp_path / "phone"), "wait", "--timeout", "20"],
+                                 capture_output=True, text=True, timeout=60)
+        assert pending.returncode == 0, pending.stderr
+        approved = subprocess.run([*command, "--state", str(tmp_path / "phone"), "approve",
+                                   json.loads(pending.stdout)["id"]], capture_output=True, text=True, timeout=60)
+        assert approved.returncode == 0, approved.stderr
+        waiting.join(30)
+        assert answer and answer[0][0] == 303
+        assert "Sign out alice" in fresh.go("GET", "/")[1]
     finally:
         server.stop()

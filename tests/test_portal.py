@@ -412,3 +412,64 @@ def test_reloaded_lockout_policy_reaches_the_page(world) -> None:
     world.portal.reconfigure(dataclasses.replace(world.config, policy=policy))
     assert sign_in(world, "guess", totp.at(world.clock[0])).code == 403
     assert world.sync.get_user("alice").locked_until is not None
+
+
+# --- signing in with a sent code or a push, through the RADIUS engine ------------------
+
+class CapturingSender:
+    """The sms channel's providers: keeps what would have gone out."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, message, deadline: float) -> str:
+        self.sent.append(message)
+        return "gateway"
+
+
+@pytest.fixture
+def sms_world(world):
+    from radius_mfa.config import DeliveryFactorConfig
+    from radius_mfa.engine import Engine
+    from radius_mfa.sessions import Sessions
+
+    world.sync.update_user("alice", phone="+4915112345678")
+    store = AsyncStore(world.sync, immediate_runner)
+    clock = lambda: world.clock[0]   # noqa: E731
+    world.sender = CapturingSender()
+    engine = Engine(store=store, primary=world.primary, verifiers=[], policy=world.config.policy,
+                    sessions=Sessions(store, clock, ttl=300.0), clock=clock,
+                    senders={"sms": world.sender}, delivery={"sms": DeliveryFactorConfig()})
+    world.portal = Portal(store, world.config, lambda: world.primary, clock, immediate_runner,
+                          engine=lambda: engine)
+    return world
+
+
+def sign_in_form(browser: Browser, code: str, password: str = PASSWORD) -> Request:
+    page = browser.go("GET", "/")
+    return browser.go("POST", "/sign-in", {"csrf": csrf_of(page), "user": "alice", "password": password,
+                                           "code": code})
+
+
+def test_a_user_without_a_token_signs_in_with_a_code_sent_by_sms(sms_world) -> None:
+    browser = Browser(sms_world.portal)
+    asked = sign_in_form(browser, "sms")
+    assert asked.code == 200 and "A code is on its way" in asked.text
+    assert len(sms_world.sender.sent) == 1
+    code = sms_world.sender.sent[0].code
+    done = sign_in_form(browser, code)
+    assert done.code == 303
+    assert "Sign out alice" in browser.go("GET", "/").text
+    # the code is used up: it opens no second session
+    assert sign_in_form(Browser(sms_world.portal), code).code == 403
+
+
+def test_asking_for_a_code_with_a_wrong_password_sends_nothing(sms_world) -> None:
+    refused = sign_in_form(Browser(sms_world.portal), "sms", password="guess")
+    assert refused.code == 403 and portal_app.SIGN_IN_FAILED in refused.text
+    assert sms_world.sender.sent == []
+
+
+def test_push_for_a_user_without_a_paired_device_is_refused_like_any_failure(sms_world) -> None:
+    refused = sign_in_form(Browser(sms_world.portal), "push")
+    assert refused.code == 403 and portal_app.SIGN_IN_FAILED in refused.text

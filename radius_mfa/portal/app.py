@@ -6,7 +6,9 @@ A browser gets in one of two ways:
   shows a button, and only its ``POST /enrol`` redeems the link (a mail
   scanner that fetches links uses up nothing);
 - ``POST /sign-in``: the primary password, checked by the configured
-  primary backend, then a code from a token the user holds (TOTP or HOTP).
+  primary backend, then a code from a token the user holds (TOTP or HOTP)
+  or one sent to them; ``sms``, ``voice``, ``email`` or ``push`` in place of
+  the code runs that factor through the RADIUS engine, as an inline client.
   Each is one lockout attempt, taken before it is checked (as the RADIUS
   engine does), so the page adds no guesses to ``policy.lockout``.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import time
@@ -40,11 +43,13 @@ from twisted.internet import defer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from radius_mfa.config import ClientConfig, Mode
 from radius_mfa.enrolment import LINK_PATH, EnrolLinks
-from radius_mfa.errors import AlreadyExistsError, NotFoundError, StoreError
+from radius_mfa.errors import AlreadyExistsError, StoreError
 from radius_mfa.model import PortalSession, Token, User
 from radius_mfa.portal import html
-from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason
+from radius_mfa.requests import FACTOR_WORDS, AuthRequest
+from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason, Verdict
 
 log = structlog.get_logger("radius_mfa.portal")
 
@@ -58,7 +63,7 @@ FORM_COOKIE = "__Host-radius-mfa-form"
 COOKIE_FLAGS = "Path=/; Secure; HttpOnly; SameSite=Strict"
 
 _RANDOM = re.compile(r"[A-Za-z0-9_-]{43}")          # secrets.token_urlsafe(32)
-_CODE = re.compile(r"[0-9]{6,10}")
+_CODE = re.compile(r"[0-9]{4,10}")                   # a token's 6–10 digits, a sent code's 4 and up
 _SECRET_BYTES = 20                                   # RFC 4226: as long as SHA-1's output
 SIGN_IN_FAILED = ("The user name, password or code is not right, or the account is locked for a while. "
                   "Check them and try again.")
@@ -66,6 +71,13 @@ FORM_EXPIRED = ("This form has expired or did not come from this page: "
                 "go back, reload the page and try again.")
 SESSION_ENDED = ("Your session has ended (after 15 minutes without use, or 8 hours after signing in). "
                  "Sign in again.")
+
+CODE_SENT = ("A code is on its way (if the account has somewhere to send it). "
+             "Enter your password again with the code you receive.")
+# The page as the engine sees it: an inline client that waits for a push as
+# long as a person at a browser will.
+PORTAL_CLIENT = ClientConfig(name="portal", network=ipaddress.ip_network("127.0.0.1/32"), secret=b"",
+                             mode=Mode.INLINE, timeout=60)
 
 NOTICES = {
     "totp": "Your authenticator app is set up: its codes work from now on.",
@@ -124,15 +136,18 @@ class Portal(Resource):
 
     ``store``: the AsyncStore; ``config``: the whole Config; ``primary()``:
     the primary backend in force (it changes on SIGHUP); ``clock()``: epoch
-    seconds; ``hash_runner(fn, *args)``: runs a slow hash off the reactor.
+    seconds; ``hash_runner(fn, *args)``: runs a slow hash off the reactor;
+    ``engine()``: the engine in force, through which a user without a token
+    signs in with a sent code or a push approval (as an inline RADIUS client).
     """
     isLeaf = True
 
     def __init__(self, store, config, primary: Callable[[], Any], clock: Callable[[], float],
-                 hash_runner: Callable[..., Awaitable[Any]]):
+                 hash_runner: Callable[..., Awaitable[Any]], engine: Callable[[], Any] | None = None):
         super().__init__()
         self.store = store
         self.primary = primary
+        self.engine = engine            # the RADIUS engine in force: sent codes and push sign in too
         self.clock = clock
         self.hash_runner = hash_runner
         self.reconfigure(config)
@@ -265,12 +280,32 @@ class Portal(Resource):
                                       error="Enter your user name, your password and a code.")
         name = canonical(typed, self.config.policy.username)
         user = await self.store.get_user(name)
+        if code.lower() in FACTOR_WORDS and self.engine is not None:
+            return await self._sign_in_by_word(call, typed, name, password, code.lower())
         reason = await self._check_sign_in(user, name, password, code)
         log.info("portal.sign_in", via="password", user=name, result="reject" if reason else "accept",
                  reason=str(reason) if reason else None, address=call.address)
         if reason is not None:
             return self._sign_in_page(status=403, name=typed, error=SIGN_IN_FAILED)
         return await self._start_session(user)
+
+    async def _sign_in_by_word(self, call: Call, typed: str, name: str, password: str, word: str) -> Reply:
+        """``sms``, ``voice``, ``email`` or ``push`` in place of a code: the
+        engine runs it as for an inline RADIUS client (lockout, rate limits,
+        one code or push per attempt): a code is sent (then typed here like
+        any code), or the request waits for the device's approval."""
+        engine = self.engine()
+        request = AuthRequest(client=PORTAL_CLIENT, user_name=name, calling_station_id=call.address,
+                              password=f"{password}{self.config.policy.delimiter}{word}".encode("utf-8"))
+        decision = await engine.handle(request)
+        accepted = decision.verdict is Verdict.ACCEPT and decision.factor == "push"
+        log.info("portal.sign_in", via=word, user=name, result="accept" if accepted else "reject",
+                 reason=str(decision.reason) if decision.reason else None, address=call.address)
+        if accepted:
+            return await self._start_session(decision.user)
+        if decision.reason is Reason.CODE_SENT:
+            return self._sign_in_page(name=typed, notice=CODE_SENT)
+        return self._sign_in_page(status=403, name=typed, error=SIGN_IN_FAILED)
 
     async def _check_sign_in(self, user: User | None, name: str, password: str, code: str) -> Reason | None:
         """None when the password and then the code are right; else why not.
@@ -308,6 +343,10 @@ class Portal(Resource):
         return reason
 
     async def _check_code(self, user: User, code: str) -> Reason | None:
+        if self.engine is not None and self.engine().codes.configured:
+            sent = await self.engine().codes.check(user, code)     # a code sent by sms, voice or email
+            if sent is not None:
+                return None if sent.ok else sent.reason
         tokens = await self.store.list_tokens(user.name)
         refusal: Reason = Reason.BAD_CODE
         now = self.clock()

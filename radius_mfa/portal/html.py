@@ -81,14 +81,16 @@ def csrf_field(token: str) -> str:
 def sign_in(csrf: str, name: str = "") -> str:
     return (
         "<p>Sign in with your password and a code from your authenticator app or token. "
+        "No app or token? Type <b>sms</b>, <b>voice</b> or <b>email</b> as the code to get one sent, "
+        "or <b>push</b> to approve on your paired device. "
         "New here? Open the enrolment link your administrator sent you.</p>"
         f"<form method=post action=/sign-in>{csrf_field(csrf)}"
         f'<label for=user>User name</label><input type=text id=user name=user value="{esc(name)}" '
         "autocomplete=username autocapitalize=none required>"
         "<label for=password>Password</label><input type=password id=password name=password "
         "autocomplete=current-password required>"
-        "<label for=code>Code</label><input type=text id=code name=code inputmode=numeric "
-        "autocomplete=one-time-code pattern='[0-9]{6,10}' required>"
+        "<label for=code>Code (or push, sms, voice, email)</label><input type=text id=code name=code "
+        "autocomplete=one-time-code autocapitalize=none pattern='[0-9]{4,10}|push|sms|voice|email' required>"
         "<button type=submit>Sign in</button></form>"
     )
 
