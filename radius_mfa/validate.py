@@ -140,9 +140,8 @@ def _check_key_file(config, problem) -> None:
         directory = _existing_ancestor(os.path.dirname(path))
         if not os.access(directory, os.W_OK | os.X_OK):
             problem("store_key_file", f"{path} does not exist and cannot be made: {directory} is not writable")
-    except StoreError as exc:
-        if "readable by others" not in str(exc):      # the loader has warned about that already
-            problem("store_key_file", str(exc))
+    except StoreError as exc:                         # unreadable, malformed, or others may read it
+        problem("store_key_file", str(exc))
 
 
 def _check_store(config, problem, seconds: float) -> None:

@@ -168,7 +168,7 @@ store_key_file: store.key
     assert len(err) == 1 and err[0].startswith(f"{path}:5: store_key_file: cannot read the store key file"), err
 
 
-def test_a_store_key_that_others_can_read_is_a_warning(tmp_path, capsys):
+def test_a_store_key_that_others_can_read_is_an_error_since_the_store_refuses_it(tmp_path, capsys):
     key = tmp_path / "store.key"
     key.write_text(os.urandom(32).hex() + "\n")
     key.chmod(0o644)
@@ -179,6 +179,7 @@ server:
 store: "sqlite:///x.db"
 {CLIENTS}""")
     code, out, err = check_config(path, capsys)
-    assert (code, out) == (0, f"{path}: OK\n")
-    assert len(err) == 1, err
-    assert err[0].startswith(f"{path}:1: store_key_file: warning: ") and "chmod 600" in err[0], err
+    assert (code, out) == (2, "")
+    errors = [line for line in err if ": warning: " not in line]
+    assert len(errors) == 1, err
+    assert errors[0].startswith(f"{path}:1: store_key_file: ") and "chmod 600" in errors[0], err
