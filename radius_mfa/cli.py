@@ -110,6 +110,11 @@ class Context:
                 raise ConfigError([f"{self.config_path}: cannot read: {exc.strerror or exc}"]) from None
         return self._config
 
+    def store_for(self, name: str) -> "tuple[Store, User]":
+        """The store and the user ``name`` in it (NotFoundError: exit 1)."""
+        store = self.store()
+        return store, require_user(store, name)
+
     def store(self) -> "Store":
         """The store named by the config, opened once and closed by main()."""
         if self._store is None:
@@ -389,8 +394,7 @@ def cmd_user_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_user_show(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    user = require_user(store, args.name)
+    store, user = ctx.store_for(args.name)
     tokens = store.list_tokens(user.name)
     now = ctx.now()
     if args.json:
@@ -416,16 +420,14 @@ def cmd_user_show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_user_remove(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     store.remove_user(args.name)
     ctx.out(f"user {quoted(args.name)} removed")
     return EXIT_OK
 
 
 def cmd_user_reset(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     removed = store.reset_user(args.name)
     ctx.out(f"user {quoted(args.name)} reset: {removed} factor(s) removed; they must enrol again")
     return EXIT_OK
@@ -443,16 +445,14 @@ def cmd_user_update(args: argparse.Namespace, ctx: Context) -> int:
             changes[field_name] = validate(value) if value != "" else None
     if not changes:
         raise UsageError("nothing to change: give --display-name, --email or --phone")
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     store.update_user(args.name, **changes)
     ctx.out(f"user {quoted(args.name)} updated: {', '.join(sorted(changes))}")
     return EXIT_OK
 
 
 def _set_disabled(args: argparse.Namespace, ctx: Context, disabled: bool) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     store.update_user(args.name, disabled=disabled)
     ctx.out(f"user {quoted(args.name)} {'disabled' if disabled else 'enabled'}")
     return EXIT_OK
@@ -467,8 +467,7 @@ def cmd_user_enable(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_user_unlock(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     store.unlock(args.name)
     ctx.out(f"user {quoted(args.name)} unlocked")
     return EXIT_OK
@@ -481,8 +480,7 @@ def cmd_user_enrol_link(args: argparse.Namespace, ctx: Context) -> int:
     portal = ctx.config().portal
     if portal is None:
         raise UsageError(f"the self-service page is not configured: add a portal section to {ctx.config_path}")
-    store = ctx.store()
-    user = require_user(store, args.name)
+    store, user = ctx.store_for(args.name)
     url, expires = create_now(store, ctx.now, portal.public_url, user.name)
     if args.json:
         ctx.json({"url": url, "expires": iso_time(expires)})
@@ -524,8 +522,7 @@ def cmd_token_add(args: argparse.Namespace, ctx: Context) -> int:
         raw = secrets.token_bytes(SECRET_BYTES[args.algorithm])
     secret = encode_base32(raw)
     config = ctx.config()
-    store = ctx.store()
-    user = require_user(store, args.name)
+    store, user = ctx.store_for(args.name)
 
     def make(serial: str) -> Token:
         return Token(
@@ -706,8 +703,7 @@ def cmd_device_pair(args: argparse.Namespace, ctx: Context) -> int:
     from radius_mfa.push import crypto
 
     push = _push_config(ctx)
-    store = ctx.store()
-    user = require_user(store, args.name)
+    store, user = ctx.store_for(args.name)
     names: tuple[str, ...] = ()
     if push.public_url and urlsplit(push.public_url).hostname:
         names = (urlsplit(push.public_url).hostname,)
@@ -758,8 +754,7 @@ def cmd_app_password_create(args: argparse.Namespace, ctx: Context) -> int:
     from radius_mfa.verifiers.app_password import new_record
 
     label = validate_display_name(args.label) if args.label is not None else None
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     record, password = new_record(args.name, label, ctx.config().passwords, ctx.now())
     store.add_app_password(record)
     if args.json:
@@ -779,8 +774,7 @@ def _app_password_entry(record) -> dict:
 
 
 def cmd_app_password_list(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     entries = [_app_password_entry(r) for r in store.list_app_passwords(args.name)]
     if args.json:
         ctx.json(entries)
@@ -791,16 +785,14 @@ def cmd_app_password_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_app_password_delete(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     store.delete_app_password(args.name, args.id)
     ctx.out(f"app password {args.id} of {quoted(args.name)} deleted")
     return EXIT_OK
 
 
 def cmd_app_password_delete_all(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     count = store.delete_app_passwords(args.name)
     ctx.out(f"{count} app password(s) of {quoted(args.name)} deleted")
     return EXIT_OK
@@ -821,8 +813,7 @@ def cmd_device_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_device_remove(args: argparse.Namespace, ctx: Context) -> int:
-    store = ctx.store()
-    require_user(store, args.name)
+    store, _ = ctx.store_for(args.name)
     try:
         store.remove_device(args.name, args.device_id)
     except NotFoundError:
