@@ -343,8 +343,9 @@ class Portal(Resource):
         return reason
 
     async def _check_code(self, user: User, code: str) -> Reason | None:
-        if self.engine is not None and self.engine().codes.configured:
-            sent = await self.engine().codes.check(user, code)     # a code sent by sms, voice or email
+        codes = self.engine().codes if self.engine is not None else None
+        if codes is not None and codes.configured:
+            sent = await codes.check(user, code)     # a code sent by sms, voice or email
             if sent is not None:
                 return None if sent.ok else sent.reason
         tokens = await self.store.list_tokens(user.name)
