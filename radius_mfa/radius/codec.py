@@ -784,11 +784,14 @@ def _fallback_reject(request: Request, secret: bytes, encoder: "_AttributeEncode
 
 
 def _fit(code: int, items: list[_Item], proxy_states: list[bytes],
-         encoder: "_AttributeEncoder", dropped: list[str], truncated: list[str]) -> bool:
+         encoder: "_AttributeEncoder", dropped: list[str], truncated: list[str], *,
+         overhead: int = len(_MA_PLACEHOLDER)) -> bool:
     """Trim ``items`` (and, for a reject, ``proxy_states``) in place as
-    :func:`encode_fitting` documents; True when the packet now fits."""
+    :func:`encode_fitting` documents; True when the packet now fits.
+    ``overhead``: octets the packet carries besides the header, the
+    Proxy-States and ``items`` (the Message-Authenticator; none in RADIUS/1.1)."""
     def size() -> int:
-        return (HEADER_LENGTH + len(_MA_PLACEHOLDER) + sum(2 + len(p) for p in proxy_states)
+        return (HEADER_LENGTH + overhead + sum(2 + len(p) for p in proxy_states)
                 + sum(len(item.wire) for item in items))
 
     if size() <= MAX_PACKET_LENGTH:
