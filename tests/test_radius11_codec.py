@@ -376,3 +376,33 @@ def test_requests_round_trip():
         "ALICE@corp", "pässword,123456".encode(), b"st", "2001:db8::1")
     assert req.get("NAS-Port") == 7 and req.raw == raw
     assert struct.unpack("!H", raw[2:4])[0] == len(raw)
+
+
+# --- the dialect a RADIUS/1.1 connection speaks ---------------------------------
+
+def test_the_dialect_skips_the_message_authenticator_policy_and_keys_by_token():
+    dialect = v11.RADIUS_11
+    assert (dialect.name, dialect.alpn, dialect.message_authenticator) == (
+        "radius/1.1", b"radius/1.1", False)
+    header = dialect.peek(BOB_REQUEST)
+    assert (header.code, header.token, header.id) == (1, TOKEN, 0x12345678)
+    # Reserved-1 (the old Identifier) is not part of what identifies a request
+    other = bytes([1, 0x55]) + BOB_REQUEST[2:]
+    assert dialect.request_key(dialect.peek(other)) == dialect.request_key(header)
+    req = dialect.decode_request(BOB_REQUEST, b"ignored", None)
+    assert dialect.encode_reply(req, ACCESS_ACCEPT, [], b"ignored").packet == \
+        v11.encode_response(req, ACCESS_ACCEPT)
+
+
+def test_a_client_entry_may_forbid_the_dialect():
+    class Entry:
+        def __init__(self, radius11):
+            self.radius11 = radius11
+    assert v11.RADIUS_11.permitted(Entry("allow")) and v11.RADIUS_11.permitted(Entry("require"))
+    assert not v11.RADIUS_11.permitted(Entry("forbid"))
+
+
+def test_a_request_that_cannot_be_decided_gets_a_protocol_error():
+    req = request(("Proxy-State", b"hop"))
+    response = v11.decode_response(v11.RADIUS_11.unanswerable(req), TOKEN)
+    assert (response.code, response.error_cause, response.proxy_states) == (52, 506, (b"hop",))

@@ -489,9 +489,54 @@ def build_access_request(token: bytes | int, user_name: str | bytes | None,
         raise LocalProtocolError(str(exc)) from None
 
 
+# --------------------------------------------------------------------------
+# The dialect a RADIUS over TLS connection speaks once ALPN chose radius/1.1
+# (the Dialect protocol of radius_mfa/radius/dialect.py)
+
+
+class Radius11Dialect:
+    """RADIUS/1.1 for the packet path: no Message-Authenticator policy (TLS
+    alone protects packets, RFC 9765 section 5.2), retransmissions known by
+    their Token within the connection (section 4.2.2), the shared secret
+    unused. A client entry with ``radius11: forbid`` may not speak it."""
+
+    name = PROTOCOL
+    alpn = ALPN_V11
+    message_authenticator = False
+    #: RFC 9765 section 3.4: RADIUS/1.1 only over TLS 1.3 or later.
+    tls_versions = frozenset({"TLSv1.3"})
+
+    def permitted(self, client) -> bool:
+        return getattr(client, "radius11", "allow") != "forbid"
+
+    def peek(self, data: bytes) -> Header:
+        return peek(data)
+
+    def request_key(self, header: Header) -> tuple:
+        return ("token", header.token)
+
+    def decode_request(self, data: bytes, secret: bytes, dictionary) -> Request:
+        return decode_request(data, dictionary)
+
+    def encode_reply(self, request: Request, code: int,
+                     attributes: Sequence[tuple[AttributeKey, object]],
+                     secret: bytes) -> FittedReply:
+        return encode_fitting(request, code, attributes)
+
+    def unanswerable(self, request: Request) -> bytes:
+        """What a request the server cannot decide gets (an upstream down):
+        a Protocol-Error, Error-Cause 506, so the client tries another
+        server at once (RFC 9765 section 6.1) instead of timing out."""
+        return encode_protocol_error(request.token, proxy_states=request.proxy_states)
+
+
+RADIUS_11 = Radius11Dialect()
+
+
 __all__ = [
     "ALPN_V10", "ALPN_V11", "PROTOCOL", "PROTOCOL_ERROR", "ERROR_CAUSE", "RESOURCES_UNAVAILABLE",
     "UNSUPPORTED_EXTENSION", "TOKEN_LENGTH", "Header", "Request", "Response", "peek",
     "decode_request", "decode_response", "encode_response", "encode_fitting",
-    "encode_protocol_error", "build_access_request", "STATUS_SERVER",
+    "encode_protocol_error", "build_access_request", "STATUS_SERVER", "RADIUS_11",
+    "Radius11Dialect",
 ]

@@ -38,11 +38,14 @@ class Radius11Client:
     def __init__(self, host: str, port: int, *, ca_file: str, cert_file: str | None = None,
                  key_file: str | None = None, alpn: Sequence[str] | None = (ALPN_V11,),
                  server_hostname: str | None = None, secret: bytes = b"radsec",
-                 timeout: float = 5.0, tls_version: ssl.TLSVersion | None = None):
+                 timeout: float = 5.0, tls_version: ssl.TLSVersion | None = None,
+                 source: str | None = None):
         """``alpn``: the names offered, in order (None: no ALPN extension at
         all). ``tls_version``: pin the TLS version (e.g. TLSv1_2 to see that
-        RADIUS/1.1, which requires 1.3, is not chosen over it)."""
+        RADIUS/1.1, which requires 1.3, is not chosen over it). ``source``:
+        the local address to connect from (clients are matched by it)."""
         self.host, self.port = host, port
+        self.source = source
         self.secret = secret
         self.timeout = timeout
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -68,7 +71,8 @@ class Radius11Client:
     def connect(self) -> "Radius11Client":
         """The TCP connection and the TLS handshake; ssl.SSLError (e.g. an
         alert no_application_protocol) or OSError when refused."""
-        raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        raw = socket.create_connection((self.host, self.port), timeout=self.timeout,
+                                       source_address=(self.source, 0) if self.source else None)
         try:
             self._sock = self._context.wrap_socket(
                 raw, server_hostname=self._server_hostname or self.host)
