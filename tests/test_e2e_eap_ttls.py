@@ -170,6 +170,26 @@ def test_ttls_pap_with_a_wrong_password_is_an_eap_failure(mfa, inline_front, tmp
     assert (record["result"], record["reason"]) == ("reject", "bad_password")
 
 
+def test_a_saved_password_comma_code_sent_again_on_reconnect_is_rejected_as_replay(
+        mfa, inline_front, tmp_path):
+    """A supplicant that saved ``password,code`` sends it again when it
+    re-authenticates (eapol_test -r 1: roaming, waking up): the code is used,
+    so the second EAP run fails and the audit says ``replay``."""
+    user = mfa.enrol(f"alice{next(_names)}", PASSWORD)
+    config = tmp_path / "saved.conf"
+    config.write_text(eap.supplicant_config(user.name, f"{PASSWORD},{user.code()}",
+                                            inline_front.chain.ca_file))
+    proc = subprocess.run([eap.EAPOL_TEST, "-c", str(config), "-a", inline_front.host,
+                           "-p", str(inline_front.port), "-s", inline_front.secret, "-r", "1",
+                           "-t", "20"], capture_output=True, text=True, timeout=40)
+    assert proc.returncode != 0
+    assert proc.stdout.count("CTRL-EVENT-EAP-SUCCESS") == 1, proc.stdout[-2000:]
+    assert "CTRL-EVENT-EAP-FAILURE" in proc.stdout
+    wait_for(lambda: len(records(mfa, user.name)) >= 2)
+    assert [(r["result"], r["reason"]) for r in records(mfa, user.name)] == [
+        ("accept", None), ("reject", "replay")]
+
+
 def test_ttls_pap_with_password_comma_push_waits_for_the_approval(mfa, inline_front, tmp_path):
     name = f"alice{next(_names)}"
     mfa.cli("user", "add", name, "--password-stdin", input=PASSWORD + "\n")
