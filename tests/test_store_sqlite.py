@@ -115,6 +115,21 @@ def test_a_store_of_the_previous_version_upgrades_to_push_approval(
     store.close()
 
 
+def test_close_closes_this_threads_connection_so_a_copy_of_the_file_is_whole(
+        db_path: str, tmp_path: Path) -> None:
+    """After close() the write-ahead log is folded back into the file: a
+    byte copy of it (what a backup or a benchmark's template does) holds
+    every row written, not an empty database beside a WAL left behind."""
+    opened = open_sqlite(db_path)
+    opened.add_user(User(name="alice", created=NOW))
+    opened.close()
+    assert not os.path.exists(db_path + "-wal")
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(Path(db_path).read_bytes())
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT name FROM users").fetchall() == [("alice",)]
+
+
 def test_file_and_directory_are_private(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "store.db"
     open_sqlite(str(path)).close()

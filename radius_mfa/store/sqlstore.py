@@ -129,10 +129,10 @@ class SqlStore:
         driver lets us (sqlite3 ties each to its thread: those of other threads
         close when their thread ends); the store cannot be used afterwards."""
         self._closed = True
-        self._local.holder = None
-        with self._all_lock:
+        with self._all_lock:         # before this thread's reference goes: the set is weak
             holders = list(self._all)
             self._all.clear()
+        self._local.holder = None
         for holder in holders:
             if holder.pid == os.getpid():
                 with contextlib.suppress(Exception):
