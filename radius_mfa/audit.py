@@ -167,6 +167,7 @@ def audit_record(finished, server_name: str, now: float) -> dict:
         "server_ip": finished.server_ip,
         "client": finished.client.name,
         "client_ip": finished.client_ip,
+        "transport": finished.transport,   # udp | tls (RADIUS over TLS)
         "user_ip": user_ip_from(finished.calling_station_id),
         "calling_station_id": finished.calling_station_id,
         "user": decision.user_name,

@@ -1,9 +1,16 @@
-"""The Twisted UDP protocol: bytes ↔ engine, nothing else.
+"""The packet path, bytes ↔ engine, for every transport; and the UDP protocol.
 
 One Access-Request: client lookup by source address (before decoding: the
 secret depends on it) → duplicate cache → decode → Message-Authenticator
 policy → ``engine.handle`` (async) → one audit record → encode
 (Message-Authenticator first) → write → cache the reply.
+
+The path (:meth:`RadiusServer.receive`) takes the packet and a :class:`Peer`:
+who sent it (address, transport, the dialect it speaks, the scope of its
+retransmissions) and where the reply goes. UDP datagrams come through
+``datagramReceived`` with a peer per datagram; RADIUS over TLS
+(radius_mfa/radsec.py) hands in each framed packet with its connection as
+the peer. The wire format is the peer's dialect's (radius_mfa/radius/dialect.py).
 
 Nothing a client sends can raise out of ``datagramReceived``: every bad
 packet is dropped with a rate-limited log line, and an unexpected error while
@@ -16,7 +23,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import structlog
 from twisted.internet import defer
@@ -28,6 +35,7 @@ from radius_mfa.requests import AuthRequest, Decision
 from radius_mfa.errors import RemoteProtocolError
 from radius_mfa.radius import codec
 from radius_mfa.radius.clients import ClientTable
+from radius_mfa.radius.dialect import RADIUS_10, Dialect
 from radius_mfa.radius.dupcache import DuplicateCache, Lookup
 from radius_mfa.radius.droplog import DropLogger
 from radius_mfa.ratelog import RateLimitedLog
@@ -73,6 +81,55 @@ class Finished:
     request_id: str
     duration_ms: float
     method: str = "pap"              # pap | chap | mschap | mschapv2 | eap | none
+    transport: str = "udp"           # udp | tls
+
+
+class Peer(Protocol):
+    """Where a packet came from and where its reply goes."""
+    transport_name: str              # "udp" | "tls": clients are matched within it
+    host: str                        # the source address (the client's, for lookup and audit)
+    port: int
+    scope: tuple                     # the duplicate cache key's prefix: (host, port) over UDP, a connection over TLS
+    dialect: Dialect                 # the wire format
+    server_ip: str                   # our address it reached
+
+    def admits(self, client: ClientConfig) -> bool:
+        """Whether this peer may speak for ``client`` (TLS: its certificate carries cert_name)."""
+
+    def send(self, data: bytes) -> None:
+        """Write a reply (nothing when the peer is gone)."""
+
+    def refuse(self, reason: str) -> None:
+        """A packet this peer sent ends it (TLS: the connection closes; UDP: nothing)."""
+
+
+class UdpPeer:
+    """One datagram's sender: its reply goes back through the listening socket."""
+    __slots__ = ("_protocol", "addr", "host", "port", "scope")
+    transport_name = "udp"
+    dialect = RADIUS_10
+
+    def __init__(self, protocol: DatagramProtocol, addr):
+        self._protocol = protocol
+        self.addr = addr
+        self.host, self.port = addr[0], addr[1]
+        self.scope = (addr[0], addr[1])
+
+    @property
+    def server_ip(self) -> str:
+        transport = self._protocol.transport
+        return getattr(transport.getHost(), "host", "") if transport is not None else ""
+
+    def admits(self, client: ClientConfig) -> bool:
+        return True
+
+    def send(self, data: bytes) -> None:
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.write(data, self.addr)
+
+    def refuse(self, reason: str) -> None:
+        pass
 
 
 def response_for(decision: Decision) -> tuple[int, list[tuple[str, object]]] | None:
@@ -125,23 +182,29 @@ class RadiusServer(DatagramProtocol):
         self.errors = RateLimitedLog(log, "auth.error", clock=reactor, interval=ERROR_LOG_INTERVAL,
                                      level="error")
 
-    # --- the datagram path ----------------------------------------------------
+    # --- the packet path ------------------------------------------------------
     def datagramReceived(self, data: bytes, addr) -> None:
-        try:
-            self._receive(data, addr)
-        except Exception:                       # a bug of ours: never kill the listener
-            log.exception("radius.receive_failed", source=addr[0])
+        self.receive(data, UdpPeer(self, addr))
 
-    def _receive(self, data: bytes, addr) -> None:
-        host, port = addr[0], addr[1]
+    def receive(self, data: bytes, peer: Peer) -> None:
+        """One packet from ``peer``; whatever it holds, nothing raises from here."""
+        try:
+            self._receive(data, peer)
+        except Exception:                       # a bug of ours: never kill the listener
+            log.exception("radius.receive_failed", source=peer.host, transport=peer.transport_name)
+
+    def _receive(self, data: bytes, peer: Peer) -> None:
+        host, port, dialect = peer.host, peer.port, peer.dialect
         trace = self.tracer.begin(host, port) if self.tracer is not None else None
-        client = self.runtime.clients.lookup(host)
-        if client is None:
+        client = self.runtime.clients.lookup(host, peer.transport_name)
+        if client is None or not peer.admits(client):
+            # over TLS: the client entry was removed or changed by a SIGHUP
             self.droplog.drop("unknown_client", host)
+            peer.refuse("unknown_client")
             if trace is not None:
                 trace.size = len(data)
                 try:
-                    header = codec.peek(data)
+                    header = dialect.peek(data)
                     trace.code = _CODE_NAMES.get(header.code, f"code {header.code}")
                     trace.packet_id = header.id
                 except RemoteProtocolError:
@@ -151,20 +214,21 @@ class RadiusServer(DatagramProtocol):
         if trace is not None:
             trace.matched(client)
         try:
-            header = codec.peek(data)
+            header = dialect.peek(data)
         except RemoteProtocolError as exc:
-            self._drop("malformed", host, client, detail=str(exc), trace=trace)
+            self.drop("malformed", host, client, detail=str(exc), trace=trace)
+            peer.refuse("malformed")
             return
         if header.code not in (codec.ACCESS_REQUEST, codec.STATUS_SERVER):
-            self._drop("unsupported_code", host, client, detail=str(header.code), trace=trace)
+            self.drop("unsupported_code", host, client, detail=str(header.code), trace=trace)
             return
 
         # read only until the packet is authenticated: a spoofed copy of a
         # real request must not empty or replace its slot
-        key = (host, port, header.id, header.authenticator)
+        key = peer.scope + dialect.request_key(header)
         seen = self.duplicates.lookup(key)
         if seen.kind is Lookup.CACHED:
-            self.transport.write(seen.response, addr)
+            peer.send(seen.response)
             if trace is not None:
                 trace.notes.append("a retransmission: the reply already sent is sent again")
                 self._finish_trace(trace)
@@ -176,31 +240,33 @@ class RadiusServer(DatagramProtocol):
             return
 
         try:
-            request = codec.decode_request(data, client.secret, self.dictionary)
+            request = dialect.decode_request(data, client.secret, self.dictionary)
         except RemoteProtocolError as exc:
-            self._drop("malformed", host, client, detail=str(exc), trace=trace)
+            self.drop("malformed", host, client, detail=str(exc), trace=trace)
+            peer.refuse("malformed")
             return
         if trace is not None:
             fields = _name_and_method(request)
             trace.decoded(request, code=_CODE_NAMES.get(request.code, str(request.code)),
                           user=fields["user_name"], method=fields["method"])
-            trace.checked_message_authenticator(request, self._ma_required(request, client))
-        if not self._authentic(request, client, host, trace):
+            trace.checked_message_authenticator(
+                request, dialect.message_authenticator and self._ma_required(request, client))
+        if dialect.message_authenticator and not self._authentic(request, client, host, trace):
             return
         self.duplicates.claim(key)
         self.activity.note(client.name, self.wall_clock(), request.has_message_authenticator)
 
         if request.code == codec.STATUS_SERVER:
-            self._send(key, addr, codec.encode_response(request, codec.ACCESS_ACCEPT,
-                                                        attributes=(), secret=client.secret))
+            self._send(key, peer, dialect.encode_reply(request, codec.ACCESS_ACCEPT, (),
+                                                       client.secret).packet)
             if trace is not None:
                 trace.reply = "Access-Accept (Status-Server: alive)"
                 self._finish_trace(trace)
             return
-        self._start(request, client, key, addr, trace)
+        self._start(request, client, key, peer, trace)
 
-    def _drop(self, reason: str, host: str, client: ClientConfig, detail: str | None = None,
-              trace: RequestTrace | None = None) -> None:
+    def drop(self, reason: str, host: str, client: ClientConfig, detail: str | None = None,
+             trace: RequestTrace | None = None) -> None:
         """A request from a known client dropped unanswered: logged (rate
         limited) and counted per client for `report clients`."""
         self.droplog.drop(reason, host, client=client.name, detail=detail)
@@ -229,23 +295,23 @@ class RadiusServer(DatagramProtocol):
         ``limit_proxy_state`` (draft-ietf-radext-deprecating-radius)."""
         if request.has_message_authenticator:
             if not request.message_authenticator_ok:
-                self._drop("bad_message_authenticator", host, client, trace=trace)
+                self.drop("bad_message_authenticator", host, client, trace=trace)
                 return False
             return True
         if self._ma_required(request, client):
-            self._drop("missing_message_authenticator", host, client, trace=trace)
+            self.drop("missing_message_authenticator", host, client, trace=trace)
             return False
         return True
 
     # --- deciding -------------------------------------------------------------
-    def _start(self, request, client: ClientConfig, key, addr,
+    def _start(self, request, client: ClientConfig, key, peer: Peer,
                trace: RequestTrace | None = None) -> None:
-        d = defer.Deferred.fromCoroutine(self._handle(request, client, key, addr, trace))
+        d = defer.Deferred.fromCoroutine(self._handle(request, client, key, peer, trace))
         d.addErrback(self._lost, key)
         self.in_flight.add(d)
         d.addBoth(self._done, d)
 
-    async def _handle(self, request, client: ClientConfig, key, addr,
+    async def _handle(self, request, client: ClientConfig, key, peer: Peer,
                       trace: RequestTrace | None = None) -> None:
         """Decide one Access-Request and answer it.
 
@@ -266,7 +332,7 @@ class RadiusServer(DatagramProtocol):
             decision = await self.runtime.engine.handle(auth)
         except Exception:              # a bug, or the store gone: fail closed
             decision = self._fail_closed(Failure(), auth)
-        self._answer(decision, request, client, key, addr, started, request_id, auth.method, trace)
+        self._answer(decision, request, client, key, peer, started, request_id, auth.method, trace)
 
     def _fail_closed(self, failure, auth: AuthRequest) -> Decision:
         """An unexpected error while deciding: a Reject (fail closed). During
@@ -280,10 +346,10 @@ class RadiusServer(DatagramProtocol):
             self.errors.emit(kind)
         return Decision(Verdict.REJECT, auth.user_name, primary="", reason=Reason.ERROR)
 
-    def _answer(self, decision: Decision, request, client: ClientConfig, key, addr,
+    def _answer(self, decision: Decision, request, client: ClientConfig, key, peer: Peer,
                 started: float, request_id: str, method: str = "pap",
                 trace: RequestTrace | None = None) -> None:
-        packet, decision = self._encode(decision, request, client, method, request_id)
+        packet, decision = self._encode(decision, request, client, method, request_id, peer.dialect)
         if trace is not None:
             trace.request_id = request_id
             trace.decided(decision, answering_challenge=request.state is not None,
@@ -292,11 +358,10 @@ class RadiusServer(DatagramProtocol):
                            else "nothing: the NAS retries or fails over")
             if packet is not None and decision.state is not None:
                 trace.reply += f" (State {state_digest(decision.state)})"
-        host = self.transport.getHost() if self.transport is not None else None
         finished = Finished(
-            decision=decision, client=client, client_ip=addr[0],
-            server_ip=getattr(host, "host", ""), calling_station_id=request.calling_station_id,
-            request_id=request_id, method=method,
+            decision=decision, client=client, client_ip=peer.host,
+            server_ip=peer.server_ip, calling_station_id=request.calling_station_id,
+            request_id=request_id, method=method, transport=peer.transport_name,
             duration_ms=round((self.reactor.seconds() - started) * 1000.0, 3))
         # the audit record first, in the same reactor turn as the reply: when
         # the NAS has its answer, the record is in the audit file
@@ -309,12 +374,12 @@ class RadiusServer(DatagramProtocol):
         if packet is None:
             self.duplicates.abandon(key)     # no reply: a retransmission is worked on afresh
         else:
-            self._send(key, addr, packet)
+            self._send(key, peer, packet)
         if trace is not None:
             self._finish_trace(trace)
 
     def _encode(self, decision: Decision, request, client: ClientConfig, method: str,
-                request_id: str) -> tuple[bytes | None, Decision]:
+                request_id: str, dialect: Dialect = RADIUS_10) -> tuple[bytes | None, Decision]:
         """The reply's bytes (None: send nothing), always within 4,096
         octets, and the decision as sent: a reply that could not be sent as
         decided (too large even trimmed, or an attribute that cannot be
@@ -327,7 +392,7 @@ class RadiusServer(DatagramProtocol):
             failure = codec.eap_failure(request)
             if failure is not None:            # RFC 3579 2.6.3: an EAP request's reject says so
                 attributes = [*attributes, ("EAP-Message", failure)]
-        fitted = codec.encode_fitting(request, code, attributes, secret=client.secret)
+        fitted = dialect.encode_reply(request, code, attributes, client.secret)
         if fitted.code != code:
             log.warning("radius.reply_replaced", request_id=request_id, why=fitted.reason,
                         decided=decision.verdict.value, dropped=list(fitted.dropped))
@@ -347,10 +412,9 @@ class RadiusServer(DatagramProtocol):
         self.in_flight.discard(d)
         return None
 
-    def _send(self, key, addr, data: bytes) -> None:
+    def _send(self, key, peer: Peer, data: bytes) -> None:
         self.duplicates.finish(key, data)
-        if self.transport is not None:
-            self.transport.write(data, addr)
+        peer.send(data)
 
     # --- shutdown -------------------------------------------------------------
     def drain(self, timeout: float) -> defer.Deferred:

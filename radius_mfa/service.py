@@ -131,6 +131,8 @@ class Service:
         self.exit_code = 0
         self.protocols: list[RadiusServer] = []
         self.ports = []
+        self.radsec_tls = None           # tls listeners: the server context SIGHUP reloads
+        self.radsec_factories = []       # one per tls listener
         self._stopping = False
         # metrics (config.metrics): the families, the health check, and the
         # HTTP port unless a supervisor serves /metrics for its workers
@@ -203,7 +205,8 @@ class Service:
 
         self._start_metrics()
 
-        listening = [f"{p.getHost().host}:{p.getHost().port}" for p in self.ports]
+        listening = [f"{p.getHost().host}:{p.getHost().port}" + ("/tls" if a.transport == "tls" else "")
+                     for p, a in zip(self.ports, config.server.listen)]
         if self.worker is not None:      # the supervisor says server.listening once all are ready
             log.info("worker.listening", listen=listening)
             notify(b"READY=1\nWORKER=%d" % self.worker.index)
@@ -221,6 +224,8 @@ class Service:
     def _listen(self, index: int, address, protocol):
         """The UDP port for the ``index``-th listen address: bound here, or,
         in a worker, adopted from the socket the supervisor handed over."""
+        if address.transport == "tls":
+            return self._listen_tls(index, address, protocol)
         if self.worker is None:
             port = self.reactor.listenUDP(address.port, protocol, interface=address.host,
                                           maxPacketSize=4096)
@@ -232,6 +237,46 @@ class Service:
         port = self.reactor.adoptDatagramPort(fd, family, protocol, maxPacketSize=4096)
         os.close(fd)                     # the reactor holds its own duplicate
         return port
+
+    def _listen_tls(self, index: int, address, pipeline: RadiusServer):
+        """A RADIUS over TLS listener (radius_mfa/radsec.py) whose packets take
+        ``pipeline``; in a worker, on the listening socket the supervisor
+        shares (SO_REUSEPORT: the kernel spreads connections over the workers)."""
+        from radius_mfa.radsec import RadsecFactory, RadsecTls, TlsFilesError, listen_factory
+
+        tls = self.config.server.tls
+        if self.radsec_tls is None:
+            try:
+                self.radsec_tls = RadsecTls(tls)
+            except TlsFilesError as exc:
+                raise ConfigError([f"{self.config.path}: server.tls.{exc.key}: {exc}"]) from None
+        factory = RadsecFactory(pipeline, reactor=self.reactor, idle_timeout=tls.idle_timeout)
+        self.radsec_factories.append(factory)
+        wrapped = listen_factory(self.radsec_tls, factory)
+        if self.worker is None:
+            return self.reactor.listenTCP(address.port, wrapped, interface=address.host, backlog=128)
+        fd = self.worker.fds[index]
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            family = sock.family
+        port = self.reactor.adoptStreamPort(fd, family, wrapped)
+        os.close(fd)
+        return port
+
+    def _reload_tls(self, config: Config) -> None:
+        """SIGHUP: new handshakes use the certificate, key and CA files as they are now."""
+        if self.radsec_tls is None or config.server.tls is None:
+            return
+        from radius_mfa.radsec import TlsFilesError
+
+        try:
+            self.radsec_tls.reload(config.server.tls)
+        except TlsFilesError as exc:
+            log.error("config.reload_failed",
+                      problems=[f"{config.path}: server.tls.{exc.key}: {exc} (the old certificates stay)"])
+            return
+        for factory in self.radsec_factories:
+            factory.idle_timeout = config.server.tls.idle_timeout
+        log.info("radsec.certificates_reloaded")
 
     def _runtime(self, config: Config) -> Runtime:
         primary = build_primary(config, reactor=self.reactor, hash_runner=self.hash_runner,
@@ -247,6 +292,8 @@ class Service:
         only when the next such warning comes."""
         for protocol in self.protocols:
             protocol.errors.flush()
+        for factory in self.radsec_factories:
+            factory.flush_logs()
         primary = getattr(self.protocols[0].runtime.engine, "primary", None) if self.protocols else None
         if hasattr(primary, "flush_logs"):
             primary.flush_logs()
@@ -459,6 +506,7 @@ class Service:
         retired = self.protocols[0].runtime.engine.primary if self.protocols else None
         for protocol in self.protocols:
             protocol.runtime = runtime
+        self._reload_tls(config)
         if retired is not None:
             self.reactor.callLater(RETIRE_SECONDS, stop_primary, retired)
         self.config = config
@@ -511,6 +559,8 @@ class Service:
             self.portal_port.stopListening()
         if self.push_hub is not None:
             self.push_hub.stop()
+        for factory in self.radsec_factories:
+            factory.close_all()
         if self.protocols:
             stop_primary(self.protocols[0].runtime.engine.primary)
         self.audit.close()

@@ -1,5 +1,10 @@
 """`server.workers: N`: N processes serve one UDP port, so that every core works.
 
+RADIUS over TLS listeners are shared the same way: N listening TCP sockets in
+one SO_REUSEPORT group, socket *i* to worker *i*; Linux spreads connections
+over them, and every packet of a connection (and so its duplicate cache)
+stays with the worker that accepted it.
+
 Why a supervisor that holds the sockets, and SO_REUSEPORT:
 
 * One Python process decides on one core (the GIL); password hashes already
@@ -106,11 +111,18 @@ def worker_slot(environ: dict[str, str] | None = None) -> WorkerSlot | None:
 
 
 def bind_shared(address: ListenAddress, count: int) -> list[socket.socket]:
-    """``count`` UDP sockets bound to ``address`` in one SO_REUSEPORT group;
-    OSError (EADDRINUSE) when another process holds the address already."""
+    """``count`` sockets bound to ``address`` in one SO_REUSEPORT group: UDP,
+    or for a tls listener TCP sockets already listening (the kernel spreads
+    new connections over them; a connection stays with the worker that
+    accepted it, and so does its duplicate cache). OSError (EADDRINUSE) when
+    another process holds the address already."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_DGRAM)
+    stream = address.transport == "tls"
+    kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
+    probe = socket.socket(family, kind)
     try:
+        if stream:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((address.host, address.port))     # without SO_REUSEPORT: is the port free?
         port = probe.getsockname()[1]
     finally:
@@ -118,11 +130,16 @@ def bind_shared(address: ListenAddress, count: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock = socket.socket(family, kind)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if stream:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address.host, port))
-            enlarge_receive_buffer(sock)
+            if stream:
+                sock.listen(128)
+            else:
+                enlarge_receive_buffer(sock)
             sock.setblocking(False)
             sock.set_inheritable(True)
     except BaseException:

@@ -38,8 +38,11 @@ def command() -> list[str]:
 def write_config(directory: Path, port: int, *, clients: str | None = None, policy: str = "",
                  extra: str = "", primary: str = "  backend: local",
                  store: str = "sqlite:///radius-mfa.db", workers: int = 1,
-                 name: str = "mfa-test", factors: str = "") -> Path:
-    """``factors``: more of the factors section (indented two spaces)."""
+                 name: str = "mfa-test", factors: str = "", listen: str = "",
+                 server: str = "") -> Path:
+    """``factors``: more of the factors section (indented two spaces);
+    ``listen``: more listen entries (``    - tls: "127.0.0.1:PORT"``);
+    ``server``: more of the server section (``  tls: …``)."""
     clients = clients or f"""
   - name: local
     address: 127.0.0.1
@@ -53,7 +56,9 @@ server:
   name: {name}
   listen:
     - udp: "127.0.0.1:{port}"
+{listen}
   workers: {workers}
+{server}
 store: "{store}"
 clients:{clients}
 primary:

@@ -733,13 +733,11 @@ def test_limit_proxy_state_per_client(tmp_path: Path):
         f"{path}:5: clients[0].limit_proxy_state: expected true or false, got an integer"]
 
 
-def test_transport_udp_is_accepted_and_tls_is_refused_until_radsec_exists(tmp_path: Path):
+def test_transport_udp_is_accepted_and_cert_name_applies_to_tls_only(tmp_path: Path):
+    # transport: tls and server.tls: tests/test_radsec_config.py
     assert load_config(write(tmp_path, MINIMAL_CLIENT + "    transport: udp\n    cert_name: null\n")).clients
-    path = write(tmp_path, MINIMAL_CLIENT + "    transport: tls\n    cert_name: nas.example.org\n")
-    assert problems_of(path) == [
-        f"{path}:5: clients[0].transport: tls (RadSec) is not supported by this version: use udp",
-        f"{path}:6: clients[0].cert_name: applies to transport: tls only",
-    ]
+    path = write(tmp_path, MINIMAL_CLIENT + "    transport: udp\n    cert_name: nas.example.org\n")
+    assert problems_of(path) == [f"{path}:6: clients[0].cert_name: applies to transport: tls only"]
 
 
 # --------------------------------------------------------------------------

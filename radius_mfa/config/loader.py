@@ -53,6 +53,7 @@ from radius_mfa.config.schema import (
     RateLimit,
     RequireMA,
     ServerConfig,
+    ServerTlsConfig,
     SmtpProviderConfig,
     TotpConfig,
     TwilioProviderConfig,
@@ -177,6 +178,7 @@ class _Reader:
         self.base_dir = base_dir
         self.problems: list[tuple[int, int, str]] = []
         self.warnings: list[tuple[int, int, str]] = []
+        self.tls_clients: list[tuple[Node, str]] = []     # (node, path) of each transport: tls client
 
     def problem(self, where: Node | int, path: str, message: str) -> None:
         line = where if isinstance(where, int) else _line(where)
@@ -645,6 +647,10 @@ def _read_config(r: _Reader, root: Node, absolute_path: str) -> Config | None:
         log=_log(r, top.take("log")),
         portal=_portal(r, top.take("portal")),
     )
+    if r.tls_clients and not any(a.transport == "tls" for a in config.server.listen):
+        for item, item_path in r.tls_clients:
+            r.problem(_key_node(item, "transport") or item, _join(item_path, "transport"),
+                      "tls needs a tls listener in server.listen (e.g. - tls: \"0.0.0.0:2083\")")
     if config.policy.unenrolled == "enrol" and config.portal is None:
         r.problem(_key_node(policy_node, "unenrolled") or policy_node or 1, "policy.unenrolled",
                   "enrol needs a portal section: the link it sends leads to the self-service page")
@@ -662,17 +668,33 @@ def _server(r: _Reader, node: Node | None) -> ServerConfig:
         return ServerConfig()
     default = ServerConfig()
     listen_node = sec.take("listen")
+    tls_node = sec.take("tls")
     config = ServerConfig(
         name=sec.get("name", _string(), default.name),
         listen=default.listen if listen_node is None else _listen_list(r, listen_node, sec.at("listen")),
         workers=sec.get("workers", _integer(1, 1024), default.workers),
+        tls=_server_tls(r, tls_node, sec.at("tls")),
     )
+    tls_listeners = [a for a in config.listen if a.transport == "tls"]
+    if tls_listeners and config.tls is None and not (tls_node is not None and not _is_null(tls_node)):
+        first = next(i for i, a in enumerate(config.listen) if a.transport == "tls")
+        r.problem(_item_node(listen_node, first) or sec.node, f"server.listen[{first}].tls",
+                  "a tls listener needs server.tls (cert_file, key_file, ca_file)")
+    elif config.tls is not None and not tls_listeners:
+        r.warn(tls_node, "server.tls", "no tls listener in server.listen uses it")
     sec.finish()
     return config
 
 
+def _item_node(node: Node | None, index: int) -> Node | None:
+    if isinstance(node, SequenceNode) and index < len(node.value):
+        return node.value[index]
+    return None
+
+
 def _listen_list(r: _Reader, node: Node, path: str) -> tuple[ListenAddress, ...]:
-    """``[{udp: "HOST:PORT"}, …]``: at least one, no address twice."""
+    """``[{udp: "HOST:PORT"}, {tls: "HOST:PORT"}, …]``: at least one, no
+    address twice within a transport (udp and tls may share one)."""
     addresses: list[ListenAddress] = []
     items = _items(r, node, path)
     if not items and (isinstance(node, SequenceNode) or _is_null(node)):
@@ -681,15 +703,48 @@ def _listen_list(r: _Reader, node: Node, path: str) -> tuple[ListenAddress, ...]
         sec = _section(r, item, item_path)
         if sec is None:
             continue
-        address = sec.get("udp", _hostport(listen=True), required=True)
+        given = [t for t in ("udp", "tls") if sec.take(t) is not None]
+        if len(given) > 1:
+            r.problem(sec.take("tls"), _join(item_path, "tls"), "give udp or tls, not both (one address per entry)")
+            sec.finish()
+            continue
+        transport = given[0] if given else "udp"
+        address = sec.get(transport, _hostport(listen=True), required=True)
         sec.finish()
         if address is None:
             continue
+        address = dataclasses.replace(address, transport=transport)
         if address in addresses:
-            r.problem(item, _join(item_path, "udp"), "listed twice")
+            r.problem(item, _join(item_path, transport), "listed twice")
         else:
             addresses.append(address)
     return tuple(addresses)
+
+
+def _server_tls(r: _Reader, node: Node | None, path: str) -> ServerTlsConfig | None:
+    """server.tls: the tls listeners' certificate and key, the CA client
+    certificates must chain to, and the idle timeout; the files are loaded
+    as the server would load them, so a wrong one is named here."""
+    sec = _section(r, node, path)
+    if sec is None:
+        return None
+    cert = sec.get("cert_file", _path(), required=True)
+    key = sec.get("key_file", _path(), required=True)
+    ca = sec.get("ca_file", _path(), required=True)
+    idle = sec.get("idle_timeout", _seconds, ServerTlsConfig.idle_timeout)
+    sec.finish()
+    if cert is None or key is None or ca is None:
+        return None
+    config = ServerTlsConfig(cert_file=cert, key_file=key, ca_file=ca, idle_timeout=idle)
+    from radius_mfa.radsec import TlsFilesError, build_context
+
+    try:
+        build_context(config)
+    except TlsFilesError as exc:
+        r.problem(sec.take(exc.key), sec.at(exc.key), str(exc))
+        return None
+    _existing_file_private(r, sec.take("key_file"), sec.at("key_file"), key)
+    return config
 
 
 def _store(r: _Reader, node: Node, path: str) -> Any:
@@ -732,28 +787,36 @@ def _clients(r: _Reader, node: Node | None) -> tuple[ClientConfig, ...]:
             continue
         name = sec.get("name", _string(), required=True)
         network = sec.get("address", _network, required=True)
+        transport = sec.get("transport", _choice("udp", "tls"), "udp")
         name_node, address_node = sec.take("name"), sec.take("address")
         if name is not None and name in names:
             r.problem(name_node, sec.at("name"), f"duplicate client name {name!r} (first at line {names[name]})")
         elif name is not None:
             names[name] = _line(name_node)
-        if network is not None and network in networks:
-            other, line = networks[network]
+        if network is not None and (transport, network) in networks:
+            other, line = networks[(transport, network)]
             r.problem(address_node, sec.at("address"),
-                      f"{network} is also the address of client {other!r} (line {line})")
+                      f"{network} is also the address of {'tls ' if transport == 'tls' else ''}client "
+                      f"{other!r} (line {line})")
         elif network is not None:
-            networks[network] = (name or "?", _line(address_node))
-        client = _client(sec, name, network)
+            networks[(transport, network)] = (name or "?", _line(address_node))
+        client = _client(sec, name, network, transport)
+        if client is not None and transport == "tls":
+            r.tls_clients.append((item, item_path))
         sec.finish()
         if client is not None:
             clients.append(client)
     return tuple(clients)
 
 
-def _client(sec: _Section, name: str | None, network: Any) -> ClientConfig | None:
-    """The rest of one client, given its already checked name and network."""
-    secret = _secret(sec, "secret", required=True)
-    _check_shared_secret(sec, "secret", secret)
+def _client(sec: _Section, name: str | None, network: Any, transport: str = "udp") -> ClientConfig | None:
+    """The rest of one client, given its already checked name, network and transport."""
+    if transport == "tls":
+        # RFC 6614 section 2.3: over TLS the secret protects nothing; "radsec" by convention
+        secret = _secret(sec, "secret", required=False) or b"radsec"
+    else:
+        secret = _secret(sec, "secret", required=True)
+        _check_shared_secret(sec, "secret", secret)
     client = ClientConfig(
         name=name or "",
         network=network or ipaddress.ip_network("0.0.0.0/32"),
@@ -763,6 +826,8 @@ def _client(sec: _Section, name: str | None, network: Any) -> ClientConfig | Non
         timeout=sec.get("timeout", _seconds, 30.0),
         exempt=sec.get("exempt", _boolean, False),
         limit_proxy_state=sec.get("limit_proxy_state", _boolean, False),
+        transport=transport,
+        cert_name=_cert_name(sec, transport),
     )
     if client.mode is Mode.SECOND_FACTOR_ONLY and client.require_message_authenticator is RequireMA.FALSE:
         # no password is checked in this mode: the Message-Authenticator is
@@ -771,19 +836,22 @@ def _client(sec: _Section, name: str | None, network: Any) -> ClientConfig | Non
                       "second-factor-only needs require_message_authenticator true or auto: "
                       "no password is checked, so only the Message-Authenticator proves the request "
                       "comes from the NAS")
-    _transport(sec)
     return client if name is not None and network is not None and secret is not None else None
 
 
-def _transport(sec: _Section) -> None:
-    """transport and cert_name (docs/reference.md): RADIUS over TLS is not built yet,
-    so udp (the default) is the only transport, and cert_name has nothing
-    to apply to."""
-    if sec.get("transport", _choice("udp", "tls"), "udp") == "tls":
-        sec.r.problem(sec.take("transport"), sec.at("transport"),
-                      "tls (RadSec) is not supported by this version: use udp")
-    if sec.get("cert_name", _string(nullable=True)) is not None:
+def _cert_name(sec: _Section, transport: str) -> str | None:
+    """cert_name: the DNS name (SAN) or CN a tls client's certificate must carry."""
+    name = sec.get("cert_name", _string(nullable=True))
+    if name is None:
+        return None
+    if transport != "tls":
         sec.r.problem(sec.take("cert_name"), sec.at("cert_name"), "applies to transport: tls only")
+        return None
+    if any(ch.isspace() for ch in name) or "*" in name:
+        sec.r.problem(sec.take("cert_name"), sec.at("cert_name"),
+                      "must be one name, without spaces or wildcards")
+        return None
+    return name
 
 
 def _primary(r: _Reader, node: Node | None) -> PrimaryConfig:

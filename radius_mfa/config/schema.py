@@ -31,13 +31,24 @@ class RequireMA(str, enum.Enum):
 class ListenAddress:
     host: str          # "0.0.0.0", "::", "127.0.0.1"; brackets removed
     port: int
+    transport: str = "udp"   # server.listen: udp | tls (RADIUS over TLS); elsewhere unused
+
+
+@dataclass(frozen=True)
+class ServerTlsConfig:
+    """server.tls: the certificate of tls listeners and the CA their clients' chain to."""
+    cert_file: str
+    key_file: str
+    ca_file: str
+    idle_timeout: float = 60.0       # seconds without a request before a connection is closed
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     name: str = "radius-mfa"
-    listen: tuple[ListenAddress, ...] = (ListenAddress("0.0.0.0", 1812),)
+    listen: tuple[ListenAddress, ...] = (ListenAddress("0.0.0.0", 1812),)   # in config order, udp and tls
     workers: int = 1
+    tls: ServerTlsConfig | None = None   # required by a tls listener
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class ClientConfig:
     # drop an Access-Request carrying Proxy-State without a valid
     # Message-Authenticator (draft-ietf-radext-deprecating-radius)
     limit_proxy_state: bool = False
+    transport: str = "udp"                                   # udp | tls: clients match within their transport
+    cert_name: str | None = None                             # tls: the name its certificate must carry
 
 
 @dataclass(frozen=True)

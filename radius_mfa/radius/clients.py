@@ -1,4 +1,4 @@
-"""Which configured client (NAS) a datagram comes from, by source address.
+"""Which configured client (NAS) a packet comes from, by source address and transport.
 
 Runs for every packet before anything else (the secret depends on it), so
 the lookup is a handful of dict probes: networks are grouped by prefix
@@ -40,7 +40,10 @@ class _PrefixTable:
 
 
 class ClientTable:
-    """The configured clients, searchable by source IP (v4 and v6).
+    """The configured clients, searchable by source IP (v4 and v6) within
+    their transport: a ``udp`` entry and a ``tls`` entry may name the same
+    address, and a datagram never matches a tls entry (nor a TLS connection
+    a udp one).
 
     An IPv4-mapped IPv6 source (``::ffff:192.0.2.1``, what a dual-stack
     socket reports for IPv4 peers) matches the IPv4 networks.
@@ -48,24 +51,33 @@ class ClientTable:
 
     def __init__(self, clients: Sequence[ClientConfig]):
         self._clients = tuple(clients)
-        self._v4 = _PrefixTable(32)
-        self._v6 = _PrefixTable(128)
+        self._tables: dict[str, tuple[_PrefixTable, _PrefixTable]] = {}
         for client in self._clients:
-            table = self._v4 if client.network.version == 4 else self._v6
+            tables = self._tables.get(client.transport)
+            if tables is None:
+                tables = self._tables[client.transport] = (_PrefixTable(32), _PrefixTable(128))
+            table = tables[0] if client.network.version == 4 else tables[1]
             table.add(client.network, client)
 
-    def lookup(self, ip: str) -> ClientConfig | None:
-        """The client whose network holds ``ip`` most specifically, or None
-        (also for a string that is not an IP address)."""
+    def lookup(self, ip: str, transport: str = "udp") -> ClientConfig | None:
+        """The ``transport`` client whose network holds ``ip`` most
+        specifically, or None (also for a string that is not an IP address)."""
+        tables = self._tables.get(transport)
+        if tables is None:
+            return None
         address = _parse(ip)
         if address is None:
             return None
+        v4, v6 = tables
         if address.version == 6:
             mapped = address.ipv4_mapped
             if mapped is not None:
-                return self._v4.lookup(int(mapped)) or self._v6.lookup(int(address))
-            return self._v6.lookup(int(address))
-        return self._v4.lookup(int(address))
+                return v4.lookup(int(mapped)) or v6.lookup(int(address))
+            return v6.lookup(int(address))
+        return v4.lookup(int(address))
+
+    def has_transport(self, transport: str) -> bool:
+        return transport in self._tables
 
     def __len__(self) -> int:
         return len(self._clients)
