@@ -861,6 +861,7 @@ def cmd_report_clients(args: argparse.Namespace, ctx: Context) -> int:
         entries.append({
             "name": client.name,
             "address": _client_address(client.network),
+            "transport": client.transport,
             "requests": seen.requests if seen else 0,
             "last_seen": iso_time(seen.last_seen) if seen else None,
             "sends_message_authenticator": message_authenticator_seen(seen),
@@ -876,12 +877,12 @@ def cmd_report_clients(args: argparse.Namespace, ctx: Context) -> int:
         ctx.json(entries)
         return EXIT_OK
     rows = [
-        (e["name"], e["address"], e["requests"], e["last_seen"],
+        (e["name"], e["address"], e["transport"], e["requests"], e["last_seen"],
          e["sends_message_authenticator"], _requirement_text(e),
          ", ".join(f"{reason} {n}" for reason, n in sorted(e["dropped"].items())) or "0")
         for e in entries
     ]
-    ctx.out(format_table(("NAME", "ADDRESS", "REQUESTS", "LAST SEEN", "SENDS MSG-AUTH",
+    ctx.out(format_table(("NAME", "ADDRESS", "TRANSPORT", "REQUESTS", "LAST SEEN", "SENDS MSG-AUTH",
                           "REQUIRES MSG-AUTH", "DROPPED"), rows))
     return EXIT_OK
 

@@ -158,7 +158,8 @@ def _check_store(config, problem, seconds: float) -> None:
 def _listen_addresses(config):
     """(key path, ListenAddress, "udp" | "tcp") of everything serve would bind."""
     for index, address in enumerate(config.server.listen):
-        yield f"server.listen[{index}].udp", address, "udp"
+        tls = address.transport == "tls"
+        yield f"server.listen[{index}].{address.transport}", address, "tcp" if tls else "udp"
     push = config.factors.push
     if push is not None:
         yield "factors.push.listen", push.listen, "tcp"

@@ -557,12 +557,12 @@ def test_report_clients_lists_every_configured_client(run, store):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["NAME", "ADDRESS"]
-    assert lines[1].split() == ["vpn", "127.0.0.1", "3", "2023-11-14T22:14:20Z", "yes", "true", "0"]
-    assert lines[2].split() == ["wifi", "192.0.2.0/24", "0", "-", "unknown", "auto:", "not", "yet", "0"]
+    assert lines[1].split() == ["vpn", "127.0.0.1", "udp", "3", "2023-11-14T22:14:20Z", "yes", "true", "0"]
+    assert lines[2].split() == ["wifi", "192.0.2.0/24", "udp", "0", "-", "unknown", "auto:", "not", "yet", "0"]
     code, out, _ = run("report", "clients", "--json")
     clients = json.loads(out)
     assert clients[0] == {
-        "name": "vpn", "address": "127.0.0.1", "requests": 3,
+        "name": "vpn", "address": "127.0.0.1", "transport": "udp", "requests": 3,
         "last_seen": "2023-11-14T22:14:20Z", "sends_message_authenticator": "yes",
         "last_with_message_authenticator": "2023-11-14T22:14:20Z",
         "last_without_message_authenticator": None,
