@@ -27,7 +27,6 @@ import concurrent.futures
 import itertools
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -176,15 +175,11 @@ def test_a_saved_password_comma_code_sent_again_on_reconnect_is_rejected_as_repl
     re-authenticates (eapol_test -r 1: roaming, waking up): the code is used,
     so the second EAP run fails and the audit says ``replay``."""
     user = mfa.enrol(f"alice{next(_names)}", PASSWORD)
-    config = tmp_path / "saved.conf"
-    config.write_text(eap.supplicant_config(user.name, f"{PASSWORD},{user.code()}",
-                                            inline_front.chain.ca_file))
-    proc = subprocess.run([eap.EAPOL_TEST, "-c", str(config), "-a", inline_front.host,
-                           "-p", str(inline_front.port), "-s", inline_front.secret, "-r", "1",
-                           "-t", "20"], capture_output=True, text=True, timeout=40)
-    assert proc.returncode != 0
-    assert proc.stdout.count("CTRL-EVENT-EAP-SUCCESS") == 1, proc.stdout[-2000:]
-    assert "CTRL-EVENT-EAP-FAILURE" in proc.stdout
+    result = eapol_test(inline_front, user.name, f"{PASSWORD},{user.code()}", tmp_path,
+                        timeout=20, reauthentications=1)
+    assert result.returncode != 0
+    assert result.output.count("CTRL-EVENT-EAP-SUCCESS") == 1, result.output[-2000:]
+    assert result.eap_failure
     wait_for(lambda: len(records(mfa, user.name)) >= 2)
     assert [(r["result"], r["reason"]) for r in records(mfa, user.name)] == [
         ("accept", None), ("reject", "replay")]
@@ -210,13 +205,10 @@ def test_a_supplicant_refuses_a_server_certificate_from_another_ca(mfa, inline_f
     what keeps a rogue access point from collecting passwords and codes."""
     user = mfa.enrol(f"alice{next(_names)}", PASSWORD)
     rogue_ca = make_chain(tmp_path / "other-ca").ca_file
-    config = tmp_path / "rogue.conf"
-    config.write_text(eap.supplicant_config(user.name, f"{PASSWORD},{user.code()}", rogue_ca))
-    proc = subprocess.run([eap.EAPOL_TEST, "-c", str(config), "-a", inline_front.host,
-                           "-p", str(inline_front.port), "-s", inline_front.secret, "-t", "10"],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode != 0
-    assert "CTRL-EVENT-EAP-TLS-CERT-ERROR" in proc.stdout or "certificate verify failed" in proc.stdout
+    result = eapol_test(inline_front, user.name, f"{PASSWORD},{user.code()}", tmp_path,
+                        timeout=10, ca_file=rogue_ca)
+    assert result.returncode != 0
+    assert "CTRL-EVENT-EAP-TLS-CERT-ERROR" in result.output, result.output[-2000:]
     assert records(mfa, user.name) == []           # the inner password never left the phone
 
 

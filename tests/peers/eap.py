@@ -280,16 +280,21 @@ def supplicant_config(identity: str, password: str, ca_file: Path, *,
 
 
 def eapol_test(front: EapFrontEnd, identity: str, password: str, directory: Path, *,
-               timeout: int = 30, calling_station: str = "02:00:00:00:00:01") -> EapolResult:
-    """One 802.1X authentication against ``front``; ``timeout`` is
-    eapol_test's whole budget (-t), which must outlast a push."""
+               timeout: int = 30, calling_station: str = "02:00:00:00:00:01",
+               ca_file: Path | None = None, reauthentications: int = 0) -> EapolResult:
+    """One 802.1X authentication against ``front`` (and ``reauthentications``
+    more with the same saved settings, as a device that reconnects);
+    ``timeout`` is eapol_test's whole budget (-t), which must outlast a push.
+    ``ca_file``: the CA the supplicant trusts, the front end's by default."""
     if EAPOL_TEST is None:
         raise RuntimeError("eapol_test is not installed (Debian package eapoltest)")
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / f"supplicant-{identity}.conf"
-    config.write_text(supplicant_config(identity, password, front.chain.ca_file))
+    config.write_text(supplicant_config(identity, password, ca_file or front.chain.ca_file))
     proc = subprocess.run(
         [EAPOL_TEST, "-c", str(config), "-a", front.host, "-p", str(front.port),
-         "-s", front.secret, "-t", str(timeout), "-M", calling_station],
-        capture_output=True, text=True, timeout=timeout + 15, stdin=subprocess.DEVNULL)
+         "-s", front.secret, "-t", str(timeout), "-M", calling_station,
+         "-r", str(reauthentications)],
+        capture_output=True, text=True, timeout=(timeout + 15) * (1 + reauthentications),
+        stdin=subprocess.DEVNULL)
     return EapolResult(proc.returncode, proc.stdout + proc.stderr)
