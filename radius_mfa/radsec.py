@@ -29,6 +29,8 @@ from typing import Callable
 
 import structlog
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLServerConnectionCreator
@@ -91,11 +93,13 @@ def build_context(tls: ServerTlsConfig, *, verify: Callable | None = None,
     except SSL.Error:
         raise TlsFilesError("cert_file", f"{tls.cert_file} holds no PEM certificate") from None
     try:
-        ctx.use_privatekey_file(tls.key_file)
-    except SSL.Error:
+        with open(tls.key_file, "rb") as stream:
+            serialization.load_pem_private_key(stream.read(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise TlsFilesError("key_file", f"{tls.key_file} holds no PEM private key "
                                         "(or one protected by a passphrase)") from None
     try:
+        ctx.use_privatekey_file(tls.key_file)
         ctx.check_privatekey()
     except SSL.Error:
         raise TlsFilesError("key_file", f"{tls.key_file} is not the key of the certificate in "
