@@ -406,3 +406,47 @@ def test_a_request_that_cannot_be_decided_gets_a_protocol_error():
     req = request(("Proxy-State", b"hop"))
     response = v11.decode_response(v11.RADIUS_11.unanswerable(req), TOKEN)
     assert (response.code, response.error_cause, response.proxy_states) == (52, 506, (b"hop",))
+
+
+# --- the client key radius11 (configuration) --------------------------------------
+
+def _config(tmp_path, client_lines: str):
+    from peers.pki import Pki
+
+    pki = Pki(tmp_path / "pki")
+    server = pki.server()
+    path = tmp_path / "radius-mfa.yaml"
+    path.write_text(f"""server:
+  listen:
+    - tls: "127.0.0.1:2083"
+  tls:
+    cert_file: {server.cert}
+    key_file: {server.key}
+    ca_file: {pki.ca_file}
+clients:
+{client_lines}""")
+    path.chmod(0o600)
+    return path
+
+
+def test_radius11_defaults_to_allow_and_takes_require_and_forbid(tmp_path):
+    from radius_mfa.config import load_config
+
+    config = load_config(_config(tmp_path, """  - {name: a, address: 127.0.0.1, transport: tls}
+  - {name: b, address: 127.0.0.2, transport: tls, radius11: require}
+  - {name: c, address: 127.0.0.3, transport: tls, radius11: forbid}
+"""))
+    assert [c.radius11 for c in config.clients] == ["allow", "require", "forbid"]
+
+
+def test_radius11_is_for_tls_clients_with_one_of_three_values(tmp_path):
+    from radius_mfa.config import load_config
+    from radius_mfa.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(_config(tmp_path, """  - {name: a, address: 127.0.0.1, transport: tls, radius11: maybe}
+  - {name: b, address: 127.0.0.2, secret: a-long-enough-secret-1, radius11: forbid}
+"""))
+    problems = "\n".join(caught.value.problems)
+    assert "clients[0].radius11" in problems and "allow" in problems
+    assert "clients[1].radius11: applies to transport: tls only" in problems

@@ -828,6 +828,7 @@ def _client(sec: _Section, name: str | None, network: Any, transport: str = "udp
         limit_proxy_state=sec.get("limit_proxy_state", _boolean, False),
         transport=transport,
         cert_name=_cert_name(sec, transport),
+        radius11=_radius11(sec, transport),
     )
     if client.mode is Mode.SECOND_FACTOR_ONLY and client.require_message_authenticator is RequireMA.FALSE:
         # no password is checked in this mode: the Message-Authenticator is
@@ -852,6 +853,15 @@ def _cert_name(sec: _Section, transport: str) -> str | None:
                       "must be one name, without spaces or wildcards")
         return None
     return name
+
+
+def _radius11(sec: _Section, transport: str) -> str:
+    """radius11: whether a tls client may (allow), must (require) or must not
+    (forbid) speak RADIUS/1.1, negotiated by ALPN (RFC 9765)."""
+    value = sec.get("radius11", _choice("allow", "require", "forbid"), "allow")
+    if transport != "tls" and sec.take("radius11") is not None:
+        sec.r.problem(sec.take("radius11"), sec.at("radius11"), "applies to transport: tls only")
+    return value
 
 
 def _primary(r: _Reader, node: Node | None) -> PrimaryConfig:

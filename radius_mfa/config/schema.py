@@ -65,6 +65,7 @@ class ClientConfig:
     limit_proxy_state: bool = False
     transport: str = "udp"                                   # udp | tls: clients match within their transport
     cert_name: str | None = None                             # tls: the name its certificate must carry
+    radius11: str = "allow"                                  # tls: allow | require | forbid RADIUS/1.1 (RFC 9765)
 
 
 @dataclass(frozen=True)
