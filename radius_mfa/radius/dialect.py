@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from radius_mfa.config import ClientConfig
-from radius_mfa.radius import codec
+from radius_mfa.radius import codec, v11
 
 
 class Dialect(Protocol):
@@ -52,7 +52,7 @@ class Radius10:
     message_authenticator = True
 
     def permitted(self, client: ClientConfig) -> bool:
-        return True
+        return client.radius11 != "require"          # the entry wants RADIUS/1.1 only
 
     def peek(self, data: bytes) -> codec.Header:
         return codec.peek(data)
@@ -73,4 +73,4 @@ RADIUS_10 = Radius10()
 
 #: The dialects a TLS listener offers by ALPN, the preferred first. A client
 #: that offers no ALPN speaks RADIUS_10 (RFC 6614).
-DIALECTS: dict[bytes, Dialect] = {RADIUS_10.alpn: RADIUS_10}
+DIALECTS: dict[bytes, Dialect] = {v11.RADIUS_11.alpn: v11.RADIUS_11, RADIUS_10.alpn: RADIUS_10}
