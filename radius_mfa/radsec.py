@@ -257,6 +257,7 @@ class RadsecConnection(Protocol):
         self._refusal: tuple[str, str] | None = None    # (reason, detail) the verify or ALPN step found
         self._closing = False
         self._timer = None
+        self._deciding = 0                    # requests of this connection being decided (a push waits)
 
     # --- radius_mfa.server.Peer ---------------------------------------------------
     def admits(self, client: ClientConfig) -> bool:
@@ -271,6 +272,9 @@ class RadsecConnection(Protocol):
         """A packet the pipeline refused ends this connection (garbage, or the client gone)."""
         self.factory.closed(reason, self.host, self.client.name)
         self.close(abort=True)
+
+    def deciding(self, change: int) -> None:
+        self._deciding += change
 
     # --- connection lifecycle -------------------------------------------------------
     def connectionMade(self) -> None:
@@ -340,6 +344,10 @@ class RadsecConnection(Protocol):
             self._timer.reset(self.factory.idle_timeout)
 
     def _timed_out(self) -> None:
+        if self._handshake_done and self._deciding > 0:
+            # a request still waits for its answer (a push, a slow upstream): not idle
+            self._timer = self.factory.reactor.callLater(self.factory.idle_timeout, self._timed_out)
+            return
         self._timer = None
         reason = "idle" if self._handshake_done else "handshake_timeout"
         if reason == "idle":

@@ -102,6 +102,10 @@ class Peer(Protocol):
     def refuse(self, reason: str) -> None:
         """A packet this peer sent ends it (TLS: the connection closes; UDP: nothing)."""
 
+    def deciding(self, change: int) -> None:
+        """+1 when a request of this peer starts being decided, -1 when it is
+        done (TLS: a connection waiting for an answer is not idle)."""
+
 
 class UdpPeer:
     """One datagram's sender: its reply goes back through the listening socket."""
@@ -129,6 +133,9 @@ class UdpPeer:
             transport.write(data, self.addr)
 
     def refuse(self, reason: str) -> None:
+        pass
+
+    def deciding(self, change: int) -> None:
         pass
 
 
@@ -306,10 +313,11 @@ class RadiusServer(DatagramProtocol):
     # --- deciding -------------------------------------------------------------
     def _start(self, request, client: ClientConfig, key, peer: Peer,
                trace: RequestTrace | None = None) -> None:
+        peer.deciding(+1)
         d = defer.Deferred.fromCoroutine(self._handle(request, client, key, peer, trace))
         d.addErrback(self._lost, key)
         self.in_flight.add(d)
-        d.addBoth(self._done, d)
+        d.addBoth(self._done, d, peer)
 
     async def _handle(self, request, client: ClientConfig, key, peer: Peer,
                       trace: RequestTrace | None = None) -> None:
@@ -408,8 +416,9 @@ class RadiusServer(DatagramProtocol):
         self.duplicates.abandon(key)
         log.error("radius.answer_failed", exception=failure.getTraceback())
 
-    def _done(self, result, d: defer.Deferred):
+    def _done(self, result, d: defer.Deferred, peer: Peer):
         self.in_flight.discard(d)
+        peer.deciding(-1)
         return None
 
     def _send(self, key, peer: Peer, data: bytes) -> None:
