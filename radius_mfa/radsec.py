@@ -178,13 +178,23 @@ def _verify(conn: SSL.Connection, cert, errno: int, depth: int, ok: int) -> bool
         return False
 
 
+class NoApplicationProtocol(SSL.Error):
+    """Raised from the ALPN callback: pyOpenSSL then answers
+    SSL_TLSEXT_ERR_ALERT_FATAL, and OpenSSL ends the handshake with the
+    alert no_application_protocol (RFC 7301 section 3.2, RFC 9765 section 3.3);
+    do_handshake re-raises it, which Twisted takes as a failed handshake."""
+
+
 def _select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
     try:
         connection = _connection_of(conn)
-        return connection.select_protocol(offered) if connection is not None else b""
+        chosen = connection.select_protocol(offered) if connection is not None else None
     except Exception:
         log.exception("radsec.alpn_failed")
-        return b""
+        chosen = None
+    if chosen is None:
+        raise NoApplicationProtocol("no application protocol in common")
+    return chosen
 
 
 class RadsecFactory(Factory):
@@ -299,14 +309,14 @@ class RadsecConnection(Protocol):
         self.cert_names = names
         return True
 
-    def select_protocol(self, offered: list[bytes]) -> bytes:
-        """ALPN: our most preferred dialect the client offers and may use; b"" refuses."""
+    def select_protocol(self, offered: list[bytes]) -> bytes | None:
+        """ALPN: our most preferred dialect the client offers and may use; None refuses."""
         for alpn, dialect in DIALECTS.items():
             if alpn in offered and dialect.permitted(self.client):
                 return alpn
         self._refusal = ("alpn", "no offered ALPN protocol is one we speak or the client may use: "
                                  + ", ".join(p.decode("ascii", "replace") for p in offered))
-        return b""
+        return None
 
     def handshakeCompleted(self) -> None:
         self._handshake_done = True
