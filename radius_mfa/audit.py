@@ -168,6 +168,7 @@ def audit_record(finished, server_name: str, now: float) -> dict:
         "client": finished.client.name,
         "client_ip": finished.client_ip,
         "transport": finished.transport,   # udp | tls (RADIUS over TLS)
+        "protocol": finished.protocol,     # radius/1.0 | radius/1.1 (RFC 9765)
         "user_ip": user_ip_from(finished.calling_station_id),
         "calling_station_id": finished.calling_station_id,
         "user": decision.user_name,

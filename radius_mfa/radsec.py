@@ -39,7 +39,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from radius_mfa.config import ClientConfig, ServerTlsConfig
-from radius_mfa.radius import codec
+from radius_mfa.radius import codec, v11
 from radius_mfa.radius.dialect import DIALECTS, RADIUS_10, Dialect
 from radius_mfa.ratelog import RateLimitedLog
 
@@ -311,8 +311,12 @@ class RadsecConnection(Protocol):
 
     def select_protocol(self, offered: list[bytes]) -> bytes | None:
         """ALPN: our most preferred dialect the client offers and may use; None refuses."""
+        handle = getattr(self.transport, "getHandle", None)                  # the version is chosen
+        version = handle().get_protocol_version_name() if handle is not None else None   # before ALPN
         for alpn, dialect in DIALECTS.items():
-            if alpn in offered and dialect.permitted(self.client):
+            versions = getattr(dialect, "tls_versions", None)    # RADIUS/1.1: TLS 1.3 only
+            if alpn in offered and dialect.permitted(self.client) and (
+                    versions is None or version in versions):
                 return alpn
         self._refusal = ("alpn", "no offered ALPN protocol is one we speak or the client may use: "
                                  + ", ".join(p.decode("ascii", "replace") for p in offered))
@@ -322,6 +326,15 @@ class RadsecConnection(Protocol):
         self._handshake_done = True
         negotiated = getattr(self.transport, "negotiatedProtocol", None)
         self.dialect = DIALECTS.get(negotiated, RADIUS_10) if negotiated else RADIUS_10
+        if not negotiated and not RADIUS_10.permitted(self.client):
+            # radius11: require and no ALPN: a Protocol-Error says why, then the
+            # connection closes (RFC 9765 section 3.3.1)
+            self.factory.refused("alpn", self.host, self.client.name,
+                                 detail="no ALPN offered; the client entry requires radius/1.1")
+            self.transport.write(v11.encode_protocol_error(
+                error_cause=v11.UNSUPPORTED_EXTENSION, reply_message="RADIUS/1.1 is required"))
+            self.close()
+            return
         connection = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
         version = connection.get_protocol_version_name() if connection is not None else None
         log.info("radsec.connected", client=self.client.name, source_ip=self.host,

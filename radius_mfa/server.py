@@ -82,6 +82,7 @@ class Finished:
     duration_ms: float
     method: str = "pap"              # pap | chap | mschap | mschapv2 | eap | none
     transport: str = "udp"           # udp | tls
+    protocol: str = "radius/1.0"     # the dialect: radius/1.0 | radius/1.1
 
 
 class Peer(Protocol):
@@ -363,6 +364,8 @@ class RadiusServer(DatagramProtocol):
             trace.decided(decision, answering_challenge=request.state is not None,
                           second_factor_only=client.mode is Mode.SECOND_FACTOR_ONLY)
             trace.reply = (_CODE_NAMES[RESPONSE_CODES[decision.verdict]] if packet is not None
+                           and decision.verdict in RESPONSE_CODES
+                           else "Protocol-Error: the NAS tries another server" if packet is not None
                            else "nothing: the NAS retries or fails over")
             if packet is not None and decision.state is not None:
                 trace.reply += f" (State {state_digest(decision.state)})"
@@ -370,6 +373,7 @@ class RadiusServer(DatagramProtocol):
             decision=decision, client=client, client_ip=peer.host,
             server_ip=peer.server_ip, calling_station_id=request.calling_station_id,
             request_id=request_id, method=method, transport=peer.transport_name,
+            protocol=peer.dialect.name,
             duration_ms=round((self.reactor.seconds() - started) * 1000.0, 3))
         # the audit record first, in the same reactor turn as the reply: when
         # the NAS has its answer, the record is in the audit file
@@ -394,7 +398,9 @@ class RadiusServer(DatagramProtocol):
         encoded) goes out as an Access-Reject, and the audit says so."""
         response = response_for(decision)
         if response is None:
-            return None, decision
+            # silence, or where the dialect has one, its "cannot answer" (RADIUS/1.1: a Protocol-Error)
+            unanswerable = getattr(dialect, "unanswerable", None)
+            return (unanswerable(request) if unanswerable is not None else None), decision
         code, attributes = response
         if method == "eap" and code == codec.ACCESS_REJECT:
             failure = codec.eap_failure(request)

@@ -450,3 +450,28 @@ def test_radius11_is_for_tls_clients_with_one_of_three_values(tmp_path):
     problems = "\n".join(caught.value.problems)
     assert "clients[0].radius11" in problems and "allow" in problems
     assert "clients[1].radius11: applies to transport: tls only" in problems
+
+
+# --- the dialect in the packet path: a request that cannot be decided ---------------
+
+def test_the_packet_path_answers_an_undecidable_request_per_dialect():
+    import ipaddress
+
+    from twisted.internet.task import Clock
+
+    from radius_mfa.config import ClientConfig
+    from radius_mfa.radius.dialect import RADIUS_10
+    from radius_mfa.requests import Decision
+    from radius_mfa.server import RadiusServer
+    from radius_mfa.verdicts import Reason, Verdict
+
+    server = RadiusServer(None, dictionary=None, reactor=Clock(), activity=None,
+                          on_finished=lambda finished: None, droplog=None, duplicates=None)
+    nas = ClientConfig(name="nas", network=ipaddress.ip_network("127.0.0.1/32"), secret=b"radsec")
+    overloaded = Decision(Verdict.FAIL, "alice", "local", reason=Reason.OVERLOADED)
+    packet, _ = server._encode(overloaded, request(("Proxy-State", b"hop")), nas, "pap", "r1",
+                               v11.RADIUS_11)
+    response = v11.decode_response(packet, TOKEN)
+    assert (response.code, response.error_cause, response.proxy_states) == (52, 506, (b"hop",))
+    legacy = codec.decode_request(codec.build_access_request(b"radsec", "alice", "pw"), b"radsec")
+    assert server._encode(overloaded, legacy, nas, "pap", "r2", RADIUS_10)[0] is None   # silence
