@@ -79,7 +79,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     write_store(store, key_file, population)
     port = free_udp_port()
     config = write_radius_mfa_config(directory, port=port, secret=secret, store=store,
-                                     key_file=key_file, workers=args.workers, upstream=None)
+                                     key_file=key_file, workers=args.workers, upstream=None,
+                                     iterations=args.iterations)
     server = ServerProcess(config, directory)
     status = 0
     try:

@@ -60,7 +60,7 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(1, str(BENCH_DIR.parent))
 
 import loadgen  # noqa: E402
-from bench_core import (LOCAL_PRIMARY, BenchError, BenchUser, CodeBook, ServerProcess,  # noqa: E402
+from bench_core import (LOCAL_PRIMARY, NO_LOCKOUT, BenchError, BenchUser, CodeBook, ServerProcess,  # noqa: E402
                         cpu_model, free_udp_port, run_in_temporary_directory, write_config)
 from loadgen import LoadClient, LoadReport  # noqa: E402
 
@@ -324,9 +324,12 @@ class UpstreamProcess:
 
 def write_radius_mfa_config(directory: Path, *, port: int, secret: str, store: Path,
                             key_file: Path, workers: int,
-                            upstream: tuple[int, str] | None) -> Path:
+                            upstream: tuple[int, str] | None, iterations: int) -> Path:
     """Challenge-mode client (which takes ``password,CODE`` too), the local
-    backend or the slow upstream, log level warning."""
+    backend or the slow upstream, log level warning. ``passwords`` is the
+    very scheme and cost of the stored hashes (pbkdf2-sha256, ``iterations``):
+    nothing is re-hashed on sign-in, and the timing floor of a password check
+    is one check of that same hash, as FreeRADIUS does."""
     if upstream is None:
         primary = LOCAL_PRIMARY
     else:
@@ -335,7 +338,12 @@ def write_radius_mfa_config(directory: Path, *, port: int, secret: str, store: P
                    f"      - {{address: \"127.0.0.1:{home_port}\", secret: \"{home_secret}\"}}\n"
                    f"    timeout: 5\n    retries: 0\n")
     return write_config(directory, port, secret, workers=workers, store=f"sqlite:///{store}",
-                        key_file=key_file, primary=primary, factors="  totp: {window: 1}\n")
+                        key_file=key_file, primary=primary, factors="  totp: {window: 1}\n",
+                        policy=NO_LOCKOUT + passwords_section(iterations))
+
+
+def passwords_section(iterations: int) -> str:
+    return f"passwords:\n  scheme: pbkdf2-sha256\n  pbkdf2_iterations: {iterations}\n"
 
 
 # --------------------------------------------------------------------------
@@ -612,7 +620,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 port = free_udp_port()
                 config = write_radius_mfa_config(
                     run_dir, port=port, secret=secret, store=store, key_file=key_file, workers=workers,
-                    upstream=(ports.home, home_secret) if backend == "radius" else None)
+                    upstream=(ports.home, home_secret) if backend == "radius" else None,
+                    iterations=args.iterations)
                 server = ServerProcess(config, run_dir)
                 try:
                     server.start()
