@@ -373,18 +373,18 @@ def test_a_phone_number_is_no_factor_where_no_code_channel_is_configured(h):
 
 
 def test_the_audit_record_names_the_delivery_provider(h):
-    from types import SimpleNamespace
+    import dataclasses
 
     from radius_mfa.audit import audit_record
+    from radius_mfa.server import Finished
 
     d = h.handle(password=f"{PASSWORD},{h.code()}")
     assert d.provider is None
-    finished = SimpleNamespace(decision=d, client=client(), client_ip="127.0.0.1",
-                               server_ip="127.0.0.1", calling_station_id=None, request_id="r1",
-                               duration_ms=1.0, method="pap")
+    finished = Finished(decision=d, client=client(), client_ip="127.0.0.1",
+                        server_ip="127.0.0.1", calling_station_id=None, request_id="r1",
+                        duration_ms=1.0, method="pap")
     assert audit_record(finished, "mfa1", h.clock())["provider"] is None
-    sent = SimpleNamespace(**{**vars(finished), "decision": d.__class__(
-        **{**vars(d), "factor": "sms", "provider": "gateway-a"})})
+    sent = dataclasses.replace(finished, decision=dataclasses.replace(d, factor="sms", provider="gateway-a"))
     assert audit_record(sent, "mfa1", h.clock())["provider"] == "gateway-a"
 
 
