@@ -426,9 +426,12 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             server.stop()
         if transport == "tls 1.1" and row.opened is not None and row.opened.protocols != {tlsload.ALPN_V11}:
             failures.append(f"the tls 1.1 row negotiated {sorted(row.opened.protocols)}, not radius/1.1")
-        if row.misses():
-            failures.append(f"radius-mfa over {transport}: {row.misses()} of {row.stats.sent} "
-                            f"requests not accepted")
+        if row.misses() or row.stats.sent < settings.requests:
+            failures.append(f"radius-mfa over {transport}: {row.ok()} of {settings.requests} "
+                            f"requests accepted")
+        if row.report.failed or row.report.invalid_replies:
+            failures.append(f"radius-mfa over {transport}: errors {row.report.failed or '-'}, "
+                            f"invalid replies {row.report.invalid_replies}")
         if codes.replays:
             failures.append(f"radius-mfa over {transport}: {codes.replays} requests reused a TOTP step "
                             f"(--requests above --users); the server rejects those as replays")

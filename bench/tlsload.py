@@ -22,8 +22,11 @@ Why it looks the way it does:
   A reply that matches no request in flight, or does not verify, is counted
   as invalid and ignored.
 * **No retransmission.** A request without a reply within the timeout is
-  counted as a timeout; its Identifier is not reused on that connection until
-  the run ends (a late reply must not be taken for another request's).
+  counted as a timeout, as is one whose connection ended first (the run's
+  ``failed`` list then says how many connections were lost, and why).
+  Identifiers are reused first-in first-out, as ``loadgen.py`` does, so a
+  reused one is as old as possible (and a late reply to its former request
+  does not verify against the new Request Authenticator).
 * **Loopback only**, as ``loadgen.py``.
 
 Used as a module (``bench/bench_tls.py``)::
@@ -212,7 +215,7 @@ class TlsConnection(asyncio.Protocol):
         """Send one request now (the caller computes a time-based code just
         before); its verified reply, or a timeout, recorded under ``step``."""
         if self.transport is None or self.transport.is_closing():
-            raise LoadError(f"the connection is closed ({self.lost_reason or 'not open'})")
+            raise ConnectionError(f"the connection is closed ({self.lost_reason or 'not open'})")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self.v11:
@@ -228,19 +231,18 @@ class TlsConnection(asyncio.Protocol):
                                                 state=state, code=code, dictionary=self._dictionary)
             authenticator = packet[4:codec.HEADER_LENGTH]
         self._pending[key] = _Pending(future, authenticator, time.perf_counter())
-        answered = False
+        reply = None
         try:
             self.transport.write(packet)
             try:
                 reply = await asyncio.wait_for(future, self.timeout)
             except asyncio.TimeoutError:
                 reply = None
-            answered = reply is not None
         finally:
             self._pending.pop(key, None)
-            if not self.v11 and answered:
-                self._free.append(key)          # FIFO; an unanswered id stays out of use
-        if reply is None:
+            if not self.v11:
+                self._free.append(key)          # FIFO: a reused id is as old as possible
+        if reply is None:            # a timeout, or the connection ended first (reported apart)
             reply = Reply(None, self.timeout)
         stats = self.report.step(step)
         stats.outcomes[reply.code_name] += 1
@@ -316,6 +318,8 @@ async def run_tls_load(target: Target | str, settings: TlsSettings, *,
             for index in indices:                    # shared iterator: each index runs once
                 if time.perf_counter() >= deadline:
                     return
+                if connection.transport.is_closing():  # the others carry on with the rest
+                    return
                 report.transactions += 1
                 try:
                     await transaction(index, connection)
@@ -332,9 +336,10 @@ async def run_tls_load(target: Target | str, settings: TlsSettings, *,
                                    for _ in range(in_flight)))
         finally:
             report.elapsed = time.perf_counter() - begun
-        for connection in conns:
-            if connection.transport.is_closing() and connection.lost_reason and len(report.failed) < 5:
-                report.failed.append(f"connection lost during the run: {connection.lost_reason}")
+        lost = [connection.lost_reason for connection in conns if connection.transport.is_closing()]
+        if lost:
+            report.failed.append(f"{len(lost)} of {connections} connections lost during the run "
+                                 f"(first: {lost[0]}); {report.transactions} of {count} transactions started")
     finally:
         for connection in conns:
             connection.close()
