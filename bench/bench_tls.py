@@ -54,8 +54,11 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +71,8 @@ import loadgen  # noqa: E402
 import tlsload  # noqa: E402
 from bench_core import (LOCAL_PRIMARY, NO_LOCKOUT, BenchError, BenchUser, CodeBook, ServerProcess,  # noqa: E402
                         cpu_model, free_udp_port, run_in_temporary_directory)
-from bench_vs_freeradius import (FREERADIUS, KEY_BYTES, SALT_BYTES, FreeRadiusProcess,  # noqa: E402
-                                 Population, RssSampler, current_code, freeradius_version,
+from bench_vs_freeradius import (FREERADIUS, KEY_BYTES, SALT_BYTES, Population,  # noqa: E402
+                                 RssSampler, current_code, freeradius_version,
                                  make_population, passwords_section, write_freeradius_users,
                                  write_store)
 from loadgen import LoadClient, LoadReport  # noqa: E402
@@ -82,6 +85,7 @@ FREERADIUS_TEMPLATE = BENCH_DIR / "freeradius" / "radsec.conf"
 NAS_NAME = "nas.bench.test"
 RADSEC_SECRET = b"radsec"
 READY_TIMEOUT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 10.0
 ACCEPT = "Access-Accept"
 
 
@@ -143,16 +147,15 @@ log:
     return path
 
 
-class FreeRadiusTls(FreeRadiusProcess):
-    """FreeRADIUS 3.2 with ``radsec.conf``: the inline scenario on a UDP
-    port and on a TLS port. Reuses bench_vs_freeradius's start (ready when
-    it logs "Ready to process requests"), stop by pid and log reading; only
-    the configuration differs."""
+class FreeRadiusTls:
+    """FreeRADIUS 3.2 with ``radsec.conf`` in a config directory of its own:
+    the inline scenario on a UDP port and on a TLS port. Ready when it logs
+    "Ready to process requests"; stopped by its pid (SIGTERM, then SIGKILL)."""
 
     def __init__(self, directory: Path, *, udp_port: int, tls_port: int, secret: str,
                  pki: Pki, server_cert, population: Population):
         self.directory = directory
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
         for sub in ("log", "run", "mods-config"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
         text = FREERADIUS_TEMPLATE.read_text()
@@ -164,7 +167,42 @@ class FreeRadiusTls(FreeRadiusProcess):
         (directory / "radiusd.conf").chmod(0o600)
         (directory / "dictionary").write_text("# the installed dictionaries only\n")
         write_freeradius_users(directory / "users", population)
-        self.log_path = directory / "log" / "radius.log"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self) -> None:
+        # -f: in the foreground, threads on (a TLS listener needs them; -X would turn them off)
+        with open(self.directory / "log" / "stdout.log", "wb") as out:
+            self.proc = subprocess.Popen([FREERADIUS, "-f", "-d", str(self.directory)],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if "Ready to process requests" in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise BenchError(f"freeradius exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
+            time.sleep(0.05)
+        raise BenchError("freeradius was not ready in time:\n" + self.log()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log(self) -> str:
+        text = ""
+        for path in (self.directory / "log" / "radius.log", self.directory / "log" / "stdout.log"):
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return text
 
 
 # --------------------------------------------------------------------------
@@ -401,7 +439,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
 
     transports = ["udp", "tls"] + ([] if args.no_radius11 else ["tls 1.1"])
     for transport in transports:
-        run_dir = directory / f"radius-mfa-{transport.replace(' ', '')}"
+        run_dir = directory / f"radius-mfa-{transport.replace(' ', '-')}"
         run_dir.mkdir()
         store = run_dir / "bench.db"
         shutil.copyfile(template, store)
