@@ -16,7 +16,6 @@ from typing import Callable
 import structlog
 from twisted.internet import task
 from twisted.internet.error import CannotListenError
-from twisted.python.threadpool import ThreadPool
 
 from radius_mfa.activity import ClientActivity
 from radius_mfa.auditstore import AuditBatcher
@@ -35,7 +34,8 @@ from radius_mfa.sessions import Sessions
 from radius_mfa.store import open_store
 from radius_mfa.verifiers.app_password import AppPasswordFactor
 from radius_mfa.usernames import prepare_store
-from radius_mfa.store.asyncstore import AsyncStore, immediate_runner, thread_runner
+from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
+from radius_mfa.threads import Executor
 from radius_mfa.delivery.base import CHANNELS
 from radius_mfa.delivery.sender import build_senders
 from radius_mfa.verifiers.hotp import HotpVerifier
@@ -54,6 +54,8 @@ DROPLOG_FLUSH_SECONDS = 10.0     # the tail of a burst of drops is reported even
 # a replaced backend (SIGHUP) keeps serving the requests it has in flight this long
 RETIRE_SECONDS = 120.0
 ORPHAN_CHECK_SECONDS = 1.0
+STORE_THREADS = 4                # store calls at once (a SQLite store takes one writer at a time anyway)
+LDAP_THREADS = 8                 # directory binds and searches at once
 
 
 def build_primary(config: Config, *, reactor, hash_runner, ldap_runner, dictionary,
@@ -152,19 +154,16 @@ class Service:
         config, reactor = self.config, self.reactor
         self.sync_store = open_store(config.store, config.store_key_file)
         prepare_store(self.sync_store, config.policy.username, log)
-        self.store_pool = ThreadPool(minthreads=1, maxthreads=4, name="store")
+        self.store_pool = Executor(reactor, STORE_THREADS, "store")
         self.hash_threads = max(2, os.cpu_count() or 2)
-        self.hash_pool = ThreadPool(minthreads=1, maxthreads=self.hash_threads, name="hash")
-        for pool in (self.store_pool, self.hash_pool):
+        self.hash_pool = Executor(reactor, self.hash_threads, "hash")
+        self.ldap_pool = Executor(reactor, LDAP_THREADS, "ldap")
+        for pool in (self.store_pool, self.hash_pool, self.ldap_pool):
             pool.start()
             reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-        self.ldap_pool = ThreadPool(minthreads=0, maxthreads=8, name="ldap")
-        self.ldap_pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", self.ldap_pool.stop)
-        self.store = AsyncStore(self.sync_store, thread_runner(reactor, self.store_pool),
-                                on_error=self._store_failed)
-        self.hash_runner = thread_runner(reactor, self.hash_pool)
-        self.ldap_runner = thread_runner(reactor, self.ldap_pool)
+        self.store = AsyncStore(self.sync_store, self.store_pool.run, on_error=self._store_failed)
+        self.hash_runner = self.hash_pool.run
+        self.ldap_runner = self.ldap_pool.run
         self.dictionary = load_dictionary()
         self.audit_rows = AuditBatcher(self.store, reactor, reactor.seconds)
         self.audit = AuditLog(config.audit.file, keep=self.audit_rows.keep)

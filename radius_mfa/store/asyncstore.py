@@ -3,8 +3,9 @@
 ``AsyncStore(store, run)`` exposes each method of a synchronous
 :class:`~radius_mfa.store.base.Store` as a method of the same name and
 arguments that returns a Deferred of its result (await it in a coroutine).
-``run(fn, *args)`` decides where the call runs: :func:`thread_runner` hands
-it to a Twisted thread pool (the server); :func:`immediate_runner` runs it in
+``run(fn, *args)`` decides where the call runs: the server hands it to its
+store threads (``radius_mfa.threads.Executor.run``; :func:`thread_runner`
+does the same over a Twisted ThreadPool); :func:`immediate_runner` runs it in
 place (the engine's unit tests, and the commands, which have no reactor).
 
 ``on_error(operation)``, when given, is told of every call that fails with
