@@ -71,6 +71,48 @@ def test_a_right_password_gives_its_attempt_back(h):
     assert h.sync.get_user("alice").failures == 0
 
 
+class AttemptSpy:
+    """Counts the lockout's store steps (take, finish) of the harness's store."""
+
+    def __init__(self, h, monkeypatch):
+        self.steps = []
+        for name in ("take_attempt", "finish_attempt"):
+            real = getattr(h.sync, name)
+            monkeypatch.setattr(h.sync, name, self._counting(name, real))
+
+    def _counting(self, name, real):
+        def step(*args, **kwargs):
+            self.steps.append(name)
+            return real(*args, **kwargs)
+        return step
+
+
+def test_inline_the_password_and_the_code_share_one_attempt(h, monkeypatch):
+    """Inline, the attempt the password took stays taken for the code: one
+    attempt taken and one settled, and never a moment when a right password
+    has given its attempt back before the code is checked (a burst of
+    guesses cannot slip into that gap)."""
+    spy = AttemptSpy(h, monkeypatch)
+    assert h.handle(password=f"{PASSWORD},{h.code()}").verdict is Verdict.ACCEPT
+    assert spy.steps == ["take_attempt", "finish_attempt"]
+    spy.steps.clear()
+    assert h.handle(password=f"{PASSWORD},{wrong(h)}").reason is Reason.BAD_CODE
+    assert spy.steps == ["take_attempt"]                  # the wrong code stays counted
+    assert h.sync.get_user("alice").failures == 1
+
+
+def test_inline_right_password_and_a_factor_word_gives_the_attempt_back(h):
+    """``password,sms`` where no code can be sent: no guess was made."""
+    for _ in range(10):
+        assert h.handle(password=f"{PASSWORD},sms").reason is Reason.NO_FACTOR
+    assert h.sync.get_user("alice").failures == 0
+
+
+def test_inline_wrong_password_with_a_right_code_counts_once(h):
+    assert h.handle(password=f"guess,{h.code()}").reason is Reason.BAD_PASSWORD
+    assert h.sync.get_user("alice").failures == 1
+
+
 def test_wrong_passwords_count_towards_the_lockout(h):
     for _ in range(5):
         assert h.handle(password="guess").reason is Reason.BAD_PASSWORD
