@@ -297,9 +297,10 @@ class Engine:
             if attempt is None:
                 return self.decisions.reject(req, Reason.LOCKED, user=user,
                                              factor=self._code_factor(tokens), info=info)
-            decision = await self._check_typed(req, user, tokens, answer, attributes, info)
-            await self.lockout.settle(user, attempt, decision.reason,
-                                      accepted=decision.verdict is Verdict.ACCEPT)
+            decision, settled = await self._check_typed(req, user, tokens, answer, attributes, info, attempt)
+            if not settled:
+                await self.lockout.settle(user, attempt, decision.reason,
+                                          accepted=decision.verdict is Verdict.ACCEPT)
             return decision
         await self.lockout.settle(user, carried, None)           # a word is no guess: given back
         flow = self.picked[kind]
@@ -309,25 +310,27 @@ class Engine:
         return self.decisions.reject(req, Reason.NO_FACTOR, user=user, factor=kind, info=info)
 
     async def _check_typed(self, req: AuthRequest, user: User, tokens: Sequence[Token],
-                           answer: str, attributes, info: dict) -> Decision:
-        """A typed answer, its attempt taken: a sent code, else the tokens."""
+                           answer: str, attributes, info: dict,
+                           attempt: Attempt) -> tuple[Decision, bool]:
+        """A typed answer, its attempt taken: a sent code, else the tokens.
+        With the decision, whether the verifier settled the attempt already."""
         if is_digits(answer) and self.codes.configured:
             # a sent code may be shorter or longer than a token's (code_digits);
             # without a code channel configured there is none to look up
             sent = await self.codes.check(user, answer.strip())
             if sent is not None:
-                return self.decisions.of(req, user, sent, attributes, info)
+                return self.decisions.of(req, user, sent, attributes, info), False
         if classify(answer) == "code":
             code = answer.strip()
             for verifier in self.verifiers:
                 mine = [t for t in tokens if verifier.handles(t)]
                 if not mine:
                     continue
-                result = await verifier.verify(user, mine, code, self.clock())
+                result = await verifier.verify(user, mine, code, self.clock(), attempt=attempt)
                 if result is not None:
-                    return self.decisions.of(req, user, result, attributes, info)
+                    return self.decisions.of(req, user, result, attributes, info), result.settled
         return self.decisions.reject(req, Reason.BAD_CODE, user=user, factor=self._code_factor(tokens),
-                                     info=info)
+                                     info=info), False
 
     async def _challenge(self, req: AuthRequest, user: User, held: Held, attributes,
                          info: dict) -> Decision:

@@ -72,11 +72,12 @@ def test_a_right_password_gives_its_attempt_back(h):
 
 
 class AttemptSpy:
-    """Counts the lockout's store steps (take, finish) of the harness's store."""
+    """Records the lockout's store steps (take, finish, and the TOTP step
+    that settles an attempt) on the harness's store."""
 
     def __init__(self, h, monkeypatch):
         self.steps = []
-        for name in ("take_attempt", "finish_attempt"):
+        for name in ("take_attempt", "finish_attempt", "advance_totp"):
             real = getattr(h.sync, name)
             monkeypatch.setattr(h.sync, name, self._counting(name, real))
 
@@ -93,12 +94,14 @@ def test_inline_the_password_and_the_code_share_one_attempt(h, monkeypatch):
     has given its attempt back before the code is checked (a burst of
     guesses cannot slip into that gap)."""
     spy = AttemptSpy(h, monkeypatch)
-    assert h.handle(password=f"{PASSWORD},{h.code()}").verdict is Verdict.ACCEPT
-    assert spy.steps == ["take_attempt", "finish_attempt"]
-    spy.steps.clear()
     assert h.handle(password=f"{PASSWORD},{wrong(h)}").reason is Reason.BAD_CODE
     assert spy.steps == ["take_attempt"]                  # the wrong code stays counted
     assert h.sync.get_user("alice").failures == 1
+    spy.steps.clear()
+    assert h.handle(password=f"{PASSWORD},{h.code()}").verdict is Verdict.ACCEPT
+    # the code's step and the attempt settled together, in one store step
+    assert spy.steps == ["take_attempt", "advance_totp"]
+    assert h.sync.get_user("alice").failures == 0
 
 
 def test_inline_right_password_and_a_factor_word_gives_the_attempt_back(h):

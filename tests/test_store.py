@@ -432,6 +432,24 @@ def test_totp_step_is_accepted_once_and_only_forward(store: Store) -> None:
     assert not store.advance_totp("nope", 1)
 
 
+def test_an_accepted_totp_step_settles_its_attempt_in_the_same_step(store: Store) -> None:
+    """One store step takes the code's step and ends the user's run of
+    failures (and a lock the attempt set); a replay settles nothing, so the
+    attempt stays counted as the wrong answer it was."""
+    store.add_user(User("alice", created=NOW))
+    store.add_token(totp("T1", user="alice"))
+    store.take_attempt("alice", NOW, limit=3, lock_seconds=900)
+    store.take_attempt("alice", NOW, limit=3, lock_seconds=900)
+    last = store.take_attempt("alice", NOW, limit=3, lock_seconds=900)
+    assert last == Attempt(3, NOW + 900)
+    assert store.advance_totp("T1", 100, settle=("alice", last))
+    user = store.get_user("alice")
+    assert (user.failures, user.locked_until) == (0, None)
+    again = store.take_attempt("alice", NOW, limit=3, lock_seconds=900)
+    assert not store.advance_totp("T1", 100, settle=("alice", again))     # replay
+    assert store.get_user("alice").failures == 1
+
+
 def test_totp_replay_is_refused_across_reopen(make_store: StoreMaker) -> None:
     first = make_store()
     first.add_token(totp("T1"))

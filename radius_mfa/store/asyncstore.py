@@ -153,8 +153,8 @@ class AsyncStore:
     def remove_token(self, serial: str) -> Deferred[None]:
         return self._call("remove_token", serial)
 
-    def advance_totp(self, serial: str, step: int) -> Deferred[bool]:
-        return self._call("advance_totp", serial, step)
+    def advance_totp(self, serial: str, step: int, settle: tuple[str, Attempt] | None = None) -> Deferred[bool]:
+        return self._call("advance_totp", serial, step, **_given(settle=settle))
 
     def advance_hotp(self, serial: str, expected: int, new_counter: int) -> Deferred[bool]:
         return self._call("advance_hotp", serial, expected, new_counter)

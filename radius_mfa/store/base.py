@@ -115,10 +115,12 @@ class Store(Protocol):
     def remove_token(self, serial: str) -> None:
         """NotFoundError."""
 
-    def advance_totp(self, serial: str, step: int) -> bool:
+    def advance_totp(self, serial: str, step: int, settle: tuple[str, Attempt] | None = None) -> bool:
         """Record that the TOTP code of time step ``step`` was used: True when
         ``step`` is later than every step used before (atomic compare-and-set);
-        False when it is a replay."""
+        False when it is a replay. ``settle`` (user name, attempt): when the
+        step is taken, that lockout attempt is finished as a success in the
+        same transaction (``finish_attempt``), one store step for both."""
 
     def advance_hotp(self, serial: str, expected: int, new_counter: int) -> bool:
         """Move the HOTP counter from ``expected`` to ``new_counter``: True when

@@ -34,6 +34,13 @@ _FINISH_ATTEMPT = (
     " WHERE name = %s"
 )
 
+# The TOTP replay guard: a step is taken only when later than every step used
+# before on the token. Params: step, serial, step.
+_ADVANCE_TOTP = (
+    "UPDATE tokens SET last_step = %s WHERE serial = %s AND type = 'totp'"
+    " AND (last_step IS NULL OR last_step < %s)"
+)
+
 # A cap on a user's open challenges: the oldest beyond the newest N go
 # (challenges opened in the same instant are ordered by digest).
 # Params: user, N.

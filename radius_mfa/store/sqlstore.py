@@ -36,7 +36,7 @@ from radius_mfa.model import EnrolLink, PortalSession, portal_seal_context
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
 from radius_mfa.usage import UsageCounts
-from radius_mfa.store.sql import (_DELETE_RENAMED_USER, _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP,
+from radius_mfa.store.sql import (_ADVANCE_TOTP, _DELETE_RENAMED_USER, _EVICT_CHALLENGES, _FINISH_ATTEMPT, _NOTE_DROP,
                                   _RENAME_USER, _TAKE_ATTEMPT)
 
 UNIQUE = "unique"
@@ -545,16 +545,20 @@ class SqlStore:
                 raise NotFoundError(f"no such token: {serial}")
             _end_enrolments(conn, "WHERE kind = 'token' AND ref = %s", (serial,))
 
-    def advance_totp(self, serial: str, step: int) -> bool:
+    def advance_totp(self, serial: str, step: int, settle: tuple[str, Attempt] | None = None) -> bool:
         """True when ``step`` is later than every step used before (atomic
-        compare-and-set); False for a replay or an unknown serial."""
-        changed = self._change(
-            "advance totp",
-            "UPDATE tokens SET last_step = %s WHERE serial = %s AND type = 'totp'"
-            " AND (last_step IS NULL OR last_step < %s)",
-            (step, serial, step),
-        )
-        return changed == 1
+        compare-and-set); False for a replay or an unknown serial. With
+        ``settle`` (name, attempt), a step taken also finishes that attempt
+        as a success, in the same transaction."""
+        params = (step, serial, step)
+        if settle is None:
+            return self._change("advance totp", _ADVANCE_TOTP, params) == 1
+        name, attempt = settle
+        with self._write("advance totp") as conn:
+            if conn.execute(_ADVANCE_TOTP, params).rowcount != 1:
+                return False
+            conn.execute(_FINISH_ATTEMPT, (1, attempt.locked_until, name))
+            return True
 
     def advance_hotp(self, serial: str, expected: int, new_counter: int) -> bool:
         """Move the HOTP counter from ``expected`` to ``new_counter``: True when

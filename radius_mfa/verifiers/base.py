@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, Sequence
 
-from radius_mfa.model import Token, User
+from radius_mfa.model import Attempt, Token, User
 from radius_mfa.verdicts import Reason
 
 
@@ -26,6 +26,7 @@ class FactorResult:
     device: str | None = None        # the token serial or device id that answered
     reason: Reason | None = None     # set when not ok
     provider: str | None = None      # a sent code: the delivery provider that sent it (audit)
+    settled: bool = False            # the lockout attempt was finished with the code (one store step)
 
 
 class FactorKind(str, enum.Enum):
@@ -70,7 +71,10 @@ class CodeVerifier(Protocol):
     def handles(self, token: Token) -> bool:
         """True for the tokens this verifier checks."""
 
-    async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float) -> FactorResult | None:
+    async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float,
+                     attempt: Attempt | None = None) -> FactorResult | None:
         """The result for the first of ``tokens`` that the code matches, or
         None when it matches none of them. Only tokens for which
-        ``handles`` is true are passed."""
+        ``handles`` is true are passed. ``attempt``: the lockout attempt
+        taken for this code, which a verifier may finish as a success in the
+        store step that accepts the code (then ``settled`` is true)."""

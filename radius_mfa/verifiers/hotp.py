@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 from typing import ClassVar, Sequence
 
-from radius_mfa.model import Token, User
+from radius_mfa.model import Attempt, Token, User
 from radius_mfa.otp import oath
 from radius_mfa.verdicts import Reason
 from radius_mfa.verifiers.base import FactorResult, TokenFactor
@@ -43,7 +43,10 @@ class HotpVerifier(TokenFactor):
         self.store = store          # AsyncStore
         self.look_ahead = look_ahead
 
-    async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float) -> FactorResult | None:
+    async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float,
+                     attempt: Attempt | None = None) -> FactorResult | None:
+        # the attempt is settled by the engine: a counter that moved under a
+        # concurrent request is read again before the answer is known
         """Accept the first token the code is fresh for; a replay on one
         token does not hide a fresh code on another the user holds."""
         refusal: FactorResult | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 from typing import ClassVar, Sequence
 
-from radius_mfa.model import Token, User
+from radius_mfa.model import Attempt, Token, User
 from radius_mfa.otp import otp_at
 from radius_mfa.verdicts import Reason
 from radius_mfa.verifiers.base import FactorResult, TokenFactor
@@ -38,14 +38,17 @@ class TotpVerifier(TokenFactor):
         self.store = store          # AsyncStore
         self.window = window
 
-    async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float) -> FactorResult | None:
+    async def verify(self, user: User, tokens: Sequence[Token], code: str, now: float,
+                     attempt: Attempt | None = None) -> FactorResult | None:
+        settle = (user.name, attempt) if attempt is not None else None
         for token in tokens:
             if len(code) != token.digits:
                 continue
             for step in steps_to_try(now, token.period, self.window, token.drift):
                 if hmac.compare_digest(otp_at(token, step).encode(), code.encode()):
-                    fresh = await self.store.advance_totp(token.serial, step)
+                    # the step and the attempt in one store step
+                    fresh = await self.store.advance_totp(token.serial, step, settle)
                     if fresh:
-                        return FactorResult(True, self.name, token.serial)
+                        return FactorResult(True, self.name, token.serial, settled=settle is not None)
                     return FactorResult(False, self.name, token.serial, Reason.REPLAY)
         return None
