@@ -396,6 +396,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, directory: Path) -> int:
     cpus = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()[0]
     settings = Settings(args.requests, args.connections, args.in_flight, args.duration, args.timeout)
     secret = secrets.token_hex(16)
 
@@ -490,6 +491,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     print(f"  password hash      PBKDF2-SHA256, {args.iterations} iterations, {SALT_BYTES}-byte salt, "
           f"{KEY_BYTES}-byte key: the same string on both sides")
     print(f"  radius-mfa         server.workers {args.workers}")
+    print(f"  load average       {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
+          f"(1 min; other work on the machine shows here)")
     print()
     print("scenario inline: password,TOTP in one Access-Request, local password hash + TOTP")
     print(f"  {settings.requests} requests per row; TLS: {settings.connections} connections kept "
