@@ -22,7 +22,8 @@ For each row: requests, accepted, logins/s, p50 and p99 latency, the
 server's CPU time per request, its peak RSS, the ratio radius-mfa /
 FreeRADIUS on the same transport, and for TLS rows the time to open the
 connections (TCP + handshake, all at once). Then, per server, what TLS
-costs next to UDP.
+costs next to UDP, and logins per CPU-second of radius-mfa against
+FreeRADIUS on each transport.
 
 Why it is built this way:
 
@@ -31,6 +32,11 @@ Why it is built this way:
   belong to that row alone), with a ``udp`` and a ``tls`` listener and one
   client on each; FreeRADIUS likewise, from ``bench/freeradius/radsec.conf``
   in a config directory of its own, one ``listen`` on UDP and one on TLS.
+* **Same-transport rows back to back** (FreeRADIUS udp, radius-mfa udp,
+  FreeRADIUS tls, radius-mfa tls, radius-mfa tls 1.1), so that a ratio
+  compares runs made under the same background load; and the CPU time per
+  login, which other work on a shared machine disturbs less than req/s,
+  compared too.
 * **The same hash on both sides** (``bench_vs_freeradius.pbkdf2_hash``),
   and radius-mfa's ``passwords`` set to the very scheme and cost of the
   stored hashes, so nothing is re-hashed on sign-in.
@@ -87,6 +93,7 @@ RADSEC_SECRET = b"radsec"
 READY_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
 ACCEPT = "Access-Accept"
+TRANSPORTS = ("udp", "tls", "tls 1.1")
 
 
 # --------------------------------------------------------------------------
@@ -278,6 +285,31 @@ async def tls_load(port: int, tls: TlsSettings, users: list[BenchUser], code_for
                                       duration=settings.duration, timeout=settings.timeout)
 
 
+def radius_mfa_failures(row: Row, settings: Settings, codes: CodeBook,
+                        server: ServerProcess) -> list[str]:
+    """What makes the run fail: a radius-mfa request not accepted, an error,
+    a line at warning or above, an unclean exit, or no RADIUS/1.1 where asked."""
+    failures, transport = [], row.transport
+    if transport == "tls 1.1" and row.opened is not None and row.opened.protocols != {tlsload.ALPN_V11}:
+        failures.append(f"the tls 1.1 row negotiated {sorted(row.opened.protocols)}, not radius/1.1")
+    if row.misses() or row.stats.sent < settings.requests:
+        failures.append(f"radius-mfa over {transport}: {row.ok()} of {settings.requests} "
+                        f"requests accepted")
+    if row.report.failed or row.report.invalid_replies:
+        failures.append(f"radius-mfa over {transport}: errors {row.report.failed or '-'}, "
+                        f"invalid replies {row.report.invalid_replies}")
+    if codes.replays:
+        failures.append(f"radius-mfa over {transport}: {codes.replays} requests reused a TOTP step "
+                        f"(--requests above --users); the server rejects those as replays")
+    noise = [line for line in server.log().splitlines() if line.strip()]
+    if noise:
+        failures.append(f"radius-mfa over {transport} logged {len(noise)} lines at warning or "
+                        f"above; first: {noise[0][:300]}")
+    if server.exit_code != 0:
+        failures.append(f"radius-mfa over {transport} exited with {server.exit_code} after SIGTERM")
+    return failures
+
+
 def measure(server: str, transport: str, pid: int, load) -> Row:
     """Run ``load()`` (a coroutine factory) while sampling the server's RSS and CPU."""
     print(f"  {server} over {transport} …", file=sys.stderr, flush=True)
@@ -344,6 +376,18 @@ def tls_cost_lines(rows: list[Row]) -> list[str]:
             lines.append(f"  {server:<17} {transport:<9} {row.ok_rate() / udp.ok_rate():.2f} × the "
                          f"logins/s of udp; CPU per request {row.cpu_ms_per_request() - udp.cpu_ms_per_request():+.2f} ms; "
                          f"p50 {_ms(row.stats.percentile_ms(0.5))} against {_ms(udp.stats.percentile_ms(0.5))} ms")
+    return lines
+
+
+def cpu_ratio_lines(rows: list[Row]) -> list[str]:
+    references = {row.transport: row for row in rows if row.server != "radius-mfa"}
+    lines = []
+    for row in rows:
+        reference = references.get("tls" if row.transport == "tls 1.1" else row.transport)
+        if row.server != "radius-mfa" or reference is None or not row.cpu_ms_per_request():
+            continue
+        lines.append(f"  {row.transport:<9} {reference.cpu_ms_per_request() / row.cpu_ms_per_request():.2f}"
+                     f"  ({reference.cpu_ms_per_request():.2f} against {row.cpu_ms_per_request():.2f} ms)")
     return lines
 
 
@@ -422,24 +466,22 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     failures: list[str] = []
     fr_label = f"FreeRADIUS {freeradius_version()}" if not args.no_freeradius else ""
 
-    if not args.no_freeradius:
-        for transport in ("udp", "tls"):
-            udp_port, tls_port = free_udp_port(), free_tcp_port()
-            fr = FreeRadiusTls(directory / f"freeradius-{transport}", udp_port=udp_port,
-                               tls_port=tls_port, secret=secret, pki=pki, server_cert=server_cert,
-                               population=population)
-            try:
-                fr.start()
-                if transport == "udp":
-                    load = lambda: udp_load(udp_port, secret.encode(), users, current_code, settings)  # noqa: E731
-                else:
-                    load = lambda: tls_load(tls_port, tls_v10, users, current_code, settings)  # noqa: E731
-                rows.append(measure(fr_label, transport, fr.pid, load))
-            finally:
-                fr.stop()
+    def freeradius_row(transport: str) -> Row:
+        udp_port, tls_port = free_udp_port(), free_tcp_port()
+        fr = FreeRadiusTls(directory / f"freeradius-{transport}", udp_port=udp_port,
+                           tls_port=tls_port, secret=secret, pki=pki, server_cert=server_cert,
+                           population=population)
+        try:
+            fr.start()
+            if transport == "udp":
+                load = lambda: udp_load(udp_port, secret.encode(), users, current_code, settings)  # noqa: E731
+            else:
+                load = lambda: tls_load(tls_port, tls_v10, users, current_code, settings)  # noqa: E731
+            return measure(fr_label, transport, fr.pid, load)
+        finally:
+            fr.stop()
 
-    transports = ["udp", "tls"] + ([] if args.no_radius11 else ["tls 1.1"])
-    for transport in transports:
+    def radius_mfa_row(transport: str) -> Row:
         run_dir = directory / f"radius-mfa-{transport.replace(' ', '-')}"
         run_dir.mkdir()
         store = run_dir / "bench.db"
@@ -460,26 +502,20 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 tls = tls_v11 if transport == "tls 1.1" else tls_v10
                 load = lambda: tls_load(tls_port, tls, users, codes.code_for, settings)  # noqa: E731
             row = measure("radius-mfa", transport, server.proc.pid, load)
-            rows.append(row)
         finally:
             server.stop()
-        if transport == "tls 1.1" and row.opened is not None and row.opened.protocols != {tlsload.ALPN_V11}:
-            failures.append(f"the tls 1.1 row negotiated {sorted(row.opened.protocols)}, not radius/1.1")
-        if row.misses() or row.stats.sent < settings.requests:
-            failures.append(f"radius-mfa over {transport}: {row.ok()} of {settings.requests} "
-                            f"requests accepted")
-        if row.report.failed or row.report.invalid_replies:
-            failures.append(f"radius-mfa over {transport}: errors {row.report.failed or '-'}, "
-                            f"invalid replies {row.report.invalid_replies}")
-        if codes.replays:
-            failures.append(f"radius-mfa over {transport}: {codes.replays} requests reused a TOTP step "
-                            f"(--requests above --users); the server rejects those as replays")
-        noise = [line for line in server.log().splitlines() if line.strip()]
-        if noise:
-            failures.append(f"radius-mfa over {transport} logged {len(noise)} lines at warning or "
-                            f"above; first: {noise[0][:300]}")
-        if server.exit_code != 0:
-            failures.append(f"radius-mfa over {transport} exited with {server.exit_code} after SIGTERM")
+        failures.extend(radius_mfa_failures(row, settings, codes, server))
+        return row
+
+    # The two servers' rows of one transport run back to back, so that the
+    # ratio compares runs made under the same background load.
+    for transport in ("udp", "tls"):
+        if not args.no_freeradius:
+            rows.append(freeradius_row(transport))
+        rows.append(radius_mfa_row(transport))
+    if not args.no_radius11:
+        rows.append(radius_mfa_row("tls 1.1"))
+    rows.sort(key=lambda row: (row.server == "radius-mfa", TRANSPORTS.index(row.transport)))
 
     print("machine")
     print(f"  cpus (nproc)       {cpus}")
@@ -507,6 +543,12 @@ def run(args: argparse.Namespace, directory: Path) -> int:
         print()
         print("TLS against UDP, per server")
         print("\n".join(costs))
+    per_cpu = cpu_ratio_lines(rows)
+    if per_cpu:
+        print()
+        print("logins per CPU-second of the server, radius-mfa / FreeRADIUS (FreeRADIUS's CPU ms over "
+              "radius-mfa's: less sensitive to other work on the machine than req/s)")
+        print("\n".join(per_cpu))
     fr_misses = sum(row.misses() for row in rows if row.server == fr_label and fr_label)
     if fr_misses:
         print(f"\nnote: FreeRADIUS did not accept {fr_misses} requests (rlm_totp takes the current "
