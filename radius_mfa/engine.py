@@ -94,26 +94,29 @@ class Engine:
         req = dataclasses.replace(req, user_name=name, sent_name=req.sent_name or req.user_name)
         if req.state is not None and req.client.mode is not Mode.SECOND_FACTOR_ONLY:
             return await self._answer_challenge(req)
-        user = await self.store.get_user(req.user_name)
         if req.client.mode is Mode.SECOND_FACTOR_ONLY:
-            return await self._second_factor_only(req, user)
-        if req.password is None and not req.mschap:
-            return reject(req, Reason.BAD_REQUEST, user=user)
-        return await self._first_round(req, user)
+            return await self._second_factor_only(req, await self.store.get_user(req.user_name))
+        if (req.password is None and not req.mschap) or (req.mschap and not self.primary.supports_mschap):
+            reason = Reason.BAD_REQUEST if not req.mschap else Reason.UNSUPPORTED_METHOD
+            return reject(req, reason, user=await self.store.get_user(req.user_name))
+        return await self._first_round(req)
 
     # --- stages ---------------------------------------------------------------
-    async def _first_round(self, req: AuthRequest, user: User | None) -> Decision:
+    async def _first_round(self, req: AuthRequest) -> Decision:
         if req.mschap:
-            if not self.primary.supports_mschap:
-                return self.decisions.reject(req, Reason.UNSUPPORTED_METHOD, user=user)
             password, answer, secret = None, None, b""
         else:
             text = decode_password(req.password)
             password, answer = split_inline(text, self.policy.delimiter, req.client.mode)
             secret = password.encode("utf-8", "surrogateescape")
 
-        # the password is an answer too: taken and counted before it is checked
-        refusal, attempt = await self._admit(user)
+        # the password is an answer too: its attempt is taken and counted
+        # before it is checked, in the store step that reads the user
+        sign_in = await self.lockout.begin(req.user_name)
+        user, attempt = sign_in.user, sign_in.attempt
+        refusal = self._refusal(user)
+        if refusal is None and user is not None and attempt is None:
+            refusal = Reason.LOCKED                 # a lock set since the user was read
         if refusal is not None:
             await self.primary.equalize(secret)
             return self.decisions.reject(req, refusal, user=user)
@@ -124,7 +127,7 @@ class Engine:
 
         result = await self.primary.authenticate(self._primary_request(
             req, user, None if req.mschap else secret))
-        return await self._after_primary(req, user, result, answer, attempt)
+        return await self._after_primary(req, user, result, answer, attempt, sign_in.tokens)
 
     async def _app_password(self, req: AuthRequest, user: User, text: str,
                             attempt: Attempt) -> Decision | None:
@@ -141,8 +144,10 @@ class Engine:
         return self.decisions.of(req, user, result, (), {})
 
     async def _after_primary(self, req: AuthRequest, user: User | None, result: PrimaryResult,
-                             answer: str | None, attempt: Attempt | None = None) -> Decision:
-        """The password was checked (or the upstream asks for more): the second factor."""
+                             answer: str | None, attempt: Attempt | None = None,
+                             tokens: Sequence[Token] | None = None) -> Decision:
+        """The password was checked (or the upstream asks for more): the
+        second factor. ``tokens``: the user's, when read with the user."""
         info = dict(result.user_info)
         if result.reason is Reason.OVERLOADED:
             # queued longer than the client waits: no answer, the NAS has given up
@@ -178,7 +183,7 @@ class Engine:
             # RADIUS): nothing is enrolled here for them
             return await self._unenrolled(req, None, attributes, info)
 
-        held = await self._held(user)
+        held = await self._held(user, tokens)
         decision = await self._second_factor(req, user, held, answer, attributes, info, carried)
         return dataclasses.replace(decision, considered=held.names(self.verifiers))
 
@@ -402,11 +407,14 @@ class Engine:
             forward=req.forward, upstream_state=upstream_state, received=req.received,
             deadline=max(1.0, req.client.timeout - DEADLINE_MARGIN))
 
-    async def _held(self, user: User) -> Held:
-        return Held(await self._usable_tokens(user), self.codes.channels(user), await self.push.devices(user))
+    async def _held(self, user: User, tokens: Sequence[Token] | None = None) -> Held:
+        usable = self._usable(tokens) if tokens is not None else await self._usable_tokens(user)
+        return Held(usable, self.codes.channels(user), await self.push.devices(user))
 
     async def _usable_tokens(self, user: User) -> list[Token]:
-        tokens = await self.store.list_tokens(user.name)
+        return self._usable(await self.store.list_tokens(user.name))
+
+    def _usable(self, tokens: Sequence[Token]) -> list[Token]:
         return [t for t in tokens if any(v.handles(t) for v in self.verifiers)]
 
     @staticmethod

@@ -10,7 +10,7 @@ from typing import Callable
 import structlog
 
 from radius_mfa.config import LockoutConfig
-from radius_mfa.model import Attempt, User
+from radius_mfa.model import Attempt, SignIn, User
 from radius_mfa.verdicts import COUNTS_AS_FAILURE, Reason
 
 log = structlog.get_logger("radius_mfa.engine")
@@ -27,6 +27,12 @@ class Lockout:
         before the answer is checked; None: the user is locked."""
         return await self.store.take_attempt(user.name, self.clock(), self.config.failures,
                                              self.config.minutes * 60.0)
+
+    async def begin(self, name: str) -> SignIn:
+        """The first round's store step: the user, their tokens, and the
+        attempt for the password taken as :meth:`take` takes it."""
+        return await self.store.begin_sign_in(name, self.clock(), self.config.failures,
+                                              self.config.minutes * 60.0)
 
     async def settle(self, user: User | None, attempt: Attempt | None, reason: Reason | None,
                      accepted: bool = False) -> None:

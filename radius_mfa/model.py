@@ -118,6 +118,17 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class SignIn:
+    """What the first round of a sign-in reads and takes in one store step
+    (``begin_sign_in``): the user (None: the store does not know them), their
+    tokens, and the lockout attempt taken for the password (None: unknown,
+    disabled or locked, when none is taken)."""
+    user: "User | None"
+    tokens: tuple["Token", ...] = ()
+    attempt: Attempt | None = None
+
+
+@dataclass(frozen=True)
 class AuthRecord:
     """One finished authentication, as the audit log and `report auth` see it."""
     time: float

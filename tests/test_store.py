@@ -17,7 +17,7 @@ import pytest
 
 from pg import StoreMaker, race, raw_rows
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
-from radius_mfa.model import (AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode,
+from radius_mfa.model import (AppPassword, Attempt, SignIn, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode,
                               Token, User)
 from radius_mfa.secretbox import KEY_BYTES, SecretBox, is_sealed
 from radius_mfa.store.asyncstore import AsyncStore, immediate_runner
@@ -185,6 +185,28 @@ def test_a_lock_that_ran_out_starts_a_new_count(store: Store) -> None:
     for _ in range(2):
         store.take_attempt("alice", NOW, limit=2, lock_seconds=60)
     assert store.take_attempt("alice", NOW + 61, limit=2, lock_seconds=60) == Attempt(1, None)
+
+
+def test_begin_sign_in_reads_the_user_and_tokens_and_takes_one_attempt(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_token(totp("T1", user="alice"))
+    begun = store.begin_sign_in("alice", NOW, limit=3, lock_seconds=900)
+    assert begun.user.name == "alice"
+    assert [t.serial for t in begun.tokens] == ["T1"]
+    assert begun.attempt == Attempt(1, None)
+    assert store.get_user("alice").failures == 1
+    assert store.begin_sign_in("nobody", NOW, limit=3, lock_seconds=900) == SignIn(None)
+
+
+def test_begin_sign_in_takes_no_attempt_for_a_disabled_or_locked_user(store: Store) -> None:
+    store.add_user(User("alice", created=NOW, disabled=True))
+    assert store.begin_sign_in("alice", NOW, limit=3, lock_seconds=900).attempt is None
+    store.add_user(User("bob", created=NOW))
+    for _ in range(3):
+        store.take_attempt("bob", NOW, limit=3, lock_seconds=900)
+    begun = store.begin_sign_in("bob", NOW + 1, limit=3, lock_seconds=900)
+    assert (begun.user.locked_until, begun.attempt) == (NOW + 900, None)
+    assert store.get_user("bob").failures == 3          # nothing more counted
 
 
 def test_attempt_of_unknown_user_is_none(store: Store) -> None:

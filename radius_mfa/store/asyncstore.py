@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from radius_mfa.errors import StoreError
 from radius_mfa.model import (AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push,
                               SentCode, Token, User)
-from radius_mfa.model import EnrolLink, PortalSession
+from radius_mfa.model import EnrolLink, PortalSession, SignIn
 from radius_mfa.store.base import Store
 from radius_mfa.usage import UsageCounts
 
@@ -120,6 +120,9 @@ class AsyncStore:
 
     def take_attempt(self, name: str, now: float, limit: int, lock_seconds: float) -> Deferred[Attempt | None]:
         return self._call("take_attempt", name, now, limit, lock_seconds)
+
+    def begin_sign_in(self, name: str, now: float, limit: int, lock_seconds: float) -> Deferred[SignIn]:
+        return self._call("begin_sign_in", name, now, limit, lock_seconds)
 
     def finish_attempt(self, name: str, attempt: Attempt, success: bool) -> Deferred[None]:
         return self._call("finish_attempt", name, attempt, success)

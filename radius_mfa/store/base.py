@@ -16,7 +16,7 @@ from typing import Iterable, Protocol, Sequence
 
 from radius_mfa.usage import UsageCounts
 from radius_mfa.model import AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
-from radius_mfa.model import EnrolLink, PortalSession
+from radius_mfa.model import EnrolLink, PortalSession, SignIn
 
 
 class Store(Protocol):
@@ -75,6 +75,12 @@ class Store(Protocol):
         ``locked_until`` says so); a lock that ran out starts a new count.
         However many answers arrive at once, at most ``limit`` are let
         through per lockout period."""
+
+    def begin_sign_in(self, name: str, now: float, limit: int, lock_seconds: float) -> SignIn:
+        """The first round of a sign-in in one store step: the user and their
+        tokens, and, for a user neither disabled nor locked at ``now``, one
+        attempt taken as ``take_attempt`` takes it (None there when a lock
+        came first). An unknown user: ``SignIn(None)``, nothing taken."""
 
     def finish_attempt(self, name: str, attempt: Attempt, success: bool) -> None:
         """The answer of ``attempt`` was not wrong: ``success`` ends the run

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, ContextManager, Iterable, Iterator, Sequence
 
 from radius_mfa.errors import AlreadyExistsError, NotFoundError, RefusedError, StoreError
 from radius_mfa.model import AppPassword, Attempt, AuthRecord, Challenge, ClientSeen, Device, Pairing, Push, SentCode, Token, User
-from radius_mfa.model import EnrolLink, PortalSession, portal_seal_context
+from radius_mfa.model import EnrolLink, PortalSession, SignIn, portal_seal_context
 from radius_mfa.secretbox import SecretBox, is_sealed
 from radius_mfa.store import rows as _rows
 from radius_mfa.usage import UsageCounts
@@ -457,6 +457,18 @@ class SqlStore:
         rows = self._returning("take attempt", _TAKE_ATTEMPT,
                                (now, now, limit, float(now + lock_seconds), now, name, now))
         return Attempt(rows[0]["failures"], rows[0]["locked_until"]) if rows else None
+
+    def begin_sign_in(self, name: str, now: float, limit: int, lock_seconds: float) -> SignIn:
+        """One store step (one thread hop from the reactor) for what three
+        were: read the user and the tokens, take the attempt. The attempt is
+        still its own atomic statement, which a lock set meanwhile refuses."""
+        user = self.get_user(name)
+        if user is None:
+            return SignIn(None)
+        tokens = tuple(self.list_tokens(name))
+        if user.disabled or (user.locked_until is not None and user.locked_until > now):
+            return SignIn(user, tokens)
+        return SignIn(user, tokens, self.take_attempt(name, now, limit, lock_seconds))
 
     def finish_attempt(self, name: str, attempt: Attempt, success: bool) -> None:
         """The answer of ``attempt`` was not a wrong one: ``success`` (the
