@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Inline logins over UDP and over RADIUS over TLS, radius-mfa and FreeRADIUS 3.2, in one command.
 
-    python3 bench/bench_tls.py          # about 2 min on 2 cores
+    python3 bench/bench_tls.py          # 2 to 3 min on 2 cores
 
 Every row sends the same kind of request: ``password,CODE`` in one
 Access-Request (a PBKDF2 check and a TOTP check), for the same users with
