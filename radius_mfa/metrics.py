@@ -107,6 +107,16 @@ class Metrics:
             "radius_mfa_store_errors_total",
             "Store calls that failed, by operation.",
             ["operation"], registry=registry)
+        # the work behind the requests: what a benchmark divides by requests
+        self.thread_calls = Counter(
+            "radius_mfa_thread_calls_total",
+            "Calls handed from the reactor to a thread and back (thread hops), by pool: "
+            "store, hash, ldap.",
+            ["pool"], registry=registry)
+        self.store_transactions = Counter(
+            "radius_mfa_store_transactions_total",
+            "Transactions the store ran (a statement on its own is one), by kind: read, write.",
+            ["kind"], registry=registry)
         # per worker: 0 as soon as any live worker skips the server
         self.upstream_up = Gauge(
             "radius_mfa_upstream_up",
@@ -123,8 +133,18 @@ class Metrics:
             "1 when the store answered its last ping, else 0.",
             multiprocess_mode="livemin", registry=registry)
         self._upstream_labels: dict[str, set[str]] = {}
+        self.before_render: Callable[[], None] | None = None
 
     # --- what the service reports ------------------------------------------------
+    def add_work(self, thread_calls: dict[str, int], transactions: dict[str, int]) -> None:
+        """Thread hops by pool and store transactions by kind since the last call."""
+        for pool, count in thread_calls.items():
+            if count:
+                self.thread_calls.labels(pool=pool).inc(count)
+        for kind, count in transactions.items():
+            if count:
+                self.store_transactions.labels(kind=kind).inc(count)
+
     def observe(self, finished: Any) -> None:
         """Count one answered request (a :class:`radius_mfa.server.Finished`)."""
         decision = finished.decision
@@ -165,7 +185,10 @@ class Metrics:
         self.store_up.set(1 if up else 0)
 
     def render(self) -> tuple[bytes, str]:
-        """This process's figures, or every worker's in multi-process mode."""
+        """This process's figures, or every worker's in multi-process mode;
+        ``before_render`` (when set) brings the counted work up to date first."""
+        if self.before_render is not None:
+            self.before_render()
         return render(self.registry)
 
 

@@ -147,6 +147,7 @@ class Service:
         self.push_port = None
         self.portal = None               # portal: the self-service page (shares push's port when asked)
         self.portal_port = None
+        self._work_counted: tuple[dict[str, int], dict[str, int]] = ({}, {})
 
     def start(self) -> None:
         """Open the store and the listeners; raises ConfigError, StoreError or
@@ -419,6 +420,7 @@ class Service:
         loop.clock = self.reactor
         loop.start(STORE_PING_SECONDS, now=True).addErrback(self._loop_failed)
         self._loops.append(loop)
+        self.metrics.before_render = self._count_work     # a scrape sees every request so far
         if self.serve_http:
             self.http_port = listen_http(self.reactor, config.metrics.listen, self.metrics,
                                          self.health)
@@ -438,7 +440,19 @@ class Service:
         upstreams = self._upstream_health()
         return [] if upstreams is None else [s for s, up in upstreams[1].items() if not up]
 
+    def _count_work(self) -> None:
+        """Thread hops and store transactions since the last refresh, into the metrics."""
+        pools = (self.store_pool, self.hash_pool, self.ldap_pool)
+        counts = self.sync_store.transactions
+        now = {pool.name: pool.calls for pool in pools}
+        now_tx = {"read": counts.reads, "write": counts.writes}
+        last, last_tx = self._work_counted
+        self.metrics.add_work({name: n - last.get(name, 0) for name, n in now.items()},
+                              {kind: n - last_tx.get(kind, 0) for kind, n in now_tx.items()})
+        self._work_counted = (now, now_tx)
+
     def _refresh_metrics(self) -> None:
+        self._count_work()
         upstreams = self._upstream_health()
         if upstreams is not None:
             self.metrics.set_upstreams(*upstreams)

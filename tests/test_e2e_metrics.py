@@ -102,3 +102,26 @@ def test_the_http_port_closes_with_the_server(server):
     assert server.stop() == 0, server.log()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(server.metrics_url + "/health", timeout=2)
+
+
+def test_thread_hops_and_store_transactions_are_counted_per_sign_in(server):
+    """The work behind a request, as the benchmarks divide it: an inline
+    sign-in is one password hash and, in the store, the first round (user,
+    tokens, attempt) and the accepted code (its step and the attempt), plus
+    its share of the audit rows written in batches."""
+    user = server.enrol("alice", PASSWORD)
+    time.sleep(0.5)                       # the enrolment's own work settles
+    before = scrape(server)
+    assert auth(server, "alice", f"{PASSWORD},{user.code()}").code == "Access-Accept"
+    time.sleep(0.5)                       # the audit batch follows within 0.1 s
+    after = scrape(server)
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("radius_mfa_thread_calls_total", pool="hash") == 1
+    # begin_sign_in, advance_totp, the audit batch (the 5 s housekeeping may add one)
+    assert delta("radius_mfa_thread_calls_total", pool="store") in (3, 4)
+    assert delta("radius_mfa_store_transactions_total", kind="write") >= 3
+    assert delta("radius_mfa_store_transactions_total", kind="read") >= 2

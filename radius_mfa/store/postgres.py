@@ -434,24 +434,29 @@ class PostgresStore(SqlStore):
         """A short transaction (a savepoint when one is open already, as when
         an import's input reads the store). Whatever it reads that others may
         change, it locks first."""
+        self.transactions.write()
         with self._errors(operation):
             conn = self._conn()
             with conn.transaction():
                 yield conn
 
     def _read(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self.transactions.read()
         with self._errors(operation):
             return self._conn().execute(sql, params).fetchall()
 
     def _change(self, operation: str, sql: str, params: Sequence[Any] = ()) -> int:
         """One writing statement, atomic on its own (autocommit); the number
         of rows it changed."""
+        self.transactions.write()
         with self._errors(operation):
             return self._conn().execute(sql, params).rowcount
 
     def _returning(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """One writing statement with ``RETURNING``, atomic on its own."""
-        return self._read(operation, sql, params)
+        self.transactions.write()
+        with self._errors(operation):
+            return self._conn().execute(sql, params).fetchall()
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         """Bring the schema up to date; the caller holds the schema lock in

@@ -357,6 +357,7 @@ class SqliteStore(SqlStore):
     def _write(self, operation: str) -> Iterator[_Spelled]:
         """A short write transaction that holds the write lock from the start
         (``BEGIN IMMEDIATE``), so what it reads cannot change before it writes."""
+        self.transactions.write()
         with self._errors(operation):
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
@@ -368,19 +369,23 @@ class SqliteStore(SqlStore):
                 raise
 
     def _read(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        self.transactions.read()
         with self._errors(operation):
             return self._conn().execute(spelled(sql), params).fetchall()
 
     def _change(self, operation: str, sql: str, params: Sequence[Any] = ()) -> int:
         """One writing statement, atomic on its own (autocommit); the number
         of rows it changed."""
+        self.transactions.write()
         with self._errors(operation):
             return self._conn().execute(spelled(sql), params).rowcount
 
     def _returning(self, operation: str, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """One writing statement with ``RETURNING``, atomic on its own. Fetching
         every row runs it to completion, which ends its transaction."""
-        return self._read(operation, sql, params)
+        self.transactions.write()
+        with self._errors(operation):
+            return self._conn().execute(spelled(sql), params).fetchall()
 
     def _executemany(self, conn: _Spelled, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         conn.executemany(sql, rows)

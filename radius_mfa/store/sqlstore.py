@@ -70,6 +70,27 @@ class _Connection:
         self.pid = os.getpid()
 
 
+class TransactionCounts:
+    """The transactions a store has run since it opened, reads and writes
+    (a statement on its own is a transaction of its own), for the metrics
+    and the benchmarks' transactions per request. Any thread may count."""
+
+    __slots__ = ("reads", "writes", "_lock")
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.writes = 0
+        self._lock = threading.Lock()
+
+    def read(self) -> None:
+        with self._lock:
+            self.reads += 1
+
+    def write(self) -> None:
+        with self._lock:
+            self.writes += 1
+
+
 class SqlStore:
     """:class:`radius_mfa.store.base.Store` over a SQL database; a dialect
     subclass supplies the connection and the differences listed in the
@@ -91,6 +112,7 @@ class SqlStore:
     # --- one connection per thread --------------------------------------------
 
     def _open_connections(self) -> None:
+        self.transactions = TransactionCounts()
         self._local = threading.local()
         self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._all_lock = threading.Lock()   # guards the WeakSet only, never the database
