@@ -63,7 +63,7 @@ sys.path.insert(1, str(BENCH_DIR.parent))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from bench_core import (BenchError, ServerProcess, cpu_model, free_udp_port,  # noqa: E402
+from bench_core import (BenchError, ServerProcess, cpu_model, free_tcp_port, free_udp_port,  # noqa: E402
                         radius_mfa_command, run_in_temporary_directory, store_url,
                         write_config)
 from bench_vs_freeradius import RssSampler, tree_cpu_seconds, tree_rss_bytes  # noqa: E402
@@ -83,12 +83,6 @@ IDS_PER_SOCKET = 256
 
 # --------------------------------------------------------------------------
 # Setup: users, pairing links, the config
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def user_name(index: int) -> str:

@@ -76,7 +76,7 @@ sys.path.insert(2, str(BENCH_DIR.parent / "tests"))      # peers.pki: the throwa
 import loadgen  # noqa: E402
 import tlsload  # noqa: E402
 from bench_core import (LOCAL_PRIMARY, NO_LOCKOUT, BenchError, BenchUser, CodeBook, ServerProcess,  # noqa: E402
-                        cpu_model, free_udp_port, run_in_temporary_directory)
+                        cpu_model, free_tcp_port, free_udp_port, run_in_temporary_directory)
 from bench_vs_freeradius import (FREERADIUS, KEY_BYTES, SALT_BYTES, Population,  # noqa: E402
                                  RssSampler, current_code, freeradius_version,
                                  make_population, passwords_section, write_freeradius_users,
@@ -98,12 +98,6 @@ TRANSPORTS = ("udp", "tls", "tls 1.1")
 
 # --------------------------------------------------------------------------
 # Ports and servers
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_radius_mfa_config(directory: Path, *, udp_port: int, tls_port: int, secret: str,

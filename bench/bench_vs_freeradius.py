@@ -50,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,9 @@ sys.path.insert(1, str(BENCH_DIR.parent))
 
 import loadgen  # noqa: E402
 from bench_core import (LOCAL_PRIMARY, NO_LOCKOUT, BenchError, BenchUser, CodeBook, ServerProcess,  # noqa: E402
-                        cpu_model, free_udp_port, run_in_temporary_directory, write_config)
+                        cpu_model, free_tcp_port, free_udp_port, run_in_temporary_directory, write_config)
 from loadgen import LoadClient, LoadReport  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from radius_mfa.model import Token, User  # noqa: E402
 from radius_mfa.otp import otp_at  # noqa: E402
@@ -78,6 +80,9 @@ KEY_BYTES = 32
 READY_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
 RSS_SAMPLE_SECONDS = 0.5
+METRICS_REFRESH_SECONDS = 5.0                    # radius_mfa.metrics.STORE_PING_SECONDS
+PG_TEMPLATE = "radius_mfa_bench_template"
+PG_RUN = "radius_mfa_bench_run"
 
 
 # --------------------------------------------------------------------------
@@ -127,6 +132,52 @@ def write_store(path: Path, key_file: Path, population: Population) -> None:
                         for u, h in zip(population.users, population.hashes))
     finally:
         store.close()
+
+
+class PostgresCopies:
+    """The users in a PostgreSQL template database, written once; each
+    radius-mfa run gets a fresh copy (``CREATE DATABASE … TEMPLATE``), so no
+    run inherits used TOTP steps, as the SQLite rows copy their file."""
+
+    def __init__(self, url: str):
+        import psycopg                           # the store's own driver
+
+        self._psycopg = psycopg
+        self.url = url
+        self.base = url.rsplit("/", 1)[0]
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5):
+                pass
+        except psycopg.Error as exc:
+            raise BenchError(f"PostgreSQL at {url}: {exc}".strip()
+                             + " (or pass --no-postgresql)") from None
+
+    def _admin(self, *statements: str) -> None:
+        with self._psycopg.connect(self.url, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def make_template(self, key_file: Path, population: "Population") -> None:
+        self._admin(f"DROP DATABASE IF EXISTS {PG_RUN}", f"DROP DATABASE IF EXISTS {PG_TEMPLATE}",
+                    f"CREATE DATABASE {PG_TEMPLATE}")
+        store = open_store(f"{self.base}/{PG_TEMPLATE}", str(key_file))
+        try:
+            now = time.time()
+            store.add_users((User(name=u.name, password_hash=h, created=now), [u.token])
+                            for u, h in zip(population.users, population.hashes))
+        finally:
+            store.close()
+
+    def fresh_copy(self) -> str:
+        self._admin(f"DROP DATABASE IF EXISTS {PG_RUN}",
+                    f"CREATE DATABASE {PG_RUN} TEMPLATE {PG_TEMPLATE}")
+        return f"{self.base}/{PG_RUN}"
+
+    def drop(self) -> None:
+        try:
+            self._admin(f"DROP DATABASE IF EXISTS {PG_RUN}", f"DROP DATABASE IF EXISTS {PG_TEMPLATE}")
+        except self._psycopg.Error as exc:
+            print(f"could not drop the benchmark databases: {exc}", file=sys.stderr)
 
 
 def write_freeradius_users(path: Path, population: Population) -> None:
@@ -322,9 +373,10 @@ class UpstreamProcess:
         _stop(self.proc)
 
 
-def write_radius_mfa_config(directory: Path, *, port: int, secret: str, store: Path,
+def write_radius_mfa_config(directory: Path, *, port: int, secret: str, store: Path | str,
                             key_file: Path, workers: int,
-                            upstream: tuple[int, str] | None, iterations: int) -> Path:
+                            upstream: tuple[int, str] | None, iterations: int,
+                            metrics_port: int | None = None) -> Path:
     """Challenge-mode client (which takes ``password,CODE`` too), the local
     backend or the slow upstream, log level warning. ``passwords`` is the
     very scheme and cost of the stored hashes (pbkdf2-sha256, ``iterations``):
@@ -337,9 +389,11 @@ def write_radius_mfa_config(directory: Path, *, port: int, secret: str, store: P
         primary = (f"primary:\n  backend: radius\n  radius:\n    servers:\n"
                    f"      - {{address: \"127.0.0.1:{home_port}\", secret: \"{home_secret}\"}}\n"
                    f"    timeout: 5\n    retries: 0\n")
-    return write_config(directory, port, secret, workers=workers, store=f"sqlite:///{store}",
+    metrics = f'metrics:\n  listen: "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
+    return write_config(directory, port, secret, workers=workers,
+                        store=store if isinstance(store, str) else f"sqlite:///{store}",
                         key_file=key_file, primary=primary, factors="  totp: {window: 1}\n",
-                        policy=NO_LOCKOUT + passwords_section(iterations))
+                        policy=NO_LOCKOUT + passwords_section(iterations) + metrics)
 
 
 def passwords_section(iterations: int) -> str:
@@ -371,10 +425,18 @@ class Row:
     steps: tuple[tuple[str, str], ...]          # (step, expected outcome)
     peak_rss: int
     cpu_seconds: float
+    work: "Work | None" = None                  # radius-mfa: thread hops and transactions
+
+    def sent(self) -> int:
+        return sum(self.report.step(step).sent for step, _ in self.steps)
 
     def cpu_ms_per_request(self) -> float:
-        sent = sum(self.report.step(step).sent for step, _ in self.steps)
+        sent = self.sent()
         return self.cpu_seconds * 1000.0 / sent if sent else 0.0
+
+    def per_request(self, count: float) -> str:
+        sent = self.sent()
+        return f"{count / sent:.2f}" if sent and self.work is not None else "-"
 
     def ok(self) -> int:
         step, outcome = self.steps[-1]
@@ -457,11 +519,49 @@ def current_code(user: BenchUser) -> str:
 
 
 def run_scenario(name: str, driver: Driver, port: int, pid: int, server: str,
-                 workers: str) -> Row:
+                 workers: str, probe: "WorkProbe | None" = None) -> Row:
     print(f"  {name} on {server} (workers {workers}) …", file=sys.stderr, flush=True)
+    before = probe.sample() if probe is not None else None
     with RssSampler(pid) as sampler:
         report = asyncio.run(getattr(driver, name)(port))
-    return Row(name, server, workers, report, STEPS[name], sampler.peak, sampler.cpu_seconds)
+    work = probe.sample() - before if probe is not None else None
+    return Row(name, server, workers, report, STEPS[name], sampler.peak, sampler.cpu_seconds, work)
+
+
+@dataclass(frozen=True)
+class Work:
+    """radius-mfa's own counts (its /metrics): thread hops by pool, store
+    transactions by kind."""
+    hops: dict[str, float]
+    transactions: dict[str, float]
+
+    def __sub__(self, other: "Work") -> "Work":
+        return Work({k: v - other.hops.get(k, 0.0) for k, v in self.hops.items()},
+                    {k: v - other.transactions.get(k, 0.0) for k, v in self.transactions.items()})
+
+
+class WorkProbe:
+    """Reads radius_mfa_thread_calls_total and radius_mfa_store_transactions_total.
+    A single process brings them up to date when scraped; workers every
+    few seconds, so with workers the probe waits that long first."""
+
+    def __init__(self, port: int, workers: int):
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.settle = METRICS_REFRESH_SECONDS + 0.5 if workers > 1 else 0.0
+
+    def sample(self) -> Work:
+        time.sleep(self.settle)
+        with urllib.request.urlopen(self.url, timeout=10) as answer:
+            text = answer.read().decode()
+        hops: dict[str, float] = {}
+        transactions: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "radius_mfa_thread_calls_total":
+                    hops[sample.labels["pool"]] = sample.value
+                elif sample.name == "radius_mfa_store_transactions_total":
+                    transactions[sample.labels["kind"]] = sample.value
+        return Work(hops, transactions)
 
 
 # --------------------------------------------------------------------------
@@ -480,7 +580,8 @@ def scenario_table(name: str, rows: list[Row], settings: Settings) -> str:
              f"  {count} {'pairs' if name == 'challenge' else 'requests'}, "
              f"{flight} in flight{pace}"]
     header = (f"  {'server':<17} {'workers':>7} {'step':<9} {'requests':>8} {'ok':>6} "
-              f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'CPU ms':>7} {'ratio':>6}")
+              f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'CPU ms':>7} {'ratio':>6} "
+              f"{'hops':>5} {'tx r':>5} {'tx w':>5}")
     lines += [header, "  " + "-" * (len(header) - 2)]
     reference = next((r for r in rows if r.server.startswith("FreeRADIUS")), None)
     for row in rows:
@@ -496,7 +597,10 @@ def scenario_table(name: str, rows: list[Row], settings: Settings) -> str:
                 f"{_ms(stats.percentile_ms(0.5)):>8} {_ms(stats.percentile_ms(0.99)):>8} "
                 f"{f'{row.peak_rss / 2**20:.0f}' if position == 0 else '':>7} "
                 f"{f'{row.cpu_ms_per_request():.2f}' if position == 0 else '':>7} "
-                f"{ratio if last else '':>6}")
+                f"{ratio if last else '':>6} "
+                f"{row.per_request(sum(row.work.hops.values())) if row.work and position == 0 else '':>5} "
+                f"{row.per_request(row.work.transactions.get('read', 0)) if row.work and position == 0 else '':>5} "
+                f"{row.per_request(row.work.transactions.get('write', 0)) if row.work and position == 0 else '':>5}")
         other = {f"{s}:{k}": n for s, _ in row.steps for k, n in row.report.step(s).outcomes.items()
                  if k != dict(row.steps)[s]}
         if other or row.report.late_starts or row.report.failed:
@@ -505,7 +609,9 @@ def scenario_table(name: str, rows: list[Row], settings: Settings) -> str:
                          + (f", errors {row.report.failed}" if row.report.failed else ""))
     lines.append("  (req/s on a server's last line: successful logins per second; RSS MB: peak "
                  "of the server and its children; CPU ms: the server's CPU time per request "
-                 "sent; ratio: radius-mfa / FreeRADIUS logins per second)")
+                 "sent; ratio: radius-mfa / FreeRADIUS logins per second; hops: radius-mfa's thread "
+                 "hops (store, hash) per request sent; tx r / tx w: its store read and write "
+                 "transactions per request sent, the audit rows' batches included)")
     return "\n".join(lines)
 
 
@@ -551,6 +657,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="a run starts no new request after this many seconds (default 120)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each reply; no retransmission (default 10)")
+    parser.add_argument("--postgresql", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        metavar="URL",
+                        help="a PostgreSQL server where the script may create and drop the "
+                             f"databases {PG_TEMPLATE} and {PG_RUN} (default: the local one, "
+                             "user postgres)")
+    parser.add_argument("--no-postgresql", action="store_true",
+                        help="no radius-mfa row on the PostgreSQL store")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return parser
 
@@ -586,6 +699,10 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     template = directory / "template.db"
     key_file = directory / "store.key"           # seals the token secrets of every copy
     write_store(template, key_file, population)
+    pg = None
+    if not args.no_postgresql:
+        pg = PostgresCopies(args.postgresql)
+        pg.make_template(key_file, population)
 
     ports = Ports(free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port())
     upstream = UpstreamProcess(ports.home, home_secret, args.upstream_delay, directory) \
@@ -606,34 +723,46 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                     rows[name].append(run_scenario(name, driver, port, fr.pid, label, "-"))
             finally:
                 fr.stop()
-        for workers in workers_list:
+        # radius-mfa with each workers value on SQLite, then on PostgreSQL with the most
+        runs = [(workers, "sqlite") for workers in workers_list]
+        if pg is not None:
+            runs.append((max(workers_list), "postgresql"))
+        for workers, kind in runs:
             for backend in ("local", "radius"):
                 todo = [n for n in names if (n == "upstream") == (backend == "radius")]
                 if not todo:
                     continue
-                run_dir = directory / f"radius-mfa-w{workers}-{backend}"
+                run_dir = directory / f"radius-mfa-w{workers}-{backend}-{kind}"
                 run_dir.mkdir()
-                store = run_dir / "bench.db"
-                shutil.copyfile(template, store)
+                if kind == "sqlite":
+                    store: Path | str = run_dir / "bench.db"
+                    shutil.copyfile(template, store)
+                else:
+                    store = pg.fresh_copy()
                 population.reset_codes()
                 codes = CodeBook()
                 port = free_udp_port()
+                metrics_port = free_tcp_port()
                 config = write_radius_mfa_config(
                     run_dir, port=port, secret=secret, store=store, key_file=key_file, workers=workers,
                     upstream=(ports.home, home_secret) if backend == "radius" else None,
-                    iterations=args.iterations)
+                    iterations=args.iterations, metrics_port=metrics_port)
                 server = ServerProcess(config, run_dir)
+                label = "radius-mfa" if kind == "sqlite" else "radius-mfa PG"
                 try:
                     server.start()
                     driver = Driver(secret.encode(), population, settings, codes.code_for)
+                    probe = WorkProbe(metrics_port, workers)
                     for name in todo:
                         rows[name].append(run_scenario(name, driver, port, server.proc.pid,
-                                                       "radius-mfa", str(workers)))
+                                                       label, str(workers), probe))
                 finally:
                     server.stop()
     finally:
         if upstream is not None:
             upstream.stop()
+        if pg is not None:
+            pg.drop()
 
     print("machine")
     print(f"  cpus (nproc)       {cpus}")
