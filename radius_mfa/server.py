@@ -122,8 +122,7 @@ class UdpPeer:
 
     @property
     def server_ip(self) -> str:
-        transport = self._protocol.transport
-        return getattr(transport.getHost(), "host", "") if transport is not None else ""
+        return self._protocol.local_host()
 
     def admits(self, client: ClientConfig) -> bool:
         return True
@@ -186,9 +185,19 @@ class RadiusServer(DatagramProtocol):
         self.duplicates = duplicates
         self.wall_clock = wall_clock
         self.tracer = tracer             # `serve --debug`: a readable block per request; else None
+        self._local_host: str | None = None
         self.in_flight: set[defer.Deferred] = set()
         self.errors = RateLimitedLog(log, "auth.error", clock=reactor, interval=ERROR_LOG_INTERVAL,
                                      level="error")
+
+    def local_host(self) -> str:
+        """The address this socket is bound to (asked of the kernel once: a
+        bound socket keeps it)."""
+        if self._local_host is None:
+            if self.transport is None:
+                return ""
+            self._local_host = getattr(self.transport.getHost(), "host", "")
+        return self._local_host
 
     # --- the packet path ------------------------------------------------------
     def datagramReceived(self, data: bytes, addr) -> None:

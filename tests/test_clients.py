@@ -94,3 +94,16 @@ def test_lookup_stays_fast_with_many_clients():
     assert table.lookup("172.16.3.4").name == f"host{3 * 256 + 4}"
     per_lookup = timeit.timeit(lambda: table.lookup("10.7.200.9"), number=2000) / 2000
     assert per_lookup < 100e-6   # a handful of dict probes, not a scan of 4000 networks
+
+
+def test_a_flood_of_spoofed_sources_does_not_grow_the_lookup_memory():
+    """Lookups are remembered by source address; a flood from many forged
+    sources empties that memory rather than growing it, and answers stay right."""
+    from radius_mfa.radius import clients as clients_module
+
+    table = ClientTable([client("nas", "10.0.0.0/8")])
+    for i in range(clients_module.KNOWN_SOURCES * 2 + 5):
+        assert table.lookup(f"192.0.{i // 256 % 256}.{i % 256}") is None
+    assert len(table._known) <= clients_module.KNOWN_SOURCES
+    assert table.lookup("10.1.2.3").name == "nas"
+    assert table.lookup("10.1.2.3").name == "nas"         # remembered, the same answer

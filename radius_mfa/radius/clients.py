@@ -15,6 +15,9 @@ from radius_mfa.config import ClientConfig
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+KNOWN_SOURCES = 4096       # lookups remembered by source address
+
+
 class _PrefixTable:
     """Longest-prefix match for one address family."""
 
@@ -52,6 +55,9 @@ class ClientTable:
     def __init__(self, clients: Sequence[ClientConfig]):
         self._clients = tuple(clients)
         self._tables: dict[str, tuple[_PrefixTable, _PrefixTable]] = {}
+        # answers by source, so that a NAS's address is parsed once, not per
+        # packet; emptied when full (spoofed sources cannot grow it)
+        self._known: dict[tuple[str, str], ClientConfig | None] = {}
         for client in self._clients:
             tables = self._tables.get(client.transport)
             if tables is None:
@@ -62,6 +68,19 @@ class ClientTable:
     def lookup(self, ip: str, transport: str = "udp") -> ClientConfig | None:
         """The ``transport`` client whose network holds ``ip`` most
         specifically, or None (also for a string that is not an IP address)."""
+        key = (ip, transport)
+        try:
+            return self._known[key]
+        except (KeyError, TypeError):
+            pass
+        client = self._find(ip, transport)
+        if isinstance(ip, str):
+            if len(self._known) >= KNOWN_SOURCES:
+                self._known.clear()
+            self._known[key] = client
+        return client
+
+    def _find(self, ip: str, transport: str) -> ClientConfig | None:
         tables = self._tables.get(transport)
         if tables is None:
             return None
