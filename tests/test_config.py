@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from peers.pki import Pki
+
 from radius_mfa.config import (
     Config,
     HttpProviderConfig,
@@ -83,8 +85,17 @@ def test_every_commented_example_in_the_sample_is_valid(tmp_path: Path):
         (tmp_path / name).write_text("example-secret\n")
     ca_file = tmp_path / "corp-ca.pem"
     ca_file.write_text("not checked beyond being readable\n")
+    pki = Pki(tmp_path / "pki", name="nas-ca")          # the tls listener's files are loaded
+    issued = pki.server("radsec")
+    for source, target in ((issued.cert, "radsec.crt"), (issued.key, "radsec.key"), (pki.ca_file, "nas-ca.pem")):
+        (tmp_path / target).write_bytes(source.read_bytes())
+    (tmp_path / "radsec.key").chmod(0o600)
     text = uncomment_examples(SAMPLE.read_text()).replace("/etc/ssl/certs/corp-ca.pem", str(ca_file))
     config = load_config(write(tmp_path, text))
+    assert [a.transport for a in config.server.listen] == ["udp", "udp", "tls"]
+    assert config.server.tls.idle_timeout == 60
+    tls_client = next(c for c in config.clients if c.transport == "tls")
+    assert (tls_client.cert_name, tls_client.secret) == ("nas1.example.org", b"radsec")
     assert config.primary.radius.servers[0].host == "10.0.0.5"
     assert config.primary.radius.servers[0].secret == b"example-secret"
     assert config.primary.ldap.servers == ("ldaps://dc1.example.org", "ldap://dc2.example.org:389")
