@@ -54,7 +54,10 @@ DROPLOG_FLUSH_SECONDS = 10.0     # the tail of a burst of drops is reported even
 # a replaced backend (SIGHUP) keeps serving the requests it has in flight this long
 RETIRE_SECONDS = 120.0
 ORPHAN_CHECK_SECONDS = 1.0
-STORE_THREADS = 4                # store calls at once (a SQLite store takes one writer at a time anyway)
+# store calls at once: PostgreSQL answers several in parallel; SQLite takes one
+# writer at a time, and one thread spares the calls that queue for its lock the
+# busy-wait sleeps and the hand-offs (measured: 5-10 % more sign-ins a second)
+STORE_THREADS = {"sqlite": 1, "postgresql": 4}
 LDAP_THREADS = 8                 # directory binds and searches at once
 
 
@@ -155,7 +158,7 @@ class Service:
         config, reactor = self.config, self.reactor
         self.sync_store = open_store(config.store, config.store_key_file)
         prepare_store(self.sync_store, config.policy.username, log)
-        self.store_pool = Executor(reactor, STORE_THREADS, "store")
+        self.store_pool = Executor(reactor, STORE_THREADS.get(config.store.partition(":")[0], 4), "store")
         self.hash_threads = max(2, os.cpu_count() or 2)
         self.hash_pool = Executor(reactor, self.hash_threads, "hash")
         self.ldap_pool = Executor(reactor, LDAP_THREADS, "ldap")
