@@ -231,8 +231,10 @@ class Engine:
                                         info=dict(result.user_info))
 
     async def _answer_challenge(self, req: AuthRequest) -> Decision:
-        challenge, why_not = await self.sessions.take(req.state, req.user_name, req.client.name)
-        user = await self.store.get_user(req.user_name)
+        # the State taken, the user and their tokens read: one store step
+        challenge, why_not, read = await self.sessions.take_with_user(req.state, req.user_name,
+                                                                     req.client.name)
+        user = read.user
         if challenge is None:
             if why_not is Reason.BAD_STATE and user is not None and self._refusal(user) is None:
                 joined = await self.push.join_used_state(req, user)
@@ -245,9 +247,11 @@ class Engine:
             refusal = Reason.UNKNOWN_USER if user is None else self._refusal(user)
             if refusal is not None:
                 return self.decisions.reject(req, refusal, user=user)
-        return await self.answering[stage](req, user, challenge.data, answer,
-                                           unpack_attributes(challenge.data.get("attributes", [])),
-                                           challenge.data.get("info", {}))
+        attributes = unpack_attributes(challenge.data.get("attributes", []))
+        info = challenge.data.get("info", {})
+        if stage is Stage.CODE:
+            return await self._answer_code(req, user, challenge.data, answer, attributes, info, read.tokens)
+        return await self.answering[stage](req, user, challenge.data, answer, attributes, info)
 
     async def _answer_upstream(self, req: AuthRequest, user: User | None, data: dict, answer: str,
                                attributes, info: dict) -> Decision:
@@ -262,10 +266,11 @@ class Engine:
         return await self._after_primary(req, user, result, None, attempt)
 
     async def _answer_code(self, req: AuthRequest, user: User, data: dict, answer: str,
-                           attributes, info: dict) -> Decision:
-        """The menu or code prompt: a code, or a word that picks a factor."""
-        tokens = await self._usable_tokens(user)
-        return await self._check_answer(req, user, tokens, answer, attributes, info)
+                           attributes, info: dict, tokens: Sequence[Token] | None = None) -> Decision:
+        """The menu or code prompt: a code, or a word that picks a factor.
+        ``tokens``: the user's, when read with the challenge."""
+        usable = self._usable(tokens) if tokens is not None else await self._usable_tokens(user)
+        return await self._check_answer(req, user, usable, answer, attributes, info)
 
     async def _second_factor_only(self, req: AuthRequest, user: User | None) -> Decision:
         """NPS has checked the password; only the second factor runs here."""

@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from typing import Callable
 
-from radius_mfa.model import Challenge
+from radius_mfa.model import Challenge, SignIn
 from radius_mfa.verdicts import Reason
 
 STATE_BYTES = 16
@@ -48,6 +48,18 @@ class Sessions:
         if len(state) != STATE_BYTES:
             return None, Reason.BAD_STATE
         challenge = await self.store.take_challenge(state_digest(state), self.clock())
+        return self._valid(challenge, user, client)
+
+    async def take_with_user(self, state: bytes, user: str,
+                             client: str) -> tuple[Challenge | None, Reason | None, SignIn]:
+        """:meth:`take`, and the user and their tokens read in the same store step."""
+        if len(state) != STATE_BYTES:
+            return None, Reason.BAD_STATE, SignIn(await self.store.get_user(user))
+        challenge, read = await self.store.take_challenge_with_user(state_digest(state), self.clock(), user)
+        return (*self._valid(challenge, user, client), read)
+
+    def _valid(self, challenge: Challenge | None, user: str,
+               client: str) -> tuple[Challenge | None, Reason | None]:
         if challenge is None:
             return None, Reason.BAD_STATE
         if challenge.expires <= self.clock():

@@ -550,6 +550,19 @@ def test_challenge_is_taken_once(store: Store) -> None:
     assert store.take_challenge("ab" * 32, NOW + 2) is None
 
 
+def test_a_challenge_is_taken_with_its_users_record_in_one_step(store: Store) -> None:
+    store.add_user(User("alice", created=NOW))
+    store.add_token(totp("T1", user="alice"))
+    store.put_challenge(challenge())
+    taken, read = store.take_challenge_with_user("ab" * 32, NOW + 1, "alice")
+    assert taken.user == "alice" and taken.used == NOW + 1
+    assert read.user.name == "alice" and [t.serial for t in read.tokens] == ["T1"]
+    assert read.attempt is None                          # nothing counted by reading
+    again, read = store.take_challenge_with_user("ab" * 32, NOW + 2, "alice")
+    assert again is None and read.user.name == "alice"   # single use all the same
+    assert store.take_challenge_with_user("cd" * 32, NOW, "nobody") == (None, SignIn(None))
+
+
 def test_used_challenge_is_kept_until_it_expires(store: Store) -> None:
     store.put_challenge(challenge())
     assert store.used_challenge("ab" * 32) is None

@@ -170,6 +170,10 @@ class AsyncStore:
     def put_challenge(self, challenge: Challenge, max_open: int | None = None) -> Deferred[None]:
         return self._call("put_challenge", challenge, **_given(max_open=max_open))
 
+    def take_challenge_with_user(self, state_digest: str, now: float,
+                                 name: str) -> Deferred[tuple[Challenge | None, SignIn]]:
+        return self._call("take_challenge_with_user", state_digest, now, name)
+
     def take_challenge(self, state_digest: str, now: float | None = None) -> Deferred[Challenge | None]:
         return self._call("take_challenge", state_digest, **_given(now=now))
 

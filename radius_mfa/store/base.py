@@ -142,6 +142,10 @@ class Store(Protocol):
         """Store a challenge; with ``max_open`` the user's oldest open
         challenges beyond that many are dropped in the same transaction."""
 
+    def take_challenge_with_user(self, state_digest: str, now: float, name: str) -> tuple[Challenge | None, SignIn]:
+        """``take_challenge``, then the user ``name`` and their tokens
+        (``SignIn`` without an attempt), in one store step."""
+
     def take_challenge(self, state_digest: str, now: float | None = None) -> Challenge | None:
         """Mark the challenge used (at ``now``) and return it (single use: of
         two callers racing for it, exactly one gets it). Expired ones are

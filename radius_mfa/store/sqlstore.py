@@ -653,6 +653,13 @@ class SqlStore:
         )
         return _rows.challenge(rows[0]) if rows else None
 
+    def take_challenge_with_user(self, state_digest: str, now: float, name: str) -> tuple[Challenge | None, SignIn]:
+        """``take_challenge`` and, in the same store step (one thread hop),
+        the user ``name`` and their tokens, as the answer to a challenge needs them."""
+        challenge = self.take_challenge(state_digest, now)
+        user = self.get_user(name)
+        return challenge, SignIn(user, tuple(self.list_tokens(name)) if user is not None else ())
+
     def used_challenge(self, state_digest: str) -> Challenge | None:
         """The challenge of this State if it was answered already (its
         ``used`` time set); None for an unknown or still open one."""
