@@ -60,9 +60,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -77,9 +74,9 @@ import loadgen  # noqa: E402
 import tlsload  # noqa: E402
 from bench_core import (LOCAL_PRIMARY, NO_LOCKOUT, BenchError, BenchUser, CodeBook, ServerProcess,  # noqa: E402
                         cpu_model, free_tcp_port, free_udp_port, run_in_temporary_directory)
-from bench_vs_freeradius import (FREERADIUS, KEY_BYTES, SALT_BYTES, Population,  # noqa: E402
+from bench_vs_freeradius import (FREERADIUS, KEY_BYTES, SALT_BYTES, FreeRadiusProcess, Population,  # noqa: E402
                                  RssSampler, current_code, freeradius_version,
-                                 make_population, passwords_section, write_freeradius_users,
+                                 make_population, passwords_section,
                                  write_store)
 from loadgen import LoadClient, LoadReport  # noqa: E402
 from peers.pki import SERVER_NAME, Pki  # noqa: E402
@@ -90,8 +87,6 @@ from radius_mfa.radius import codec  # noqa: E402
 FREERADIUS_TEMPLATE = BENCH_DIR / "freeradius" / "radsec.conf"
 NAS_NAME = "nas.bench.test"
 RADSEC_SECRET = b"radsec"
-READY_TIMEOUT_SECONDS = 30.0
-STOP_GRACE_SECONDS = 10.0
 ACCEPT = "Access-Accept"
 TRANSPORTS = ("udp", "tls", "tls 1.1")
 
@@ -148,62 +143,13 @@ log:
     return path
 
 
-class FreeRadiusTls:
-    """FreeRADIUS 3.2 with ``radsec.conf`` in a config directory of its own:
-    the inline scenario on a UDP port and on a TLS port. Ready when it logs
-    "Ready to process requests"; stopped by its pid (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, directory: Path, *, udp_port: int, tls_port: int, secret: str,
-                 pki: Pki, server_cert, population: Population):
-        self.directory = directory
-        self.proc: subprocess.Popen | None = None
-        for sub in ("log", "run", "mods-config"):
-            (directory / sub).mkdir(parents=True, exist_ok=True)
-        text = FREERADIUS_TEMPLATE.read_text()
-        for key, value in {"CONFDIR": directory, "PORT": udp_port, "TLS_PORT": tls_port,
-                           "SECRET": secret, "CA_FILE": pki.ca_file,
-                           "CERT_FILE": server_cert.chain, "KEY_FILE": server_cert.key}.items():
-            text = text.replace(f"@{key}@", str(value))
-        (directory / "radiusd.conf").write_text(text)
-        (directory / "radiusd.conf").chmod(0o600)
-        (directory / "dictionary").write_text("# the installed dictionaries only\n")
-        write_freeradius_users(directory / "users", population)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def start(self) -> None:
-        # -f: in the foreground, threads on (a TLS listener needs them; -X would turn them off)
-        with open(self.directory / "log" / "stdout.log", "wb") as out:
-            self.proc = subprocess.Popen([FREERADIUS, "-f", "-d", str(self.directory)],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                         start_new_session=True)
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if "Ready to process requests" in self.log():
-                return
-            if self.proc.poll() is not None:
-                raise BenchError(f"freeradius exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
-            time.sleep(0.05)
-        raise BenchError("freeradius was not ready in time:\n" + self.log()[-2000:])
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def log(self) -> str:
-        text = ""
-        for path in (self.directory / "log" / "radius.log", self.directory / "log" / "stdout.log"):
-            if path.exists():
-                text += path.read_text(errors="replace")
-        return text
+def freeradius_tls(directory: Path, *, udp_port: int, tls_port: int, secret: str,
+                   pki: Pki, server_cert, population: Population) -> FreeRadiusProcess:
+    """FreeRADIUS 3.2 with ``radsec.conf``: the inline scenario on a UDP port
+    and on a TLS port."""
+    return FreeRadiusProcess(directory, FREERADIUS_TEMPLATE, {
+        "PORT": udp_port, "TLS_PORT": tls_port, "SECRET": secret, "CA_FILE": pki.ca_file,
+        "CERT_FILE": server_cert.chain, "KEY_FILE": server_cert.key}, population)
 
 
 # --------------------------------------------------------------------------
@@ -462,9 +408,9 @@ def run(args: argparse.Namespace, directory: Path) -> int:
 
     def freeradius_row(transport: str) -> Row:
         udp_port, tls_port = free_udp_port(), free_tcp_port()
-        fr = FreeRadiusTls(directory / f"freeradius-{transport}", udp_port=udp_port,
-                           tls_port=tls_port, secret=secret, pki=pki, server_cert=server_cert,
-                           population=population)
+        fr = freeradius_tls(directory / f"freeradius-{transport}", udp_port=udp_port,
+                            tls_port=tls_port, secret=secret, pki=pki, server_cert=server_cert,
+                            population=population)
         try:
             fr.start()
             if transport == "udp":

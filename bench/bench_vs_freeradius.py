@@ -124,8 +124,9 @@ def make_population(count: int, iterations: int, threads: int) -> Population:
     return Population(users, hashes, time.perf_counter() - started)
 
 
-def write_store(path: Path, key_file: Path, population: Population) -> None:
-    store = open_store(f"sqlite:///{path}", str(key_file))
+def write_store(path: Path | str, key_file: Path, population: Population) -> None:
+    """The users into a SQLite file (a path) or the store a URL names."""
+    store = open_store(path if isinstance(path, str) else f"sqlite:///{path}", str(key_file))
     try:
         now = time.time()
         store.add_users((User(name=u.name, password_hash=h, created=now), [u.token])
@@ -160,13 +161,7 @@ class PostgresCopies:
     def make_template(self, key_file: Path, population: "Population") -> None:
         self._admin(f"DROP DATABASE IF EXISTS {PG_RUN}", f"DROP DATABASE IF EXISTS {PG_TEMPLATE}",
                     f"CREATE DATABASE {PG_TEMPLATE}")
-        store = open_store(f"{self.base}/{PG_TEMPLATE}", str(key_file))
-        try:
-            now = time.time()
-            store.add_users((User(name=u.name, password_hash=h, created=now), [u.token])
-                            for u, h in zip(population.users, population.hashes))
-        finally:
-            store.close()
+        write_store(f"{self.base}/{PG_TEMPLATE}", key_file, population)
 
     def fresh_copy(self) -> str:
         self._admin(f"DROP DATABASE IF EXISTS {PG_RUN}",
@@ -283,19 +278,20 @@ class Ports:
 
 
 class FreeRadiusProcess:
-    """FreeRADIUS 3.2 with a config directory of its own; stopped by pid."""
+    """FreeRADIUS 3.2 with a config directory of its own: ``template`` with
+    each ``@KEY@`` of ``values`` filled in, as ``radiusd.conf``, and the
+    users' file. Ready when it logs "Ready to process requests"; stopped by
+    its pid (SIGTERM, then SIGKILL). ``-f``: in the foreground with its
+    threads on (a TLS listener needs them; ``-X`` turns them off)."""
 
-    def __init__(self, directory: Path, ports: Ports, secret: str, upstream_secret: str,
+    def __init__(self, directory: Path, template: Path, values: dict[str, object],
                  population: Population):
         self.directory = directory
         self.proc: subprocess.Popen | None = None
         for sub in ("log", "run", "mods-config"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
-        text = FREERADIUS_TEMPLATE.read_text()
-        for key, value in {"CONFDIR": str(directory), "PORT": ports.inline,
-                           "CHALLENGE_PORT": ports.challenge,
-                           "UPSTREAM_SCENARIO_PORT": ports.upstream, "UPSTREAM_PORT": ports.home,
-                           "SECRET": secret, "UPSTREAM_SECRET": upstream_secret}.items():
+        text = template.read_text()
+        for key, value in {"CONFDIR": directory, **values}.items():
             text = text.replace(f"@{key}@", str(value))
         (directory / "radiusd.conf").write_text(text)
         (directory / "radiusd.conf").chmod(0o600)
@@ -712,7 +708,10 @@ def run(args: argparse.Namespace, directory: Path) -> int:
         if upstream is not None:
             upstream.start()
         if not args.no_freeradius:
-            fr = FreeRadiusProcess(directory / "freeradius", ports, secret, home_secret, population)
+            fr = FreeRadiusProcess(directory / "freeradius", FREERADIUS_TEMPLATE, {
+                "PORT": ports.inline, "CHALLENGE_PORT": ports.challenge,
+                "UPSTREAM_SCENARIO_PORT": ports.upstream, "UPSTREAM_PORT": ports.home,
+                "SECRET": secret, "UPSTREAM_SECRET": home_secret}, population)
             fr.start()
             label = f"FreeRADIUS {freeradius_version()}"
             try:

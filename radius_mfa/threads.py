@@ -19,6 +19,7 @@ import collections
 import contextvars
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 import structlog
@@ -65,8 +66,9 @@ class Executor:
         self.started = False
         for _ in self._threads:
             self._queue.put(_STOP)
+        deadline = time.monotonic() + JOIN_SECONDS          # for all of them together
         for thread in self._threads:
-            thread.join(JOIN_SECONDS)
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:

@@ -130,3 +130,21 @@ def test_after_stop_a_call_fails_at_once(reactor):
 def test_at_least_one_thread():
     with pytest.raises(ValueError):
         Executor(QueuedReactor(), 0, "store")
+
+
+def test_stop_waits_for_stuck_calls_at_most_the_join_time_in_all(reactor, monkeypatch):
+    """An LDAP server that hangs must not hold the process up at shutdown:
+    the wait is one bound for every thread together, not one each."""
+    from radius_mfa import threads
+
+    monkeypatch.setattr(threads, "JOIN_SECONDS", 0.3)
+    pool = Executor(reactor, 3, "ldap")
+    pool.start()
+    stuck = threading.Event()
+    for _ in range(3):
+        pool.run(stuck.wait)
+    time.sleep(0.05)
+    started = time.monotonic()
+    pool.stop()
+    assert time.monotonic() - started < 0.6
+    stuck.set()
