@@ -81,6 +81,7 @@ READY_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
 RSS_SAMPLE_SECONDS = 0.5
 METRICS_REFRESH_SECONDS = 5.0                    # radius_mfa.metrics.STORE_PING_SECONDS
+MIN_PBKDF2_ITERATIONS = 10_000                   # radius-mfa's passwords.pbkdf2_iterations floor
 PG_TEMPLATE = "radius_mfa_bench_template"
 PG_RUN = "radius_mfa_bench_run"
 
@@ -669,6 +670,11 @@ def _validate(args: argparse.Namespace) -> list[int]:
                  "upstream_concurrency"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.iterations < MIN_PBKDF2_ITERATIONS:
+        # radius-mfa's passwords section is set to the stored hashes' own cost,
+        # and it takes no fewer: a cheaper stored hash would be padded and re-hashed
+        raise BenchError(f"--iterations: at least {MIN_PBKDF2_ITERATIONS} (the least radius-mfa's "
+                         "passwords.pbkdf2_iterations takes; both sides must do the same work)")
     try:
         workers = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
