@@ -195,9 +195,8 @@ class Engine:
         factors = held.factors(self.verifiers)
         if not factors or not any(req.method in f.methods for f in factors):
             await self.lockout.settle(user, carried, None)      # no code to check: given back
-        if not factors:
-            return await self._unenrolled(req, user, attributes, info)
-        if not any(req.method in f.methods for f in factors):
+            if not factors:
+                return await self._unenrolled(req, user, attributes, info)
             # none of the user's factors works over this method (a token over
             # MS-CHAPv2): refused, whatever `unenrolled` says, so that the
             # choice of method skips no factor
