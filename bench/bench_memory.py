@@ -35,7 +35,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import loadgen  # noqa: E402
 from bench_core import BenchError, CodeBook, ServerProcess, free_udp_port, run_in_temporary_directory  # noqa: E402
-from bench_vs_freeradius import (RssSampler, make_population, tree_rss_bytes,  # noqa: E402
+from bench_vs_freeradius import (RssSampler, check_iterations, make_population, tree_rss_bytes,  # noqa: E402
                                  write_radius_mfa_config, write_store)
 from loadgen import LoadClient  # noqa: E402
 
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.challenges < 1 or args.workers < 1 or args.iterations < 1 or args.minutes < 0 \
                 or not args.rate > 0:
             raise BenchError("--challenges, --workers, --iterations and --rate must be positive")
+        check_iterations(args.iterations)
 
     return run_in_temporary_directory("bench_memory", "radius-mfa-memory-", args, run, validate)
 

@@ -76,7 +76,7 @@ from bench_core import (LOCAL_PRIMARY, NO_LOCKOUT, BenchError, BenchUser, CodeBo
                         cpu_model, free_tcp_port, free_udp_port, run_in_temporary_directory)
 from bench_vs_freeradius import (FREERADIUS, KEY_BYTES, SALT_BYTES, FreeRadiusProcess, Population,  # noqa: E402
                                  RssSampler, current_code, freeradius_version,
-                                 make_population, passwords_section,
+                                 check_iterations, make_population, passwords_section,
                                  write_store)
 from loadgen import LoadClient, LoadReport  # noqa: E402
 from peers.pki import SERVER_NAME, Pki  # noqa: E402
@@ -370,6 +370,7 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("users", "requests", "connections", "in_flight", "iterations", "workers"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
+    check_iterations(args.iterations)
     if args.in_flight > tlsload.IDS_PER_CONNECTION:
         raise BenchError(f"--in-flight: at most {tlsload.IDS_PER_CONNECTION} (one RADIUS Identifier each)")
     if not args.duration > 0 or not args.timeout > 0:

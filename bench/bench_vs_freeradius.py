@@ -393,6 +393,15 @@ def write_radius_mfa_config(directory: Path, *, port: int, secret: str, store: P
                         policy=NO_LOCKOUT + passwords_section(iterations) + metrics)
 
 
+def check_iterations(iterations: int) -> None:
+    """radius-mfa's passwords section is set to the stored hashes' own cost,
+    and it takes no fewer: a cheaper stored hash would be padded and
+    re-hashed, which is not the same work on both sides."""
+    if iterations < MIN_PBKDF2_ITERATIONS:
+        raise BenchError(f"--iterations: at least {MIN_PBKDF2_ITERATIONS} (the least radius-mfa's "
+                         "passwords.pbkdf2_iterations takes; both sides must do the same work)")
+
+
 def passwords_section(iterations: int) -> str:
     return f"passwords:\n  scheme: pbkdf2-sha256\n  pbkdf2_iterations: {iterations}\n"
 
@@ -670,11 +679,7 @@ def _validate(args: argparse.Namespace) -> list[int]:
                  "upstream_concurrency"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.iterations < MIN_PBKDF2_ITERATIONS:
-        # radius-mfa's passwords section is set to the stored hashes' own cost,
-        # and it takes no fewer: a cheaper stored hash would be padded and re-hashed
-        raise BenchError(f"--iterations: at least {MIN_PBKDF2_ITERATIONS} (the least radius-mfa's "
-                         "passwords.pbkdf2_iterations takes; both sides must do the same work)")
+    check_iterations(args.iterations)
     try:
         workers = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
